@@ -1,0 +1,39 @@
+# Two entry points for a fresh clone: `make run` (set up, then run the default sequence) and
+# `make test` (set up, then run the tests). Both create or refresh .venv from pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BACKBONE := artifacts/backbone/glyph_vit.safetensors
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup run test lint pretrain clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(BACKBONE): | $(STAMP)
+	$(PY) -m sdlora pretrain --params params.yaml --out $@
+
+pretrain: $(BACKBONE)
+
+run: $(STAMP) $(BACKBONE)
+	$(PY) -m sdlora run --params params.yaml --out runs/default
+
+test: $(STAMP)
+	$(PY) -m ruff check sdlora tests benchmarks pipelines
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check sdlora tests benchmarks pipelines
+	$(PY) -m ruff format --check sdlora tests benchmarks pipelines
+
+clean:
+	rm -rf runs artifacts

@@ -1,0 +1,1 @@
+"""sdlora: SD-LoRA for rehearsal-free class-incremental learning."""

@@ -1,0 +1,158 @@
+"""Command-line interface: ``python -m sdlora <subcommand> ...`` (also the ``sdlora`` script).
+
+Each subcommand is registered by a small ``_add_<name>(subparsers)`` function that sets its
+handler with ``set_defaults(func=...)``; a handler takes the parsed namespace and returns the
+exit code. Bad input is reported on stderr with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _counts_type(text: str) -> list[int]:
+    """Parse ``--counts`` for argparse, turning bad values into a usage error (exit 2)."""
+    from sdlora.metrics import parse_counts_arg
+
+    try:
+        return parse_counts_arg(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _run_metrics(args: argparse.Namespace) -> int:
+    """Print the section-5 metric summary of an accuracy-matrix CSV as JSON on stdout."""
+    from sdlora.metrics import read_matrix_csv, summarize
+
+    matrix, file_counts = read_matrix_csv(args.matrix)
+    counts = args.counts if args.counts is not None else file_counts
+    try:
+        summary = summarize(matrix, counts)
+    except ValueError as exc:
+        source = "--counts" if args.counts is not None else str(args.matrix)
+        raise ValueError(f"{source}: {exc}") from None
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def _add_metrics(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``metrics MATRIX.csv [--counts ...]``."""
+    parser = subparsers.add_parser(
+        "metrics",
+        help="summarize an accuracy matrix CSV (final accuracy, AAA, forgetting, BWT)",
+        description=(
+            "Read an accuracy matrix CSV (header 'after_task,task_0,...', one row per task, "
+            "optional last 'count' row) and print the metric summary as JSON."
+        ),
+    )
+    parser.add_argument("matrix", help="accuracy matrix CSV file (percent)")
+    parser.add_argument(
+        "--counts",
+        type=_counts_type,
+        default=None,
+        metavar="N0,N1,...",
+        help="per-task test sample counts for sample weighting; overrides a 'count' row",
+    )
+    parser.set_defaults(func=_run_metrics)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    """Pre-train the embedded backbone to ``backbone.weights`` (or ``--out``)."""
+    from sdlora.config import load_config
+    from sdlora.pretrain import pretrain_backbone
+
+    cfg = load_config(args.params)
+    out = args.out or cfg.backbone.weights
+    if out is None or out == "timm":
+        raise ValueError(f"{args.params}: backbone.weights must be a file path to pre-train into")
+    report = pretrain_backbone(cfg, out, progress=cfg.progress)
+    print(json.dumps(asdict(report), indent=2))
+    return EXIT_OK
+
+
+def _add_pretrain(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``pretrain [--params params.yaml] [--out PATH]``."""
+    parser = subparsers.add_parser(
+        "pretrain", help="pre-train the embedded default backbone offline (rendered letters)"
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (params.yaml)")
+    parser.add_argument("--out", default=None, help="weights file (default: backbone.weights)")
+    parser.set_defaults(func=_run_pretrain)
+
+
+def _run_sequence(args: argparse.Namespace) -> int:
+    """Train the whole task sequence in this process; write the matrix, metrics and adapters."""
+    from pathlib import Path
+
+    from sdlora.checkpoint import save_adapter
+    from sdlora.config import load_config
+    from sdlora.report import format_matrix, write_sequence_outputs
+    from sdlora.train import run_sequence
+
+    cfg = load_config(args.params)
+    out = Path(args.out)
+
+    def save(task: int, model: object, result: object) -> None:
+        save_adapter(model, out / f"adapter_task_{task:02d}.safetensors")
+        write_sequence_outputs(result, out)
+
+    result = run_sequence(cfg, ncm=args.ncm, on_task_end=save)
+    print(format_matrix(result.matrix))
+    print(json.dumps(result.summary, indent=2))
+    return EXIT_OK
+
+
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``run [--params params.yaml] [--out DIR] [--ncm]``."""
+    parser = subparsers.add_parser(
+        "run", help="train a whole task sequence in one process and report its metrics"
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (params.yaml)")
+    parser.add_argument("--out", default="runs/default", help="output folder (runs/default)")
+    parser.add_argument(
+        "--ncm",
+        action="store_true",
+        help="also record the task-known nearest-class-mean drift diagnostic",
+    )
+    parser.set_defaults(func=_run_sequence)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="sdlora", description="SD-LoRA continual-learning tools.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_metrics(subparsers)
+    _add_pretrain(subparsers)
+    _add_run(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse usage errors and --help
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except (ValueError, OSError) as exc:
+        print(f"sdlora {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

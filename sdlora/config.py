@@ -1,0 +1,184 @@
+"""The one typed configuration, loaded from ``params.yaml`` and validated once at start.
+
+Every section mirrors a section of ``params.yaml``. Unknown keys, wrong types and values out of
+range raise :class:`ConfigError`, whose message names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDED_DATASETS = {"digits": 10, "glyphs": None}  # class count None: known after rendering
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not describe a valid run."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which benchmark, and how its classes are cut into tasks (SPEC §1)."""
+
+    dataset: Literal["digits", "glyphs"] = "digits"
+    init_cls: int = Field(2, ge=1, description="classes in task 0")
+    increment: int = Field(2, ge=1, description="classes in every later task")
+    image_size: int = Field(16, ge=4, description="side of the square model input, pixels")
+    input_norm: Literal["backbone", "none"] = "backbone"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: held-out share")
+    train_per_class: int = Field(60, ge=1, description="glyphs: rendered training images")
+    test_per_class: int = Field(20, ge=1, description="glyphs: rendered test images")
+
+
+class BackboneConfig(_Section):
+    """A timm ViT by name, with weights from timm, a local file, or none (random)."""
+
+    name: str = "vit_tiny_patch16_224"
+    weights: str | None = Field(
+        "artifacts/backbone/glyph_vit.safetensors",
+        description="'timm' for the name's pretrained weights, a .pth/.safetensors path, or null",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="timm.create_model kwargs")
+
+
+class PretrainConfig(_Section):
+    """Pre-training of the embedded backbone on rendered Latin letters (offline)."""
+
+    per_class: int = Field(600, ge=1)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    """The SD-LoRA adapter and its baselines (SPEC §2, §4)."""
+
+    method: Literal["sdlora", "seq_lora", "frozen"] = "sdlora"
+    rank: int = Field(10, ge=1)
+    rank_schedule: list[tuple[int, int]] | None = Field(
+        None, description="[[first_task, rank], ...] for SD-LoRA-RR; null = `rank` for every task"
+    )
+    blocks: list[int] | None = Field(None, description="adapted block indices; null = all")
+    targets: list[Literal["q", "v"]] = Field(default_factory=lambda: ["q", "v"])
+    magnitude_scope: Literal["task", "matrix"] = "task"
+    magnitude_init: float = 1.0
+    compat: Literal["paper", "reference_code"] = "paper"
+
+    @field_validator("rank_schedule")
+    @classmethod
+    def _schedule(cls, v: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        if v is None:
+            return v
+        if not v or v[0][0] != 0:
+            raise ValueError("must start with an entry for task 0, e.g. [[0, 10], [4, 8]]")
+        firsts = [f for f, _ in v]
+        if firsts != sorted(set(firsts)):
+            raise ValueError(f"first tasks must be strictly increasing, got {firsts}")
+        if any(r < 1 for _, r in v):
+            raise ValueError("every rank must be >= 1")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must list 'q' and/or 'v' once each")
+        return v
+
+    def rank_for_task(self, task: int) -> int:
+        """Rank of task ``task``'s component: the last schedule entry at or before it."""
+        if self.rank_schedule is None:
+            return self.rank
+        return [r for first, r in self.rank_schedule if first <= task][-1]
+
+
+class TrainConfig(_Section):
+    """One task's optimisation (SPEC §6: the public code uses SGD, momentum 0.9, constant lr)."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class Config(_Section):
+    """A whole run: data, backbone, model, training."""
+
+    seed: int = 0
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    progress: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be 'cpu', 'cuda', 'cuda:N' or 'auto'")
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> Config:
+        total = EMBEDDED_DATASETS.get(self.data.dataset)
+        if total is not None and self.data.init_cls > total:
+            raise ValueError(
+                f"data.init_cls = {self.data.init_cls} but dataset {self.data.dataset!r} has "
+                f"only {total} classes; use 1..{total}"
+            )
+        return self
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see params.yaml for the keys)")
+        elif e["loc"]:
+            lines.append(f"  {key} = {e.get('input')!r}: {msg}")
+        else:
+            lines.append(f"  {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a params mapping; raise ConfigError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``params.yaml`` (plus dotted-key overrides such as ``{"train.lr": 0.1}``)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(raw, str(path))

@@ -1,0 +1,237 @@
+"""SD-LoRA layers: decoupled low-rank components on the q and v slices of a fused qkv Linear.
+
+Notation follows SPEC §2. For one adapted matrix m, task k's component is a pair
+A_k (r_k x d_in), B_k (d_out x r_k). Frozen components are kept *stacked*: every stored A_k in one
+(R x d_in) buffer and every B_k in one (d_out x R) buffer, R = sum r_k, each column tagged with its
+task, so the forward is one low-rank product of rank R however many tasks there are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_EPS = 1e-12
+
+
+def lowrank_inner(b1: Tensor, a1: Tensor, b2: Tensor, a2: Tensor) -> Tensor:
+    """<B1 A1, B2 A2>_F from the factors: trace((B1^T B2)(A2 A1^T)), an r1 x r2 computation."""
+    # b (d_out, r), a (r, d_in); sum_ij (B1^T B2)_ij (A1 A2^T)_ij
+    return ((b1.T @ b2) * (a1 @ a2.T)).sum()
+
+
+def lowrank_fro_norm(b: Tensor, a: Tensor) -> Tensor:
+    """||B A||_F without forming the d_out x d_in product (SPEC §2, "Norms")."""
+    return lowrank_inner(b, a, b, a).clamp_min(0.0).sqrt()
+
+
+class Magnitudes(nn.Module):
+    """The learnable magnitudes alpha: one row per task, one column per matrix or one shared.
+
+    Kept as a single (T, M) Parameter (M = 1 for ``scope="task"``) so adapters index it without a
+    Python loop over tasks. It grows by a row at every task; the optimiser is rebuilt per task.
+    """
+
+    def __init__(self, num_matrices: int, scope: str) -> None:
+        super().__init__()
+        if scope not in ("task", "matrix"):
+            raise ValueError(f"magnitude scope must be 'task' or 'matrix', got {scope!r}")
+        self.scope = scope
+        self.num_columns = 1 if scope == "task" else num_matrices
+        self.alpha = nn.Parameter(torch.zeros(0, self.num_columns))  # (T, M)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.alpha.shape[0]
+
+    def column_of(self, matrix_index: int) -> int:
+        """The alpha column used by adapted matrix ``matrix_index``."""
+        return 0 if self.scope == "task" else matrix_index
+
+    @torch.no_grad()
+    def add_task(self, init: float) -> None:
+        """Append alpha_t = init (every column)."""
+        row = torch.full(
+            (1, self.num_columns), float(init), dtype=self.alpha.dtype, device=self.alpha.device
+        )
+        grad = self.alpha.requires_grad
+        self.alpha = nn.Parameter(torch.cat([self.alpha.detach(), row]), requires_grad=grad)
+
+
+class DecoupledLoRA(nn.Module):
+    """SD-LoRA for one adapted matrix W0 (d_out x d_in): stored directions plus the current pair.
+
+    delta W = sum_k alpha_k c_k D_k + alpha_t B_t A_t, where the stored factors satisfy
+    B_k A_k = D_k (already normalised at ``freeze_current``) and c_k is the frozen per-matrix
+    factor of ``magnitude_scope: task`` (1 otherwise; SPEC §2 "End of task t").
+    """
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.register_buffer("A", torch.zeros(0, d_in))  # (R, d_in) stored A_k, stacked
+        self.register_buffer("B", torch.zeros(d_out, 0))  # (d_out, R) stored B_k, normalised
+        self.register_buffer("col_task", torch.zeros(0, dtype=torch.long))  # (R,) task of column
+        self.register_buffer("factor", torch.zeros(0))  # (T_frozen,) c_k, indexed by task
+        self.register_parameter("A_cur", None)  # (r, d_in) current task's A
+        self.register_parameter("B_cur", None)  # (d_out, r) current task's B
+        self.register_buffer("cur_task", torch.tensor(-1))  # task index of the current pair
+
+    @property
+    def stored_rank(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def current_rank(self) -> int:
+        return 0 if self.A_cur is None else self.A_cur.shape[0]
+
+    def add_current(self, rank: int, task: int) -> None:
+        """Start task ``task``'s pair: A Kaiming-uniform (a = sqrt 5), B zeros, as LoRA."""
+        if not 1 <= rank <= min(self.d_in, self.d_out):
+            raise ValueError(
+                f"rank {rank} does not fit a {self.d_out} x {self.d_in} matrix; "
+                f"use 1..{min(self.d_in, self.d_out)}"
+            )
+        a = torch.empty(rank, self.d_in, device=self.A.device, dtype=self.A.dtype)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.A_cur = nn.Parameter(a)
+        self.B_cur = nn.Parameter(torch.zeros(self.d_out, rank, device=a.device, dtype=a.dtype))
+        self.cur_task.fill_(task)
+
+    def current_norm(self) -> Tensor:
+        """||B_t A_t||_F of the current pair (0 when there is none)."""
+        if self.A_cur is None:
+            return self.A.new_zeros(())
+        return lowrank_fro_norm(self.B_cur.detach(), self.A_cur.detach())
+
+    def current_factor_norms(self) -> Tensor:
+        """||B_t||_F * ||A_t||_F: the public code's normaliser (``compat: reference_code``)."""
+        if self.A_cur is None:
+            return self.A.new_zeros(())
+        return self.B_cur.detach().norm() * self.A_cur.detach().norm()
+
+    @torch.no_grad()
+    def freeze_current(self, norm: Tensor, factor: Tensor) -> None:
+        """Store the current pair as direction B A / norm with frozen factor c; drop the pair.
+
+        A zero norm (B never moved) stores a zero direction with c = 0: it contributes nothing,
+        as before, instead of dividing by zero.
+        """
+        if self.A_cur is None:
+            raise RuntimeError("freeze_current called with no current component")
+        ok = bool(norm > _EPS)
+        b = self.B_cur.detach() / norm if ok else torch.zeros_like(self.B_cur)
+        rank = self.current_rank
+        self.A = torch.cat([self.A, self.A_cur.detach()])
+        self.B = torch.cat([self.B, b], dim=1)
+        task = int(self.cur_task)
+        self.col_task = torch.cat([self.col_task, self.col_task.new_full((rank,), task)])
+        if self.factor.numel() <= task:  # one slot per task index, zeros for gaps
+            self.factor = torch.cat(
+                [self.factor, self.factor.new_zeros(task + 1 - self.factor.numel())]
+            )
+        self.factor[task] = factor if ok else 0.0
+        self.A_cur = self.B_cur = None
+        self.cur_task.fill_(-1)
+
+    def _factors(self, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Stacked (A, s, B) of every component, stored and current; None if there is none."""
+        # alpha (T,) for this matrix
+        parts_a, parts_b, parts_s = [], [], []
+        if self.stored_rank:
+            parts_a.append(self.A)
+            parts_b.append(self.B)
+            parts_s.append(alpha[self.col_task] * self.factor[self.col_task])  # (R,)
+        if self.A_cur is not None:
+            parts_a.append(self.A_cur)
+            parts_b.append(self.B_cur)
+            parts_s.append(alpha[self.cur_task].expand(self.current_rank))  # (r,)
+        if not parts_a:
+            return None
+        if len(parts_a) == 1:
+            return parts_a[0], parts_s[0], parts_b[0]
+        return torch.cat(parts_a), torch.cat(parts_s), torch.cat(parts_b, dim=1)
+
+    def forward(self, x: Tensor, alpha: Tensor) -> Tensor | None:
+        """delta W x for x (..., d_in) -> (..., d_out); None when there is no component."""
+        f = self._factors(alpha)
+        if f is None:
+            return None
+        a, s, b = f
+        return F.linear(F.linear(x, a) * s, b)  # (..., R) -> (..., d_out)
+
+    def delta_weight(self, alpha: Tensor) -> Tensor:
+        """delta W (d_out x d_in), for merging."""
+        f = self._factors(alpha)
+        if f is None:
+            return self.A.new_zeros(self.d_out, self.d_in)
+        a, s, b = f
+        return (b * s) @ a
+
+
+class SDLoRAQKV(nn.Module):
+    """Wraps a timm fused ``qkv`` Linear (d -> 3d) and adds SD-LoRA to its q and/or v slices.
+
+    The base Linear is kept by reference and never modified; ``merged()`` returns a plain Linear.
+    ``magnitudes`` is owned by the model and shared by every wrapper, so it is held unregistered.
+    """
+
+    SLICES: ClassVar[dict[str, int]] = {"q": 0, "k": 1, "v": 2}
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        targets: list[str],
+        matrix_index: dict[str, int],
+        magnitudes: Magnitudes,
+    ) -> None:
+        super().__init__()
+        d = base.in_features
+        if base.out_features != 3 * d:
+            raise ValueError(f"expected a fused qkv Linear (d -> 3d), got {base}")
+        self.base = base
+        self.dim = d
+        self.lora = nn.ModuleDict({t: DecoupledLoRA(d, d) for t in targets})
+        self.matrix_index = dict(matrix_index)
+        object.__setattr__(self, "_magnitudes", magnitudes)  # shared, not a submodule
+
+    def _alpha(self, target: str) -> Tensor:
+        mags = self._magnitudes
+        return mags.alpha[:, mags.column_of(self.matrix_index[target])]  # (T,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (B, N, d) -> (B, N, 3d)
+        out = self.base(x)
+        deltas = {t: layer(x, self._alpha(t)) for t, layer in self.lora.items()}
+        if all(v is None for v in deltas.values()):
+            return out
+        q, k, v = out.split(self.dim, dim=-1)
+        parts = {"q": q, "k": k, "v": v}
+        for t, dv in deltas.items():
+            if dv is not None:
+                parts[t] = parts[t] + dv
+        return torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """A plain Linear with W0 + delta W folded in (inference costs what the backbone costs)."""
+        lin = nn.Linear(
+            self.dim,
+            3 * self.dim,
+            bias=self.base.bias is not None,
+            device=self.base.weight.device,
+            dtype=self.base.weight.dtype,
+        )
+        w = self.base.weight.detach().clone()
+        for t, layer in self.lora.items():
+            i = self.SLICES[t] * self.dim
+            w[i : i + self.dim] += layer.delta_weight(self._alpha(t)).to(w.dtype)
+        lin.weight.copy_(w)
+        if self.base.bias is not None:
+            lin.bias.copy_(self.base.bias)
+        lin.requires_grad_(False)
+        return lin

@@ -1,0 +1,198 @@
+"""SDLoRAViT: a frozen timm ViT with SD-LoRA adapters, an incremental head and the task lifecycle.
+
+Lifecycle (SPEC §2): ``begin_task(num_classes, rank)`` -> train -> ``end_task()`` (freeze the
+direction, function unchanged) -> ... -> ``merge()`` gives a plain timm ViT for inference.
+``method`` selects SD-LoRA or a baseline of SPEC §4 over the same modules:
+``sdlora`` (a new component per task), ``seq_lora`` (one LoRA pair trained on every task in turn,
+no magnitudes), ``frozen`` (no adaptation; only the head trains).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sdlora.config import ModelConfig
+from sdlora.head import IncrementalHead
+from sdlora.lora import DecoupledLoRA, Magnitudes, SDLoRAQKV
+
+_EPS = 1e-12
+METHODS = ("sdlora", "seq_lora", "frozen")
+
+
+class SDLoRAViT(nn.Module):
+    """A timm ViT (headless, frozen) + SD-LoRA on q/v of the chosen blocks + incremental head."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        backbone_name: str,
+        *,
+        method: str = "sdlora",
+        blocks: list[int] | None = None,
+        targets: tuple[str, ...] | list[str] = ("q", "v"),
+        magnitude_scope: str = "task",
+        magnitude_init: float = 1.0,
+        compat: str = "paper",
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"model.method = {method!r}: use one of {METHODS}")
+        if compat not in ("paper", "reference_code"):
+            raise ValueError(f"model.compat = {compat!r}: use 'paper' or 'reference_code'")
+        depth = len(backbone.blocks)
+        blocks = list(range(depth)) if blocks is None else list(blocks)
+        bad = [b for b in blocks if not 0 <= b < depth] or len(set(blocks)) != len(blocks)
+        if bad:
+            raise ValueError(f"model.blocks = {blocks}: use distinct indices in 0..{depth - 1}")
+        self.backbone = backbone.requires_grad_(False)
+        self.backbone_name = backbone_name
+        self.method = method
+        self.blocks = blocks
+        self.targets = list(targets)
+        self.compat = compat
+        self.magnitude_init = float(magnitude_init)
+        self.magnitudes = Magnitudes(len(blocks) * len(self.targets), magnitude_scope)
+        for i, b in enumerate(blocks):
+            attn = backbone.blocks[b].attn
+            index = {t: i * len(self.targets) + j for j, t in enumerate(self.targets)}
+            attn.qkv = SDLoRAQKV(attn.qkv, self.targets, index, self.magnitudes)
+        self.head = IncrementalHead(int(backbone.num_features))
+        self.task_classes: list[int] = []  # classes per task, in order
+        self.task_ranks: list[int] = []  # rank of the component each task added (0: none)
+
+    @classmethod
+    def from_config(cls, backbone: nn.Module, backbone_name: str, cfg: ModelConfig) -> SDLoRAViT:
+        """Build from the ``model:`` section of params."""
+        return cls(
+            backbone,
+            backbone_name,
+            method=cfg.method,
+            blocks=cfg.blocks,
+            targets=cfg.targets,
+            magnitude_scope=cfg.magnitude_scope,
+            magnitude_init=cfg.magnitude_init,
+            compat=cfg.compat,
+        )
+
+    # ---- structure -------------------------------------------------------------------------
+    def adapters(self) -> list[SDLoRAQKV]:
+        return [self.backbone.blocks[b].attn.qkv for b in self.blocks]
+
+    def matrices(self) -> list[DecoupledLoRA]:
+        """Every adapted matrix, in magnitude-column order."""
+        return [a.lora[t] for a in self.adapters() for t in self.targets]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_classes)
+
+    @property
+    def magnitude_scope(self) -> str:
+        return self.magnitudes.scope
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def begin_task(self, num_classes: int, rank: int) -> None:
+        """Start task t: add its component (per ``method``) and its classifier rows."""
+        t = self.num_tasks
+        new_rank = 0
+        if self.method == "sdlora":
+            self.magnitudes.add_task(self.magnitude_init)
+            if self.compat == "reference_code" and t > 0:
+                with torch.no_grad():  # the public code re-initialises every old magnitude
+                    self.magnitudes.alpha[:t] = self.magnitude_init
+            new_rank = rank
+        elif self.method == "seq_lora" and t == 0:
+            self.magnitudes.add_task(1.0)  # fixed scale 1: plain LoRA
+            new_rank = rank
+        if new_rank:
+            for m in self.matrices():
+                m.add_current(new_rank, t)
+        self.head.grow(num_classes)
+        self.task_classes.append(int(num_classes))
+        self.task_ranks.append(int(new_rank))
+        self.set_trainable()
+
+    @torch.no_grad()
+    def end_task(self) -> None:
+        """End task t: freeze D_t = B_t A_t / ||B_t A_t||_F, keeping the function (SPEC §2).
+
+        ``magnitude_scope: matrix``: alpha_t^m <- alpha_t^m ||B A||; ``task``: with
+        n^m = ||B^m A^m||, nbar = mean n^m, store c^m = n^m / nbar and alpha_t <- alpha_t nbar.
+        ``compat: reference_code`` divides by ||B|| ||A|| and does not rescale (function jumps).
+        Baselines keep their pair trainable across tasks, so nothing is frozen for them.
+        """
+        if self.method != "sdlora":
+            return
+        mats = self.matrices()
+        if any(m.A_cur is None for m in mats):
+            raise RuntimeError("end_task called without a task in progress (call begin_task)")
+        t = self.num_tasks - 1
+        if self.compat == "reference_code":
+            for m in mats:
+                m.freeze_current(m.current_factor_norms(), torch.tensor(1.0))
+            return
+        norms = torch.stack([m.current_norm() for m in mats])  # (M,)
+        alpha = self.magnitudes.alpha
+        if self.magnitude_scope == "matrix":
+            alpha[t] *= torch.where(norms > _EPS, norms, torch.ones_like(norms))
+            factors = torch.ones_like(norms)
+        else:
+            nbar = norms.mean()
+            if nbar > _EPS:
+                factors = norms / nbar
+                alpha[t] *= nbar
+            else:
+                factors = torch.zeros_like(norms)
+        for m, n, c in zip(mats, norms, factors, strict=True):
+            m.freeze_current(n, c)
+
+    def set_trainable(self) -> None:
+        """Exactly SPEC §2's trainable set: current pair, magnitudes (SD-LoRA), new head rows."""
+        self.requires_grad_(False)
+        for m in self.matrices():
+            if m.A_cur is not None:
+                m.A_cur.requires_grad_(True)
+                m.B_cur.requires_grad_(True)
+        self.magnitudes.alpha.requires_grad_(self.method == "sdlora" and self.num_tasks > 0)
+        self.head.weight.requires_grad_(True)
+        self.head.bias.requires_grad_(True)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled pre-logit features: (B, C, H, W) -> (B, d)."""
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """(B, d) -> (B, classes seen)."""
+        return self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ---- inference and accounting ----------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> nn.Module:
+        """A plain timm ViT with every component folded into W0 and the head as its classifier."""
+        memo: dict[int, Any] = {id(a): a.merged() for a in self.adapters()}
+        merged = copy.deepcopy(self.backbone, memo)
+        merged.reset_classifier(self.head.num_classes)
+        w, b = self.head.full_weight()
+        merged.head.weight.copy_(w)
+        merged.head.bias.copy_(b)
+        return merged.requires_grad_(False).eval()
+
+    def storage(self) -> dict[str, int]:
+        """What must be kept to run the model after this task (SPEC §5, "Storage")."""
+        tensors: list[Tensor] = [self.magnitudes.alpha, *self.head.full_weight()]
+        for m in self.matrices():
+            tensors += [m.A, m.B, m.factor]
+            if m.A_cur is not None:
+                tensors += [m.A_cur, m.B_cur]
+        params = sum(t.numel() for t in tensors)
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        backbone = sum(p.numel() for n, p in self.backbone.named_parameters() if ".lora." not in n)
+        return {"stored_params": params, "stored_bytes": nbytes, "backbone_params": backbone}

@@ -1,0 +1,56 @@
+"""Write a sequence run's outputs: accuracy matrix CSV, metrics JSON and a readable table."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from sdlora.metrics import write_matrix_csv
+from sdlora.train import SequenceResult
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def result_payload(result: SequenceResult) -> dict:
+    """Everything measured, as plain JSON types."""
+
+    def rows(m: np.ndarray | None) -> list | None:
+        return None if m is None else [[None if np.isnan(v) else float(v) for v in r] for r in m]
+
+    return {
+        "summary": result.summary,
+        "accuracy_matrix": rows(result.matrix),
+        "ncm_task_known_matrix": rows(result.ncm_matrix),
+        "test_counts": result.counts,
+        "storage": result.storage,
+        "tasks": [asdict(t) for t in result.tasks],
+    }
+
+
+def write_sequence_outputs(result: SequenceResult, out_dir: str | Path) -> dict[str, Path]:
+    """``accuracy_matrix.csv`` (with counts) and ``metrics.json`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"matrix": out / "accuracy_matrix.csv", "metrics": out / "metrics.json"}
+    write_matrix_csv(paths["matrix"], result.matrix, result.counts)
+    write_json(paths["metrics"], result_payload(result))
+    return paths
+
+
+def format_matrix(matrix: np.ndarray) -> str:
+    """The accuracy matrix as aligned text, one row per task trained."""
+    t = matrix.shape[0]
+    lines = ["after  " + " ".join(f"task{j:<3d}" for j in range(t))]
+    for i in range(t):
+        cells = " ".join("   -   " if np.isnan(v) else f"{v:7.2f}" for v in matrix[i])
+        lines.append(f"{i:5d}  {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""params.yaml loading and validation: every error names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdlora.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_are_valid() -> None:
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.model.method == "sdlora" and cfg.data.dataset == "digits"
+
+
+def test_defaults_follow_the_spec() -> None:
+    cfg = parse_config({})
+    assert cfg.model.magnitude_scope == "task" and cfg.model.compat == "paper"
+    assert cfg.model.magnitude_init == 1.0 and cfg.model.targets == ["q", "v"]
+    assert cfg.train.optimizer == "sgd" and cfg.train.momentum == 0.9
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"model": {"rnak": 4}}, "model.rnak: unknown key"),
+        ({"model": {"rank": 0}}, "model.rank = 0: Input should be greater than or equal to 1"),
+        ({"model": {"rank": "ten"}}, "model.rank = 'ten': Input should be a valid integer"),
+        ({"train": {"lr": -1}}, "train.lr = -1: Input should be greater than 0"),
+        ({"model": {"magnitude_scope": "block"}}, "model.magnitude_scope = 'block': Input should"),
+        ({"data": {"init_cls": 11}}, "data.init_cls = 11 but dataset 'digits' has only 10"),
+        ({"device": "gpu"}, "device = 'gpu': must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
+        ({"model": {"rank_schedule": [[1, 10]]}}, "must start with an entry for task 0"),
+        ({"model": {"rank_schedule": [[0, 10], [0, 8]]}}, "strictly increasing"),
+        ({"model": {"targets": ["q", "q"]}}, "model.targets"),
+    ],
+)
+def test_bad_values_name_the_key(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "params.yaml")
+    assert expected in str(err.value)
+    assert str(err.value).startswith("params.yaml: invalid configuration")
+
+
+def test_rank_schedule_gives_each_task_its_rank() -> None:
+    model = parse_config({"model": {"rank_schedule": [[0, 10], [4, 8], [8, 6]]}}).model
+    assert [model.rank_for_task(t) for t in range(10)] == [10] * 4 + [8] * 4 + [6] * 2
+    assert parse_config({"model": {"rank": 7}}).model.rank_for_task(99) == 7
+
+
+def test_overrides_and_file_errors(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.5\n")
+    assert load_config(path, {"train.epochs": 2, "model.rank": 3}).train.epochs == 2
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "missing.yaml")
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
