@@ -4,7 +4,9 @@ After each task, a nearest-class-mean (NCM) classifier is built on the *current*
 earlier task's training images and scored on that task's test images *with its task known*
 (choosing only among that task's classes). The head plays no part, so a drop in this score can
 only come from the features drifting; a drop in the ordinary accuracy without one here comes from
-the head (e.g. its bias towards the newest classes).
+the head. The head's own task-known accuracy (its logits restricted to the task's classes) splits
+that further: old rows that no longer fit the drifted features lower it, while a bias towards the
+newest classes lowers only the ordinary, task-agnostic accuracy.
 """
 
 from __future__ import annotations
@@ -55,3 +57,22 @@ def ncm_task_accuracy(
         )
         for t in seen
     ]
+
+
+@torch.no_grad()
+def head_task_known_accuracy(
+    model: SDLoRAViT, seen: Sequence[TaskTensors], device: torch.device, batch: int
+) -> list[float]:
+    """Accuracy (percent) of the head with each task's id given: arg-max over its own classes."""
+    model.eval()
+    out = []
+    for t in seen:
+        lo, hi = t.label_offset, t.label_offset + t.num_classes
+        pred = torch.cat(
+            [
+                model(t.test_x[i : i + batch].to(device))[:, lo:hi].argmax(1).cpu()
+                for i in range(0, t.test_x.shape[0], batch)
+            ]
+        )
+        out.append(100.0 * (pred + lo == t.test_y).float().mean().item())
+    return out

@@ -26,11 +26,15 @@ def result_payload(result: SequenceResult) -> dict:
     def rows(m: np.ndarray | None) -> list | None:
         return None if m is None else [[None if np.isnan(v) else float(v) for v in r] for r in m]
 
+    n = result.completed
+    ncm = None if result.ncm_matrix is None else result.ncm_matrix[:n, :n]
+    head = None if result.head_known_matrix is None else result.head_known_matrix[:n, :n]
     return {
         "summary": result.summary,
-        "accuracy_matrix": rows(result.matrix),
-        "ncm_task_known_matrix": rows(result.ncm_matrix),
-        "test_counts": result.counts,
+        "accuracy_matrix": rows(result.matrix[:n, :n]),
+        "ncm_task_known_matrix": rows(ncm),
+        "head_task_known_matrix": rows(head),
+        "test_counts": result.counts[:n],
         "storage": result.storage,
         "tasks": [asdict(t) for t in result.tasks],
     }
@@ -41,7 +45,8 @@ def write_sequence_outputs(result: SequenceResult, out_dir: str | Path) -> dict[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"matrix": out / "accuracy_matrix.csv", "metrics": out / "metrics.json"}
-    write_matrix_csv(paths["matrix"], result.matrix, result.counts)
+    n = result.completed
+    write_matrix_csv(paths["matrix"], result.matrix[:n, :n], result.counts[:n])
     write_json(paths["metrics"], result_payload(result))
     return paths
 

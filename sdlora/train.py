@@ -17,7 +17,7 @@ from sdlora.backbone import create_backbone, data_config
 from sdlora.config import Config, TrainConfig
 from sdlora.data.benchmarks import load_task_splits
 from sdlora.data.tasks import TaskSplit
-from sdlora.diagnostics import ncm_task_accuracy
+from sdlora.diagnostics import head_task_known_accuracy, ncm_task_accuracy
 from sdlora.model import SDLoRAViT
 
 
@@ -46,14 +46,19 @@ class TaskStats:
 
 @dataclass
 class SequenceResult:
-    """Everything a sequence run measured. ``matrix[i][j]``: percent, NaN above the diagonal."""
+    """Everything a sequence run measured. ``matrix[i][j]``: percent, NaN above the diagonal.
+
+    Matrices are T x T from the start; only the first ``completed`` rows are filled.
+    """
 
     matrix: np.ndarray
     counts: list[int]
     summary: dict
+    completed: int = 0
     tasks: list[TaskStats] = field(default_factory=list)
     storage: list[dict[str, int]] = field(default_factory=list)
     ncm_matrix: np.ndarray | None = None
+    head_known_matrix: np.ndarray | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,8 +193,8 @@ def run_sequence(
 ) -> SequenceResult:
     """Train every task in order; after each, evaluate all tasks seen so far.
 
-    ``ncm=True`` also records the drift diagnostic: a nearest-class-mean classifier on the current
-    features, scored per task with its task known (see :mod:`sdlora.diagnostics`).
+    ``ncm=True`` also records the drift diagnostics of :mod:`sdlora.diagnostics`: a nearest-
+    class-mean classifier on the current features and the head, each with the task id given.
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -204,18 +209,26 @@ def run_sequence(
     T = len(tasks)
     matrix = np.full((T, T), np.nan)
     ncm_matrix = np.full((T, T), np.nan) if ncm else None
+    head_known = np.full((T, T), np.nan) if ncm else None
     counts = [int(t.test_y.numel()) for t in tasks]
-    result = SequenceResult(matrix=matrix, counts=counts, summary={}, ncm_matrix=ncm_matrix)
+    result = SequenceResult(
+        matrix=matrix,
+        counts=counts,
+        summary={},
+        ncm_matrix=ncm_matrix,
+        head_known_matrix=head_known,
+    )
     for t, data in enumerate(tqdm(tasks, desc="tasks", unit="task", disable=not cfg.progress)):
         model.begin_task(data.num_classes, cfg.model.rank_for_task(t))
         result.tasks.append(train_task(model, data, cfg.train, device, generator, cfg.progress))
         model.end_task()
         matrix[t, : t + 1] = evaluate(model, tasks[: t + 1], device, cfg.train.eval_batch_size)
-        if ncm_matrix is not None:
-            ncm_matrix[t, : t + 1] = ncm_task_accuracy(
-                model, tasks[: t + 1], device, cfg.train.eval_batch_size
-            )
+        if ncm_matrix is not None and head_known is not None:
+            seen, eb = tasks[: t + 1], cfg.train.eval_batch_size
+            ncm_matrix[t, : t + 1] = ncm_task_accuracy(model, seen, device, eb)
+            head_known[t, : t + 1] = head_task_known_accuracy(model, seen, device, eb)
         result.storage.append(model.storage())
+        result.completed = t + 1
         result.summary = metrics.summarize(matrix[: t + 1, : t + 1], counts[: t + 1])
         if on_task_end is not None:
             on_task_end(t, model, result)

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_repository_params_are_valid() -> None:
     cfg = load_config(REPO / "params.yaml")
-    assert cfg.model.method == "sdlora" and cfg.data.dataset == "digits"
+    assert cfg.model.method == "sdlora" and cfg.data.dataset == "glyphs"
 
 
 def test_defaults_follow_the_spec() -> None:
