@@ -96,24 +96,31 @@ class SDLoRAViT(nn.Module):
 
     # ---- lifecycle -------------------------------------------------------------------------
     def begin_task(self, num_classes: int, rank: int) -> None:
-        """Start task t: add its component (per ``method``) and its classifier rows."""
+        """Start task t: add its component (per ``method``) and its classifier rows.
+
+        Arguments are checked before anything changes, so a refused call leaves the model as it was.
+        """
         t = self.num_tasks
-        new_rank = 0
-        if self.method == "sdlora":
-            self.magnitudes.add_task(self.magnitude_init)
+        adds_component = self.method == "sdlora" or (self.method == "seq_lora" and t == 0)
+        limit = min((min(m.d_in, m.d_out) for m in self.matrices()), default=0)
+        if adds_component and not 1 <= rank <= limit:
+            raise ValueError(
+                f"model.rank / model.rank_schedule: rank {rank} for task {t} does not fit the "
+                f"adapted {self.head.in_features}-wide q/v matrices; use 1..{limit}"
+            )
+        if num_classes < 1:
+            raise ValueError(f"task {t} has {num_classes} classes; a task needs at least one")
+        if adds_component:
+            # seq_lora: one pair with a fixed scale 1 (plain LoRA), trained on every task
+            self.magnitudes.add_task(self.magnitude_init if self.method == "sdlora" else 1.0)
             if self.compat == "reference_code" and t > 0:
                 with torch.no_grad():  # the public code re-initialises every old magnitude
                     self.magnitudes.alpha[:t] = self.magnitude_init
-            new_rank = rank
-        elif self.method == "seq_lora" and t == 0:
-            self.magnitudes.add_task(1.0)  # fixed scale 1: plain LoRA
-            new_rank = rank
-        if new_rank:
             for m in self.matrices():
-                m.add_current(new_rank, t)
+                m.add_current(rank, t)
         self.head.grow(num_classes)
         self.task_classes.append(int(num_classes))
-        self.task_ranks.append(int(new_rank))
+        self.task_ranks.append(int(rank) if adds_component else 0)
         self.set_trainable()
 
     @torch.no_grad()

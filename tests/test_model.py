@@ -254,3 +254,10 @@ def test_end_task_without_begin_is_an_error(tiny_backbone: Callable[..., nn.Modu
     model = SDLoRAViT(tiny_backbone(), "tiny")
     with pytest.raises(RuntimeError, match="begin_task"):
         model.end_task()
+
+
+def test_rank_larger_than_the_layer_names_the_key(tiny_backbone: Callable[..., nn.Module]) -> None:
+    model = SDLoRAViT(tiny_backbone(), "tiny")
+    with pytest.raises(ValueError, match=r"model\.rank .* rank 33 for task 0 .* use 1\.\.32"):
+        model.begin_task(3, 33)
+    assert model.num_tasks == 0 and model.magnitudes.num_tasks == 0  # nothing half-begun
