@@ -28,12 +28,12 @@ run: $(STAMP) $(BACKBONE)
 	$(PY) -m sdlora run --params params.yaml --out runs/default
 
 test: $(STAMP)
-	$(PY) -m ruff check sdlora tests benchmarks
+	$(PY) -m ruff check sdlora tests benchmarks pipelines
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check sdlora tests benchmarks
-	$(PY) -m ruff format --check sdlora tests benchmarks
+	$(PY) -m ruff check sdlora tests benchmarks pipelines
+	$(PY) -m ruff format --check sdlora tests benchmarks pipelines
 
 clean:
 	rm -rf runs artifacts

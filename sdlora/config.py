@@ -13,6 +13,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 EMBEDDED_DATASETS = {"digits": 10, "glyphs": None}  # class count None: known after rendering
+# Read from disk by the prepare stage (sdlora.data.prepare); class counts known before reading.
+ON_DISK_DATASETS = {
+    "cifar100": 100,
+    "imagenet-r": None,
+    "imagenet-a": None,
+    "domainnet": None,
+    "imagefolder": None,
+}
+DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 
 
 class ConfigError(ValueError):
@@ -26,14 +35,53 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which benchmark, and how its classes are cut into tasks (SPEC §1)."""
 
-    dataset: Literal["digits", "glyphs"] = "digits"
+    dataset: Literal[
+        "digits", "glyphs", "cifar100", "imagenet-r", "imagenet-a", "domainnet", "imagefolder"
+    ] = "digits"
+    root: str | None = Field(
+        None, description="on-disk datasets: the folder the dataset was downloaded into"
+    )
     init_cls: int = Field(2, ge=1, description="classes in task 0")
     increment: int = Field(2, ge=1, description="classes in every later task")
     image_size: int = Field(16, ge=4, description="side of the square model input, pixels")
     input_norm: Literal["backbone", "none"] = "backbone"
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: held-out share")
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="digits and unsplit folder layouts: held-out share"
+    )
+    split_seed: int = Field(
+        0, description="digits and unsplit folder layouts: seed of the train/test split"
+    )
     train_per_class: int = Field(60, ge=1, description="glyphs: rendered training images")
     test_per_class: int = Field(20, ge=1, description="glyphs: rendered test images")
+    skip_corrupt: bool = Field(
+        False, description="prepare: skip unreadable images (counted in the manifest), not fail"
+    )
+    domains: list[str] = Field(
+        default_factory=lambda: list(DOMAINNET_DOMAINS),
+        description="domainnet: the domains whose {domain}_train/test.txt lists are merged",
+    )
+    row_group_size: int = Field(
+        512, ge=1, description="prepare: Parquet rows per row group (the streaming read unit)"
+    )
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a folder path or null, not empty")
+        return v
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"must name at least one domain, e.g. {list(DOMAINNET_DOMAINS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat a domain")
+        bad = [d for d in v if not d or "/" in d or "\\" in d or d.startswith(".")]
+        if bad:
+            raise ValueError(f"domain names are plain folder names, got {bad}")
+        return v
 
 
 class BackboneConfig(_Section):
@@ -133,7 +181,13 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _classes_fit(self) -> Config:
-        total = EMBEDDED_DATASETS.get(self.data.dataset)
+        name = self.data.dataset
+        if name in ON_DISK_DATASETS and self.data.root is None:
+            raise ValueError(
+                f"data.root is required for dataset {name!r} (the folder it was downloaded "
+                "into; see docs/data.md for the layout)"
+            )
+        total = {**EMBEDDED_DATASETS, **ON_DISK_DATASETS}.get(name)
         if total is not None and self.data.init_cls > total:
             raise ValueError(
                 f"data.init_cls = {self.data.init_cls} but dataset {self.data.dataset!r} has "

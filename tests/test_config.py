@@ -36,6 +36,16 @@ def test_defaults_follow_the_spec() -> None:
         ({"model": {"rank_schedule": [[1, 10]]}}, "must start with an entry for task 0"),
         ({"model": {"rank_schedule": [[0, 10], [0, 8]]}}, "strictly increasing"),
         ({"model": {"targets": ["q", "q"]}}, "model.targets"),
+        ({"data": {"dataset": "cifar100"}}, "data.root is required for dataset 'cifar100'"),
+        ({"data": {"dataset": "imagenet-r", "root": ""}}, "data.root = '': must be a folder"),
+        (
+            {"data": {"dataset": "cifar100", "root": "/d", "init_cls": 101}},
+            "data.init_cls = 101 but dataset 'cifar100' has only 100 classes",
+        ),
+        ({"data": {"dataset": "mnist"}}, "data.dataset = 'mnist': Input should be 'digits'"),
+        ({"data": {"domains": []}}, "data.domains = []: must name at least one domain"),
+        ({"data": {"domains": ["real", "real"]}}, "data.domains = ['real', 'real']: must not"),
+        ({"data": {"row_group_size": 0}}, "data.row_group_size = 0: Input should be greater"),
     ],
 )
 def test_bad_values_name_the_key(raw: dict, expected: str) -> None:
@@ -60,3 +70,10 @@ def test_overrides_and_file_errors(tmp_path: Path) -> None:
     path.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_on_disk_datasets_keep_embedded_defaults() -> None:
+    data = parse_config({"data": {"dataset": "domainnet", "root": "/data/domainnet"}}).data
+    assert data.domains == ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
+    assert data.split_seed == 0 and data.test_fraction == 0.2 and not data.skip_corrupt
+    assert parse_config({}).data.root is None and parse_config({}).data.dataset == "digits"

@@ -1,4 +1,9 @@
-"""Embedded offline datasets (sklearn digits, font-rendered glyphs) and CIL task splits."""
+"""Datasets and class-incremental task splits.
+
+Embedded offline sets (sklearn digits, font-rendered glyphs) load in memory; the real benchmarks
+(CIFAR-100, ImageNet-R/A, DomainNet, any ImageFolder) go through the prepare stage
+(``sdlora.data.prepare``) into Parquet task splits that ``sdlora.data.stream`` streams.
+"""
 
 from sdlora.data.digits import DIGIT_NAMES, load_digits
 from sdlora.data.glyphs import (
@@ -12,6 +17,7 @@ from sdlora.data.glyphs import (
     load_pretrain_letters,
     render_glyphs,
 )
+from sdlora.data.source import CorruptImageError, DataError, Listing, Source
 from sdlora.data.tasks import ImageSet, TaskSplit, class_order, make_task_splits, split_classes
 
 __all__ = [
@@ -20,8 +26,12 @@ __all__ = [
     "LATIN",
     "NONLATIN",
     "PRETRAIN_FONTS",
+    "CorruptImageError",
+    "DataError",
     "ImageSet",
     "Jitter",
+    "Listing",
+    "Source",
     "TaskSplit",
     "class_order",
     "fonts_with",

@@ -1,19 +1,51 @@
-"""Pick the configured benchmark and cut it into class-incremental tasks."""
+"""Pick the configured benchmark: as a Source for the prepare stage, or as in-memory task splits."""
 
 from __future__ import annotations
 
-from sdlora.config import DataConfig
+from sdlora.config import ON_DISK_DATASETS, DataConfig
 from sdlora.data.digits import load_digits
 from sdlora.data.glyphs import load_glyphs
-from sdlora.data.tasks import TaskSplit, make_task_splits
+from sdlora.data.source import DataError, Source, imageset_source
+from sdlora.data.tasks import ImageSet, TaskSplit, make_task_splits
+
+EMBEDDED_ORIGIN = {"digits": "embedded: sklearn digits", "glyphs": "embedded: rendered glyphs"}
+
+
+def _embedded(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """Train and test sets of an embedded benchmark (built in memory, nothing on disk)."""
+    if cfg.dataset == "digits":
+        return load_digits(test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
+    return load_glyphs(cfg.train_per_class, cfg.test_per_class, size=cfg.image_size)
+
+
+def open_source(cfg: DataConfig) -> Source:
+    """The benchmark of ``cfg.dataset`` listed (not yet read) for the prepare stage."""
+    if cfg.dataset in EMBEDDED_ORIGIN:
+        train, test = _embedded(cfg)
+        return imageset_source(cfg.dataset, train, test, EMBEDDED_ORIGIN[cfg.dataset])
+    if cfg.root is None:
+        raise DataError(f"data.root is required for dataset {cfg.dataset!r}")
+    if cfg.dataset == "cifar100":
+        from sdlora.data.cifar import read_cifar100
+
+        return read_cifar100(cfg.root)
+    if cfg.dataset == "domainnet":
+        from sdlora.data.domainnet import read_domainnet
+
+        return read_domainnet(cfg.root, cfg.domains)
+    if cfg.dataset in ("imagenet-r", "imagenet-a", "imagefolder"):
+        from sdlora.data.imagefolder import read_imagefolder
+
+        return read_imagefolder(cfg.root, cfg.dataset, cfg.test_fraction, cfg.split_seed)
+    raise ValueError(f"data.dataset = {cfg.dataset!r}: unknown dataset")
 
 
 def load_task_splits(cfg: DataConfig, seed: int) -> list[TaskSplit]:
-    """The benchmark of ``cfg.dataset`` as tasks (class order from ``seed``, SPEC §1)."""
-    if cfg.dataset == "digits":
-        train, test = load_digits(test_fraction=cfg.test_fraction)
-    elif cfg.dataset == "glyphs":
-        train, test = load_glyphs(cfg.train_per_class, cfg.test_per_class, size=cfg.image_size)
-    else:  # the config's Literal makes this unreachable; keep the error explicit anyway
-        raise ValueError(f"data.dataset = {cfg.dataset!r}: unknown dataset")
+    """The embedded benchmark of ``cfg.dataset`` as tasks (class order from ``seed``, SPEC §1)."""
+    if cfg.dataset in ON_DISK_DATASETS or cfg.dataset not in EMBEDDED_ORIGIN:
+        raise ValueError(
+            f"data.dataset = {cfg.dataset!r} is read from disk: run the prepare stage "
+            "(pipelines/prepare.py) and stream its Parquet task splits (sdlora.data.stream)"
+        )
+    train, test = _embedded(cfg)
     return make_task_splits(train, test, seed=seed, init_cls=cfg.init_cls, increment=cfg.increment)
