@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-EMBEDDED_DATASETS = {"digits": 10, "glyphs": None}  # class count None: known after rendering
+EMBEDDED_DATASETS = {"digits": 10, "glyphs": 40}  # class counts (tests check them)
 # Read from disk by the prepare stage (sdlora.data.prepare); class counts known before reading.
 ON_DISK_DATASETS = {
     "cifar100": 100,

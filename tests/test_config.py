@@ -77,3 +77,12 @@ def test_on_disk_datasets_keep_embedded_defaults() -> None:
     assert data.domains == ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
     assert data.split_seed == 0 and data.test_fraction == 0.2 and not data.skip_corrupt
     assert parse_config({}).data.root is None and parse_config({}).data.dataset == "digits"
+
+
+def test_embedded_class_counts_match_the_data() -> None:
+    from sdlora.config import EMBEDDED_DATASETS
+    from sdlora.data.glyphs import NONLATIN
+
+    assert {"digits": 10, "glyphs": len(NONLATIN)} == EMBEDDED_DATASETS
+    with pytest.raises(ConfigError, match=r"data\.init_cls = 41 but dataset 'glyphs' has only 40"):
+        parse_config({"data": {"dataset": "glyphs", "init_cls": 41}})
