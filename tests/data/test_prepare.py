@@ -15,18 +15,9 @@ from PIL import Image
 
 import sdlora.data.source as source_module
 from sdlora.config import DataConfig
-from sdlora.data import load_digits
+from sdlora.data import class_order, load_digits
 from sdlora.data.prepare import PARQUET_SCHEMA, SCHEMA_VERSION, prepare, read_manifest
 from sdlora.data.source import CorruptImageError, DataError
-
-
-def _legacy_order(num_classes: int, seed: int) -> np.ndarray:
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        return np.random.permutation(num_classes)
-    finally:
-        np.random.set_state(state)
 
 
 def _rows(path: Path) -> dict[str, list[Any]]:
@@ -41,7 +32,7 @@ def test_digits_parquet_matches_in_memory_splits(tmp_path: Path) -> None:
     cfg = DataConfig(dataset="digits", init_cls=2, increment=2)
     manifest = prepare(cfg, seed=1993, out=tmp_path / "out")
     train, test = load_digits()
-    order = _legacy_order(10, 1993)
+    order = class_order(10, 1993)  # == the legacy permutation (test_tasks)
     assert manifest["class_order"] == order.tolist()
     assert manifest["totals"] == {"train": len(train), "test": len(test)}
     for t, entry in enumerate(manifest["tasks"]):
@@ -66,7 +57,7 @@ def test_cifar_tasks_counts_order_and_disjoint_classes(
     cifar_factory(tmp_path / "src", num_classes=100, train_per_class=2, test_per_class=1)
     cfg = DataConfig(dataset="cifar100", root=str(tmp_path / "src"), init_cls=10, increment=10)
     manifest = prepare(cfg, seed=1993, out=tmp_path / "out")
-    order = _legacy_order(100, 1993)
+    order = class_order(100, 1993)
     assert manifest["class_order"] == order.tolist() and len(manifest["tasks"]) == 10
     seen: set[int] = set()
     for t, entry in enumerate(manifest["tasks"]):
