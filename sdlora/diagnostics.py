@@ -44,35 +44,21 @@ def ncm_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tenso
     return 100.0 * (pred == test_y).float().mean().item()
 
 
-def ncm_task_accuracy(
-    model: SDLoRAViT, seen: Sequence[TaskTensors], device: torch.device, batch: int
-) -> list[float]:
-    """Task-known NCM accuracy on each seen task with the model's current features."""
-    return [
-        ncm_accuracy(
-            features(model, t.train_x, device, batch),
-            t.train_y,
-            features(model, t.test_x, device, batch),
-            t.test_y,
-        )
-        for t in seen
-    ]
-
-
 @torch.no_grad()
-def head_task_known_accuracy(
+def task_known_accuracy(
     model: SDLoRAViT, seen: Sequence[TaskTensors], device: torch.device, batch: int
-) -> list[float]:
-    """Accuracy (percent) of the head with each task's id given: arg-max over its own classes."""
-    model.eval()
-    out = []
+) -> tuple[list[float], list[float]]:
+    """Per seen task, with its id given: (NCM accuracy on current features, head accuracy).
+
+    One feature pass over each task's test images serves both; the head's logits are restricted
+    to the task's own classes.
+    """
+    ncm, head = [], []
     for t in seen:
+        test_f = features(model, t.test_x, device, batch)
+        train_f = features(model, t.train_x, device, batch)
+        ncm.append(ncm_accuracy(train_f, t.train_y, test_f, t.test_y))
         lo, hi = t.label_offset, t.label_offset + t.num_classes
-        pred = torch.cat(
-            [
-                model(t.test_x[i : i + batch].to(device))[:, lo:hi].argmax(1).cpu()
-                for i in range(0, t.test_x.shape[0], batch)
-            ]
-        )
-        out.append(100.0 * (pred + lo == t.test_y).float().mean().item())
-    return out
+        logits = model.forward_head(test_f.to(device))[:, lo:hi].cpu()
+        head.append(100.0 * (logits.argmax(1) + lo == t.test_y).float().mean().item())
+    return ncm, head

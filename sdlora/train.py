@@ -17,7 +17,7 @@ from sdlora.backbone import create_backbone, data_config
 from sdlora.config import Config, TrainConfig
 from sdlora.data.benchmarks import load_task_splits
 from sdlora.data.tasks import TaskSplit
-from sdlora.diagnostics import head_task_known_accuracy, ncm_task_accuracy
+from sdlora.diagnostics import task_known_accuracy
 from sdlora.model import SDLoRAViT
 
 
@@ -224,9 +224,11 @@ def run_sequence(
         model.end_task()
         matrix[t, : t + 1] = evaluate(model, tasks[: t + 1], device, cfg.train.eval_batch_size)
         if ncm_matrix is not None and head_known is not None:
-            seen, eb = tasks[: t + 1], cfg.train.eval_batch_size
-            ncm_matrix[t, : t + 1] = ncm_task_accuracy(model, seen, device, eb)
-            head_known[t, : t + 1] = head_task_known_accuracy(model, seen, device, eb)
+            ncm_row, head_row = task_known_accuracy(
+                model, tasks[: t + 1], device, cfg.train.eval_batch_size
+            )
+            ncm_matrix[t, : t + 1] = ncm_row
+            head_known[t, : t + 1] = head_row
         result.storage.append(model.storage())
         result.completed = t + 1
         result.summary = metrics.summarize(matrix[: t + 1, : t + 1], counts[: t + 1])
