@@ -86,3 +86,10 @@ def test_embedded_class_counts_match_the_data() -> None:
     assert {"digits": 10, "glyphs": len(NONLATIN)} == EMBEDDED_DATASETS
     with pytest.raises(ConfigError, match=r"data\.init_cls = 41 but dataset 'glyphs' has only 40"):
         parse_config({"data": {"dataset": "glyphs", "init_cls": 41}})
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.5\n  epochs: 2\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"(?s)key 'lr' is given twice.*line 4"):
+        load_config(path)

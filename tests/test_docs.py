@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from sdlora.config import parse_config
+from sdlora.config import parse_config, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -25,4 +24,4 @@ def test_docs_have_params_examples() -> None:
 
 @pytest.mark.parametrize("block", BLOCKS)
 def test_params_example_is_valid(block: str) -> None:
-    parse_config(yaml.safe_load(block), "example")
+    parse_config(read_yaml(block), "example")
