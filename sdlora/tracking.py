@@ -1,0 +1,343 @@
+"""MLflow tracking for a sequence run: one run per sequence, metrics at ``step=task``.
+
+A thin layer over MLflow's documented API. The tracking URI is, in order: the explicit argument
+(from params), ``MLFLOW_TRACKING_URI``, or ``sqlite:///<abs root>/mlflow.db``. Experiments on a
+SQLite store are created with an explicit ``artifact_location`` (``mlartifacts/<name>`` beside
+the database), so nothing lands in ``./mlruns``. Resuming a stage passes the run id back to
+:meth:`SequenceTracker.open`, which reopens that run (``mlflow.start_run(run_id=...)``) instead of
+creating another.
+
+Params, metrics, tags and artifacts go through an :class:`mlflow.MlflowClient` bound to the
+resolved URI with the run id given explicitly; the run is also made MLflow's active run, because
+``mlflow.pytorch.log_model`` logs to the active run. :meth:`SequenceTracker.open` therefore
+sets the process-wide tracking URI (``mlflow.set_tracking_uri``), as MLflow documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
+
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+TRUNCATED = "...[truncated]"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag name, shown in the UI
+
+
+class TrackingError(RuntimeError):
+    """A tracking call that cannot do what was asked (unknown run id, run not open, ...)."""
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def resolve_tracking_uri(uri: str | None = None, root: str | Path = ".") -> str:
+    """Explicit ``uri`` > env ``MLFLOW_TRACKING_URI`` > ``sqlite:///<abs root>/mlflow.db``."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(root).resolve() / DB_NAME}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for any other store."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    # sqlite:////abs/path -> path "//abs/path"; sqlite:///rel -> "/rel" (relative to cwd)
+    path = unquote(parsed.path)
+    path = path[1:] if path.startswith("/") else path
+    return Path(path).resolve()
+
+
+def default_artifact_location(uri: str, experiment: str) -> str | None:
+    """``<db folder>/mlartifacts/<experiment>`` as a file URI for SQLite; None (store's default)
+    for a tracking server, which places artifacts where it was told to."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "default"
+    return (db.parent / ARTIFACTS_DIR / safe).as_uri()
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, bool | int | float):
+        text = str(value)
+    elif isinstance(value, tuple | list | set | frozenset):
+        text = json.dumps(list(value), default=str)
+    else:
+        text = str(value)
+    if len(text) > MAX_PARAM_VAL_LENGTH:
+        text = text[: MAX_PARAM_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
+    return text
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"train.lr": "0.01", ...}``: dotted keys, string values.
+
+    Dicts nest with dots; lists and tuples become JSON; values longer than MLflow's limit
+    (``MAX_PARAM_VAL_LENGTH``, 6000 characters in MLflow 3.17) are cut and end in
+    ``...[truncated]``. A key longer than MLflow's key limit is an error, not silently changed.
+    """
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_params(value, prefix=f"{name}."))
+            continue
+        if len(name) > MAX_ENTITY_KEY_LENGTH:
+            raise ValueError(f"param key {name!r} is longer than {MAX_ENTITY_KEY_LENGTH} chars")
+        out[name] = "{}" if isinstance(value, Mapping) else _param_value(value)
+    return out
+
+
+def git_commit(path: str | Path = ".") -> str | None:
+    """The HEAD commit of the git checkout holding ``path``; None outside one (or without git)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(path),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def model_pip_requirements() -> list[str]:
+    """What loading a logged merged timm ViT needs, pinned to what is installed here.
+
+    Given explicitly so ``mlflow.pytorch.log_model`` skips inferring requirements, which starts
+    a subprocess that imports the model (seconds).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("torch", "torchvision", "timm", "numpy", "mlflow"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+# ---- the tracker ---------------------------------------------------------------------------
+class SequenceTracker:
+    """One MLflow run per class-incremental sequence.
+
+    >>> tracker = SequenceTracker()
+    >>> run_id = tracker.open(None, "sdlora", "digits-5", params=flatten_params(cfg))
+    >>> tracker.log_task(0, {"accuracy": 97.5, "forgetting": 0.0})
+    >>> tracker.close()                       # or: with tracker: ...
+
+    ``open(..., run_id=run_id)`` later reopens the same run (metric history continues).
+    """
+
+    def __init__(self) -> None:
+        self.client: MlflowClient | None = None
+        self.tracking_uri: str | None = None
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+
+    # lifecycle
+    def open(
+        self,
+        tracking_uri: str | None,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        root: str | Path = ".",
+        code_dir: str | Path | None = None,
+    ) -> str:
+        """Create the sequence's run, or reopen ``run_id``; return the run id.
+
+        ``params`` (flat; see :func:`flatten_params`) are logged once; on reopening, params
+        already logged must have the same value (MLflow never overwrites a param), so a
+        changed one is an error naming it. The git commit is logged as param ``git_commit``
+        and tag ``mlflow.source.git.commit`` when ``code_dir`` (default: this package's folder)
+        is in a git checkout. ``root`` is where the default SQLite store goes.
+        """
+        if self.run_id is not None:
+            raise TrackingError(f"tracker already has run {self.run_id} open; close() it first")
+        uri = resolve_tracking_uri(tracking_uri, root)
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if run_id is not None:
+            run = self._existing_run(client, uri, run_id)
+            if exp is None or run.info.experiment_id != exp.experiment_id:
+                raise TrackingError(
+                    f"run {run_id} belongs to experiment id {run.info.experiment_id}, not to "
+                    f"experiment {experiment!r} in {uri}"
+                )
+            self._check_params(run.data.params, params or {})
+        else:
+            if exp is None:
+                exp_id = client.create_experiment(
+                    experiment, artifact_location=default_artifact_location(uri, experiment)
+                )
+            else:
+                exp_id = exp.experiment_id
+            run_tags = {k: str(v) for k, v in (tags or {}).items()}
+            run_id = client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
+            exp = client.get_experiment(exp_id)
+        # make it the active run too: mlflow.pytorch.log_model logs to the active run
+        mlflow.set_tracking_uri(uri)
+        mlflow.start_run(run_id=run_id)
+        self.client, self.tracking_uri = client, uri
+        self.experiment_id, self.run_id = exp.experiment_id, run_id
+
+        commit = git_commit(Path(__file__).parent if code_dir is None else code_dir)
+        extra_tags = dict(tags or {})
+        all_params = dict(params or {})
+        if commit is not None:
+            extra_tags.setdefault(GIT_COMMIT_TAG, commit)
+            all_params.setdefault("git_commit", commit)
+        try:
+            logged = client.get_run(run_id).data.params
+            new = {k: v for k, v in all_params.items() if k not in logged}
+            client.log_batch(
+                run_id,
+                params=[Param(k, _param_value(v)) for k, v in new.items()],
+                tags=[RunTag(k, str(v)) for k, v in extra_tags.items()],
+            )
+        except BaseException:
+            self.close("FAILED")  # never leave a half-opened run active
+            raise
+        return run_id
+
+    @staticmethod
+    def _existing_run(client: MlflowClient, uri: str, run_id: str):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as err:
+            raise TrackingError(
+                f"cannot resume MLflow run {run_id!r}: no such run in {uri} ({err.message})"
+            ) from err
+        if run.info.lifecycle_stage == "deleted":
+            raise TrackingError(f"cannot resume MLflow run {run_id!r}: it was deleted ({uri})")
+        return run
+
+    @staticmethod
+    def _check_params(logged: Mapping[str, str], params: Mapping[str, Any]) -> None:
+        changed = {
+            k: (logged[k], _param_value(v))
+            for k, v in params.items()
+            if k in logged and logged[k] != _param_value(v)
+        }
+        if changed:
+            lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise TrackingError(
+                f"cannot resume the run with changed params (MLflow keeps params fixed): {lines}"
+            )
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run (``FINISHED``, ``FAILED`` or ``KILLED``); closing twice does nothing."""
+        if self.run_id is None:
+            return
+        RunStatus.from_string(status)  # a clear error for an unknown status
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status=status)
+        else:
+            self._require().set_terminated(self.run_id, status=status)
+        self.run_id = None
+
+    def __enter__(self) -> SequenceTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("FAILED" if exc_type is not None else "FINISHED")
+
+    def _require(self) -> MlflowClient:
+        if self.client is None or self.run_id is None:
+            raise TrackingError("no MLflow run is open: call open() first")
+        return self.client
+
+    # logging
+    def log_task(self, task: int, metrics: Mapping[str, float]) -> None:
+        """Log one task's metrics at ``step=task`` (NaN values are skipped, not logged)."""
+        client = self._require()
+        if isinstance(task, bool) or not isinstance(task, int | np.integer) or task < 0:
+            raise ValueError(f"task must be a task index >= 0, got {task!r}")
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, int(task))
+            for k, v in metrics.items()
+            if v is not None and np.isfinite(float(v))
+        ]
+        client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log more params (flat keys); values are cut to MLflow's limit."""
+        client = self._require()
+        client.log_batch(self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        client = self._require()
+        client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+        """Copy files (or whole folders) into the run's artifacts, under ``artifact_path``."""
+        client = self._require()
+        for p in paths:
+            path = Path(p)
+            if path.is_dir():
+                sub = path.name if artifact_path is None else f"{artifact_path}/{path.name}"
+                client.log_artifacts(self.run_id, str(path), sub)
+            elif path.is_file():
+                client.log_artifact(self.run_id, str(path), artifact_path)
+            else:
+                raise FileNotFoundError(f"artifact {path} does not exist")
+
+    def log_model(self, model: Any, example_input: Any, name: str = "model", **kwargs: Any):
+        """Log a plain torch model (e.g. ``SDLoRAViT.merge()``) with an input example.
+
+        The signature is inferred from ``example_input`` (a tensor or array, batch first) and
+        the model's output on it, so ``mlflow.pytorch.load_model(info.model_uri)`` gives the
+        model back and ``mlflow.pyfunc`` can serve it. Returns MLflow's ``ModelInfo``.
+        """
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        self._require()
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            raise TrackingError(f"run {self.run_id} is not MLflow's active run any more")
+        x = example_input
+        x_np = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        was_training = getattr(model, "training", False)
+        model.eval()
+        with torch.no_grad():
+            y = model(torch.from_numpy(x_np))
+        model.train(was_training)
+        signature = infer_signature(x_np, y.detach().cpu().numpy())
+        kwargs.setdefault("pip_requirements", model_pip_requirements())
+        return mlflow.pytorch.log_model(
+            model, name=name, signature=signature, input_example=x_np, **kwargs
+        )
