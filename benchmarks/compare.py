@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from sdlora.config import load_config
+from sdlora.plots import accuracy_curve
 from sdlora.report import result_payload, write_json
 from sdlora.train import run_sequence
 
@@ -64,7 +65,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="params overrides for every run, e.g. train.epochs=3",
     )
-    ap.add_argument("--out", default="runs/compare", help="folder for the per-run JSON")
+    ap.add_argument("--out", default="runs/compare", help="folder for per-run JSON and plots")
     args = ap.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     out = Path(args.out)
@@ -112,6 +113,16 @@ def main() -> None:
                     flush=True,
                 )
             rows.append((dataset, method, runs))
+        curves = {
+            m: np.mean([r["anytime_accuracy"] for r in rs], axis=0).tolist()
+            for d, m, rs in rows
+            if d == dataset
+        }
+        accuracy_curve(
+            curves,
+            out / f"{dataset}_curve.png",
+            title=f"{dataset}: anytime accuracy, mean of seeds {args.seeds}",
+        )
     print_table(rows)
     print(
         f"\nseeds {args.seeds}; percent, top-1; stored params (share of the backbone's). "

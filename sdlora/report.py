@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sdlora.metrics import write_matrix_csv
+from sdlora.plots import accuracy_curve, accuracy_heatmap
 from sdlora.train import SequenceResult
 
 
@@ -41,13 +42,15 @@ def result_payload(result: SequenceResult) -> dict:
 
 
 def write_sequence_outputs(result: SequenceResult, out_dir: str | Path) -> dict[str, Path]:
-    """``accuracy_matrix.csv`` (with counts) and ``metrics.json`` under ``out_dir``."""
+    """``accuracy_matrix.csv`` (with counts), ``metrics.json`` and two plots under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"matrix": out / "accuracy_matrix.csv", "metrics": out / "metrics.json"}
     n = result.completed
+    paths = {"matrix": out / "accuracy_matrix.csv", "metrics": out / "metrics.json"}
     write_matrix_csv(paths["matrix"], result.matrix[:n, :n], result.counts[:n])
     write_json(paths["metrics"], result_payload(result))
+    paths["heatmap"] = accuracy_heatmap(result.matrix[:n, :n], out / "accuracy_matrix.png")
+    paths["curve"] = accuracy_curve(result.summary["anytime_accuracy"], out / "accuracy_curve.png")
     return paths
 
 

@@ -114,6 +114,8 @@ def test_cli_run_writes_matrix_metrics_and_adapters(
         "adapter_task_02.safetensors",
     ]
     assert read_header(out / "adapter_task_02.safetensors")["task_classes"] == [4, 3, 3]
+    assert (out / "accuracy_matrix.png").stat().st_size > 1000
+    assert (out / "accuracy_curve.png").stat().st_size > 1000
     model = build_model(parse_config(_raw(weights)), torch.device("cpu"))
     load_adapter(model, out / "adapter_task_02.safetensors")
     assert model.head.num_classes == 10
