@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from sdlora.atomic import atomic_path
 from sdlora.config import BackboneConfig
 
 
@@ -97,9 +98,9 @@ def save_backbone(model: nn.Module, path: Path, name: str, kwargs: dict[str, Any
         if not k.startswith("head.")
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"sdlora": json.dumps({"name": name, "kwargs": kwargs})})
-    tmp.replace(path)
+    meta = {"sdlora": json.dumps({"name": name, "kwargs": kwargs})}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
 
 
 def feature_dim(model: nn.Module) -> int:

@@ -7,7 +7,6 @@ the backbone, the structure (classes and ranks per task) and the settings that m
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from sdlora.atomic import atomic_path
 from sdlora.model import SDLoRAViT
 
 FORMAT_VERSION = 1
@@ -59,12 +59,8 @@ def save_adapter(model: SDLoRAViT, path: str | Path, extra: dict[str, Any] | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in adapter_state(model).items()}
     head = header(model) | {"extra": extra or {}}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"sdlora": json.dumps(head)})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

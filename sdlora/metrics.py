@@ -17,17 +17,17 @@ The last ``count`` row is optional; cells above the diagonal are empty strings.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+
+from sdlora.atomic import atomic_path
 
 AccuracyMatrix: TypeAlias = npt.NDArray[np.float64]
 """A validated ``T x T`` float64 array in percent; NaN above the diagonal."""
@@ -344,19 +344,10 @@ def write_matrix_csv(
     if count_arr is not None:
         writer.writerow([COUNT_LABEL] + [str(int(c)) for c in count_arr])
 
-    path = Path(path)
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(buf.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(buf.getvalue())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def parse_counts_arg(text: str) -> list[int]:

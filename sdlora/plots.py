@@ -7,7 +7,6 @@ file + ``os.replace``) and returns the path it wrote.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap, to_rgba
 from matplotlib.figure import Figure
 
+from sdlora.atomic import atomic_path
+
 DPI = 120
 
 
@@ -24,13 +25,9 @@ def _save(fig: Figure, path: str | Path) -> Path:
     """Render ``fig`` to PNG at ``path`` atomically; a crash never leaves half an image."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     FigureCanvasAgg(fig)
-    try:
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

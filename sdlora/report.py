@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from sdlora.atomic import atomic_path
 from sdlora.metrics import write_matrix_csv
 from sdlora.plots import accuracy_curve, accuracy_heatmap
 from sdlora.train import SequenceResult
@@ -16,9 +16,8 @@ from sdlora.train import SequenceResult
 
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def result_payload(result: SequenceResult) -> dict:
