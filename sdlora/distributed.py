@@ -42,7 +42,7 @@ from sdlora.checkpoint import load_adapter, save_adapter
 from sdlora.config import Config
 from sdlora.data.stream import shard_bounds
 from sdlora.model import SDLoRAViT
-from sdlora.train import TaskTensors, make_optimizer
+from sdlora.train import TaskTensors, build_model, make_optimizer
 
 ADAPTER = "adapter.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -128,10 +128,8 @@ def _global_count(shard_sizes: list[int], step: int, local_batch: int) -> int:
 
 
 def _build(cfg: Config, task: int, prev_adapter: str | None) -> SDLoRAViT:
-    from sdlora.backbone import create_backbone
-
     torch.manual_seed(cfg.seed)  # identical backbone (random weights too) on every rank
-    model = SDLoRAViT.from_config(create_backbone(cfg.backbone), cfg.backbone.name, cfg.model)
+    model = build_model(cfg, torch.device("cpu"))  # moved to the worker's device later
     if prev_adapter is not None:
         load_adapter(model, prev_adapter)
     if model.num_tasks != task:
