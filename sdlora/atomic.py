@@ -1,8 +1,10 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one."""
+"""Atomic writes of files and folders: readers see the old one or the new one, never half."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,3 +25,44 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(out: str | os.PathLike[str], marker: str) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``out``; on success it replaces ``out``.
+
+    On any exception (KeyboardInterrupt included) the temporary folder is removed and ``out`` is
+    left untouched. An existing ``out`` is replaced only if it is empty or holds ``marker`` (a
+    file every output of this kind has), never an unrelated folder: that raises FileExistsError.
+    Parent folders are created.
+    """
+    out = Path(out).absolute()
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"output {out} exists and is not a folder")
+        if any(out.iterdir()) and not (out / marker).is_file():
+            raise FileExistsError(
+                f"output {out} exists, is not empty and holds no {marker}: refusing to replace "
+                "a folder this stage did not write"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the output gets normal permissions
+        yield tmp
+        if out.exists():
+            old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
+            out.rename(old)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdlora.atomic import atomic_path
 from sdlora.checkpoint import load_adapter, save_adapter
 from sdlora.config import Config
 from sdlora.data.stream import shard_bounds
@@ -47,6 +48,7 @@ from sdlora.train import TaskTensors, build_model, make_optimizer
 ADAPTER = "adapter.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "state.json"
+TRAIN_LOG = "train.json"  # written beside the adapter: every epoch's loss, seconds, samples/s
 
 
 @dataclass
@@ -55,6 +57,7 @@ class DistributedResult:
 
     adapter: Path  # out_dir / adapter.safetensors: the task's state after end_task
     metrics: dict[str, Any]  # the last report that carried a checkpoint
+    epochs: list[dict[str, float]]  # every epoch's train_loss, epoch_seconds, samples_per_second
     checkpoint: Path | None  # the last reported checkpoint's folder
     run_path: str  # Ray's run folder (storage_path / name)
 
@@ -150,29 +153,46 @@ def _task_meta(data: TaskTensors | str, task: int) -> tuple[int, int]:
     return int(entry["label_offset"]), int(entry["num_classes"])
 
 
+# Settings a checkpoint need not share with the run resuming it: where and how wide it runs, the
+# other tasks' entries, and the epoch count (which may grow).
+_NOT_FINGERPRINTED = {
+    "progress": True,
+    "ray": True,
+    "mlflow": True,
+    "tasks": True,
+    "final_task": True,
+    "train": {"epochs"},
+}
+
+
 def _fingerprint(cfg: Config, task: int) -> dict[str, Any]:
-    """What a checkpoint must share with the run resuming it (``train.epochs`` may grow)."""
-    raw = cfg.model_dump(mode="json", exclude={"progress": True, "train": {"epochs"}})
-    return {"task": task, "cfg": raw}
+    """What a checkpoint must share with the run resuming it (``cfg``: task overrides applied)."""
+    raw = cfg.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
+    return {"task": task, "rank": cfg.rank_for_task(task), "cfg": raw}
 
 
 def _write_checkpoint(
-    folder: Path, model: SDLoRAViT, opt: torch.optim.Optimizer, epoch: int, fingerprint: dict
+    folder: Path,
+    model: SDLoRAViT,
+    opt: torch.optim.Optimizer,
+    epochs: list[dict[str, float]],
+    fingerprint: dict,
 ) -> None:
-    save_adapter(model, folder / ADAPTER, extra={"epoch": epoch})
+    save_adapter(model, folder / ADAPTER, extra={"epoch": len(epochs) - 1})
     torch.save(opt.state_dict(), folder / OPTIMIZER)
-    (folder / STATE).write_text(json.dumps({"epoch": epoch, **fingerprint}))
+    state = {"epoch": len(epochs) - 1, "epochs": epochs, **fingerprint}
+    (folder / STATE).write_text(json.dumps(state))
 
 
-def _read_state(folder: Path, fingerprint: dict) -> int:
-    """The checkpoint's epoch, after checking it belongs to this task and configuration."""
+def _read_state(folder: Path, fingerprint: dict) -> tuple[int, list[dict[str, float]]]:
+    """The checkpoint's epoch and epoch log, after checking it belongs to this task and config."""
     state = json.loads((folder / STATE).read_text())
     if {k: state.get(k) for k in fingerprint} != fingerprint:
         raise ValueError(
             f"checkpoint {folder} is from task {state.get('task')} or another configuration, "
             "not this run's; use another run name or storage_path to start afresh"
         )
-    return int(state["epoch"])
+    return int(state["epoch"]), list(state.get("epochs", []))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -186,8 +206,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    cfg: Config = config["cfg"]
     task: int = config["task"]
+    cfg: Config = config["cfg"].for_task(task)  # the task's epochs/lr overrides, if any
     data: TaskTensors | str = config["data"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -198,16 +218,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = _build(cfg, task, config["prev_adapter"])
     lo, num_classes = _task_meta(data, task)
     torch.manual_seed(cfg.seed * 1000 + task)  # the new pair's init, same on every rank
-    model.begin_task(num_classes, cfg.model.rank_for_task(task))
+    model.begin_task(num_classes, cfg.rank_for_task(task))
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and config.get("resume_from"):
         checkpoint = Checkpoint.from_directory(config["resume_from"])
     fingerprint = _fingerprint(cfg, task)
-    start_epoch, opt_state = 0, None
+    start_epoch, opt_state, epoch_log = 0, None, []
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            start_epoch = _read_state(Path(folder), fingerprint) + 1
+            last, epoch_log = _read_state(Path(folder), fingerprint)
+            start_epoch = last + 1
             load_adapter(model, Path(folder) / ADAPTER)  # the current pair included
             opt_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu")
     model.to(device)
@@ -262,25 +283,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             torch.distributed.all_reduce(summed)
             total = summed.cpu()
         seconds = time.perf_counter() - start
-        metrics = {
-            "task": task,
-            "epoch": epoch,
+        stats = {
             "train_loss": float(total[0] / max(total[1], 1)),
             "epoch_seconds": seconds,
             "samples_per_second": float(total[1]) / max(seconds, 1e-9),
+        }
+        epoch_log.append(stats)
+        metrics = {
+            "task": task,
+            "epoch": epoch,
+            **stats,
             "world_size": world,
             "start_epoch": start_epoch,  # the epoch this attempt started at (resume: > 0)
         }
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                _write_checkpoint(Path(tmp), model, opt, epoch, fingerprint)
+                _write_checkpoint(Path(tmp), model, opt, epoch_log, fingerprint)
                 ckpt = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
 
     if rank == 0:
+        out_dir = Path(config["out_dir"])
         model.cpu().end_task()
-        save_adapter(model, Path(config["out_dir"]) / ADAPTER, extra={"task": task})  # atomic
+        save_adapter(model, out_dir / ADAPTER, extra={"task": task})  # atomic
+        with atomic_path(out_dir / TRAIN_LOG) as tmp_log:
+            tmp_log.write_text(json.dumps({"task": task, "epochs": epoch_log}, indent=1) + "\n")
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -358,9 +386,11 @@ def train_task_distributed(
         ),
     )
     result = trainer.fit()
+    log = json.loads((Path(out_dir) / TRAIN_LOG).read_text())
     return DistributedResult(
         adapter=Path(out_dir).resolve() / ADAPTER,
         metrics=dict(result.metrics or {}),
+        epochs=log["epochs"],
         checkpoint=Path(result.checkpoint.path) if result.checkpoint is not None else None,
         run_path=str(result.path),
     )

@@ -219,8 +219,9 @@ def run_sequence(
         head_known_matrix=head_known,
     )
     for t, data in enumerate(tqdm(tasks, desc="tasks", unit="task", disable=not cfg.progress)):
-        model.begin_task(data.num_classes, cfg.model.rank_for_task(t))
-        result.tasks.append(train_task(model, data, cfg.train, device, generator, cfg.progress))
+        model.begin_task(data.num_classes, cfg.rank_for_task(t))
+        train_cfg = cfg.for_task(t).train  # per-task overrides from the tasks section, if any
+        result.tasks.append(train_task(model, data, train_cfg, device, generator, cfg.progress))
         model.end_task()
         matrix[t, : t + 1] = evaluate(model, tasks[: t + 1], device, cfg.train.eval_batch_size)
         if ncm_matrix is not None and head_known is not None:

@@ -151,7 +151,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     mine = _fingerprint(_cfg(epochs=1), 0)
     (tmp_path / STATE).write_text(json.dumps({"epoch": 0, **mine}))
     assert "epochs" not in mine["cfg"]["train"]
-    assert _read_state(tmp_path, _fingerprint(_cfg(epochs=3), 0)) == 0  # more epochs: resumes
+    assert _read_state(tmp_path, _fingerprint(_cfg(epochs=3), 0))[0] == 0  # more epochs: resumes
     with pytest.raises(ValueError, match="another configuration"):
         _read_state(tmp_path, _fingerprint(_cfg(epochs=1), 1))
     with pytest.raises(ValueError, match="another configuration"):

@@ -24,9 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from sdlora.atomic import atomic_directory as _atomic_directory
 from sdlora.config import DataConfig
 from sdlora.data.benchmarks import open_source
 from sdlora.data.source import CorruptImageError, DataError, Listing, Source
@@ -94,42 +92,12 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
 
 @contextmanager
 def atomic_directory(out: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``out``; on success it replaces ``out``.
-
-    On any exception (KeyboardInterrupt included) the temporary folder is removed and ``out`` is
-    left untouched. An existing ``out`` is replaced only if it is empty or a previous prepare
-    output (holds a ``manifest.json``), never an unrelated folder.
-    """
-    out = Path(out).absolute()
-    if out.exists():
-        if not out.is_dir():
-            raise DataError(f"output {out} exists and is not a folder")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise DataError(
-                f"output {out} exists, is not empty and holds no {MANIFEST}: refusing to replace "
-                "a folder the prepare stage did not write"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    """:func:`sdlora.atomic.atomic_directory` guarded by the manifest; refusals are DataErrors."""
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the output gets normal permissions
-        yield tmp
-        if out.exists():
-            old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
-            out.rename(old)
-            try:
-                tmp.rename(out)
-            except BaseException:
-                old.rename(out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with _atomic_directory(out, marker=MANIFEST) as tmp:
+            yield tmp
+    except FileExistsError as err:
+        raise DataError(str(err)) from None
 
 
 def _check_classes(source: Source) -> None:
