@@ -1,10 +1,9 @@
-# Two entry points for a fresh clone: `make run` (set up, then run the default sequence) and
-# `make test` (set up, then run the tests). Both create or refresh .venv from pyproject.toml.
+# Two entry points for a fresh clone: `make run` (set up, then `dvc repro` the default pipeline)
+# and `make test` (set up, then run the tests). Both create or refresh .venv from pyproject.toml.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-BACKBONE := artifacts/backbone/glyph_vit.safetensors
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
@@ -19,13 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-$(BACKBONE): | $(STAMP)
-	$(PY) -m sdlora pretrain --params params.yaml --out $@
+# The pipeline's commands (`python pipelines/...`) must find the venv's python: put it first.
+run: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
-pretrain: $(BACKBONE)
-
-run: $(STAMP) $(BACKBONE)
-	$(PY) -m sdlora run --params params.yaml --out runs/default
+pretrain: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro pretrain
 
 test: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines
@@ -36,4 +34,4 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check sdlora tests benchmarks pipelines
 
 clean:
-	rm -rf runs artifacts
+	rm -rf runs artifacts data/prepared mlflow.db mlartifacts dvc_plots

@@ -127,6 +127,47 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=_run_sequence)
 
 
+def _run_tasks(args: argparse.Namespace) -> int:
+    """Print (or write into the params file) the pipeline's ``tasks`` section for ``data.*``."""
+    from pathlib import Path
+
+    from sdlora.config import ConfigError, parse_config, read_yaml
+    from sdlora.pipeline import num_tasks_of
+    from sdlora.plan import plan_tasks, tasks_block, write_tasks
+
+    path = Path(args.params)
+    try:
+        raw = read_yaml(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    old = raw.pop("tasks", None) or {}
+    raw.pop("final_task", None)
+    n = num_tasks_of(parse_config(raw, str(path)))  # the section itself may be stale: not checked
+    if args.write:
+        write_tasks(path, n)
+        print(f"{path}: tasks section lists {n} task(s) (was {len(old)}): train@0 .. train@{n - 1}")
+    else:
+        overrides = {int(k): v for k, v in old.items() if isinstance(v, dict)}
+        sys.stdout.write(tasks_block(plan_tasks(n, overrides)))
+    return EXIT_OK
+
+
+def _add_tasks(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tasks [--params params.yaml] [--write]``."""
+    parser = subparsers.add_parser(
+        "tasks",
+        help="the pipeline's per-task stage list (params.yaml's tasks section) for data.*",
+        description=(
+            "Compute the tasks section dvc.yaml's train@k stages iterate over from data.* "
+            "(dataset, init_cls, increment). Without --write, print it; with --write, replace "
+            "the section in the params file, keeping per-task overrides (rank, epochs, lr)."
+        ),
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (params.yaml)")
+    parser.add_argument("--write", action="store_true", help="rewrite the params file's section")
+    parser.set_defaults(func=_run_tasks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="sdlora", description="SD-LoRA continual-learning tools.")
@@ -134,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics(subparsers)
     _add_pretrain(subparsers)
     _add_run(subparsers)
+    _add_tasks(subparsers)
     return parser
 
 

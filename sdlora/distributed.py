@@ -243,11 +243,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     stream = None
     if not isinstance(data, TaskTensors):
-        from sdlora.backbone import data_config
         from sdlora.data.stream import open_task
+        from sdlora.evaluate import stream_norm
 
-        dc = data_config(model.backbone)
-        mean, std = (None, None) if cfg.data.input_norm == "none" else (dc["mean"], dc["std"])
+        mean, std = stream_norm(cfg, model.backbone)
         stream = open_task(
             data, task, "train", cfg.data.image_size, mean, std,
             seed=cfg.seed, rank=rank, world_size=world,
@@ -359,6 +358,12 @@ def train_task_distributed(
     local_batch_size(cfg.train.batch_size, num_workers)  # fail before starting Ray
     if isinstance(data, TaskTensors) and data.task != task:
         raise ValueError(f"data is task {data.task}, not task {task}")
+    weights = cfg.backbone.weights
+    if weights not in (None, "timm") and not Path(weights).is_absolute():
+        # workers run in their own folders: give them the file's absolute path (on a cluster,
+        # a path every node sees, e.g. a shared file system)
+        backbone = cfg.backbone.model_copy(update={"weights": str(Path(weights).resolve())})
+        cfg = cfg.model_copy(update={"backbone": backbone})
     _ensure_ray(address)
     storage = Path(storage_path).resolve()  # Ray 2.60 requires an absolute storage_path
     name = name or f"task{task}"

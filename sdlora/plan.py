@@ -16,7 +16,7 @@ from typing import Any
 
 PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
-PIPELINE_DIR = "runs/pipeline"  # train@k: task_XX/; evaluate: eval/; report: report/
+PIPELINE_DIR = "runs/pipeline"  # train@k: task_<k>/; evaluate: eval/; report: report/
 EVAL_DIR = f"{PIPELINE_DIR}/eval"
 REPORT_DIR = f"{PIPELINE_DIR}/report"
 OVERRIDES = ("rank", "epochs", "lr")  # what a tasks entry may set for its task alone
@@ -29,8 +29,8 @@ def task_split(task: int) -> str:
 
 
 def task_output(task: int) -> str:
-    """The output folder of stage ``train@task`` (``runs/pipeline/task_00``)."""
-    return f"{PIPELINE_DIR}/task_{task:02d}"
+    """The output folder of stage ``train@task`` (``runs/pipeline/task_0``; dvc.yaml names it)."""
+    return f"{PIPELINE_DIR}/task_{task}"
 
 
 def task_prev(task: int) -> str:
@@ -50,10 +50,15 @@ def count_tasks(num_classes: int, init_cls: int, increment: int) -> int:
 def plan_tasks(
     num_tasks: int, overrides: Mapping[int, Mapping[str, Any]] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """The ``tasks`` section for ``num_tasks`` tasks; ``overrides[k]`` is kept in entry k."""
+    """The ``tasks`` section for ``num_tasks`` tasks; ``overrides[k]`` is kept in entry k.
+
+    Every entry lists every override (null when unset) so that ``dvc exp run -S
+    tasks.3.rank=4`` finds the key.
+    """
     out = {}
     for k in range(num_tasks):
-        extra = {n: v for n, v in (overrides or {}).get(k, {}).items() if n in OVERRIDES}
+        given = (overrides or {}).get(k, {})
+        extra = {n: given.get(n) for n in OVERRIDES}  # null: the global setting
         out[str(k)] = {"split": task_split(k), "prev": task_prev(k), **extra}
     return out
 

@@ -36,6 +36,7 @@ DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 TRUNCATED = "...[truncated]"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag name, shown in the UI
+KEY_TAG = "sdlora_key"  # identifies a sequence's run: open(key=...) reopens it, never duplicates
 
 
 class TrackingError(RuntimeError):
@@ -158,6 +159,7 @@ class SequenceTracker:
         self.tracking_uri: str | None = None
         self.experiment_id: str | None = None
         self.run_id: str | None = None
+        self.created = False  # whether the last open() created the run (else reopened it)
 
     # lifecycle
     def open(
@@ -170,8 +172,14 @@ class SequenceTracker:
         tags: Mapping[str, Any] | None = None,
         root: str | Path = ".",
         code_dir: str | Path | None = None,
+        key: str | None = None,
     ) -> str:
         """Create the sequence's run, or reopen ``run_id``; return the run id.
+
+        ``key`` names the sequence (e.g. a hash of its config): without ``run_id``, the newest
+        live run of the experiment tagged with it is reopened, and a created run is tagged with
+        it, so re-running a stage never makes a second run for one sequence. ``self.created``
+        says which happened.
 
         ``params`` (flat; see :func:`flatten_params`) are logged once; on reopening, params
         already logged must have the same value (MLflow never overwrites a param), so a
@@ -195,6 +203,11 @@ class SequenceTracker:
                     f"experiment {experiment!r} in {uri}"
                 )
             self._check_params(run.data.params, params or {})
+            created = False
+        elif key is not None and exp is not None and (found := self._find(client, exp, key)):
+            run_id = found
+            self._check_params(client.get_run(run_id).data.params, params or {})
+            created = False
         else:
             if exp is None:
                 exp_id = client.create_experiment(
@@ -203,13 +216,17 @@ class SequenceTracker:
             else:
                 exp_id = exp.experiment_id
             run_tags = {k: str(v) for k, v in (tags or {}).items()}
+            if key is not None:
+                run_tags[KEY_TAG] = key
             run_id = client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
             exp = client.get_experiment(exp_id)
+            created = True
         # make it the active run too: mlflow.pytorch.log_model logs to the active run
         mlflow.set_tracking_uri(uri)
         mlflow.start_run(run_id=run_id)
         self.client, self.tracking_uri = client, uri
         self.experiment_id, self.run_id = exp.experiment_id, run_id
+        self.created = created
 
         commit = git_commit(Path(__file__).parent if code_dir is None else code_dir)
         extra_tags = dict(tags or {})
@@ -229,6 +246,18 @@ class SequenceTracker:
             self.close("FAILED")  # never leave a half-opened run active
             raise
         return run_id
+
+    @staticmethod
+    def _find(client: MlflowClient, exp: Any, key: str) -> str | None:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", key):
+            raise ValueError(f"run key {key!r}: use letters, digits and _ . : - only")
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.{KEY_TAG} = '{key}'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        return runs[0].info.run_id if runs else None
 
     @staticmethod
     def _existing_run(client: MlflowClient, uri: str, run_id: str):

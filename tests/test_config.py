@@ -11,6 +11,12 @@ from sdlora.config import ConfigError, load_config, parse_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _entry(k: int) -> dict:
+    from sdlora.plan import task_prev, task_split
+
+    return {"split": task_split(k), "prev": task_prev(k)}
+
+
 def test_repository_params_are_valid() -> None:
     cfg = load_config(REPO / "params.yaml")
     assert cfg.model.method == "sdlora" and cfg.data.dataset == "glyphs"
@@ -21,6 +27,22 @@ def test_defaults_follow_the_spec() -> None:
     assert cfg.model.magnitude_scope == "task" and cfg.model.compat == "paper"
     assert cfg.model.magnitude_init == 1.0 and cfg.model.targets == ["q", "v"]
     assert cfg.train.optimizer == "sgd" and cfg.train.momentum == 0.9
+
+
+def test_task_overrides_apply_to_their_task_only() -> None:
+    cfg = parse_config(
+        {
+            "model": {"rank": 8, "rank_schedule": [[0, 8], [2, 4]]},
+            "train": {"epochs": 3, "lr": 0.1},
+            "tasks": {0: _entry(0), 1: {**_entry(1), "rank": 2, "epochs": 9}, 2: _entry(2)},
+            "final_task": "runs/pipeline/task_2",
+        }
+    )
+    assert [cfg.rank_for_task(t) for t in range(3)] == [8, 2, 4]
+    assert cfg.for_task(1).train.epochs == 9 and cfg.for_task(1).train.lr == 0.1
+    assert cfg.for_task(0).train.epochs == 3 and cfg.for_task(7) is cfg
+    with pytest.raises(ConfigError, match=r"tasks: params.yaml lists 3 task\(s\) but x has 5"):
+        cfg.check_num_tasks(5, "x")
 
 
 @pytest.mark.parametrize(
@@ -46,6 +68,19 @@ def test_defaults_follow_the_spec() -> None:
         ({"data": {"domains": []}}, "data.domains = []: must name at least one domain"),
         ({"data": {"domains": ["real", "real"]}}, "data.domains = ['real', 'real']: must not"),
         ({"data": {"row_group_size": 0}}, "data.row_group_size = 0: Input should be greater"),
+        ({"ray": {"num_workers": 0}}, "ray.num_workers = 0: Input should be greater"),
+        ({"ray": {"address": " "}}, "ray.address = ' ': must be null, 'auto', 'host:port'"),
+        ({"ray": {"cpus_per_worker": 0}}, "ray.cpus_per_worker = 0: Input should be greater"),
+        ({"mlflow": {"experiment": ""}}, "mlflow.experiment = '': String should have at least"),
+        ({"tasks": {1: _entry(1)}, "final_task": "runs/pipeline/task_1"}, 'keys "0" .. "0"'),
+        (
+            {"tasks": {0: {**_entry(0), "prev": "x"}}, "final_task": "runs/pipeline/task_0"},
+            "tasks.0.prev = 'x' but the pipeline writes 'artifacts/backbone' there; run `python",
+        ),
+        ({"tasks": {0: _entry(0)}}, "final_task = None but the last task's output is"),
+        ({"final_task": "runs/pipeline/task_0"}, "final_task is set but tasks is not"),
+        ({"tasks": {0: {**_entry(0), "rnak": 3}}}, "tasks.0.rnak: unknown key"),
+        ({"tasks": {0: {**_entry(0), "rank": 0}}}, "tasks.0.rank = 0: Input should be greater"),
     ],
 )
 def test_bad_values_name_the_key(raw: dict, expected: str) -> None:

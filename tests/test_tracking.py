@@ -159,6 +159,26 @@ def test_reopen_continues_the_same_run(store: Path) -> None:
     assert runs[0].info.status == "FINISHED"
 
 
+def test_open_by_key_reopens_the_sequence_run_and_never_duplicates(store: Path) -> None:
+    first, run_id = _open(store, "exp-key", key="seq-abc")
+    assert first.created
+    first.log_task(0, {"acc": 90.0})
+    first.close()
+    again, same = _open(store, "exp-key", key="seq-abc")  # a re-run stage: same sequence
+    assert same == run_id and not again.created
+    again.log_task(1, {"acc": 80.0})
+    again.close()
+    other, other_id = _open(store, "exp-key", key="seq-def")  # another config: its own run
+    assert other_id != run_id and other.created
+    other.close()
+    client = MlflowClient(resolve_tracking_uri(None, store))
+    runs = client.search_runs([client.get_experiment_by_name("exp-key").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted([run_id, other_id])
+    assert _history(client, run_id, "acc") == [(0, 90.0), (1, 80.0)]
+    with pytest.raises(ValueError, match="letters, digits"):
+        _open(store, "exp-key", key="a' OR '1'='1")
+
+
 def test_bad_run_id_is_a_clear_error(store: Path) -> None:
     tracker = SequenceTracker()
     with pytest.raises(TrackingError, match=r"cannot resume MLflow run 'deadbeef'.*no such run"):
