@@ -132,8 +132,8 @@ def _run_tasks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sdlora.config import ConfigError, parse_config, read_yaml
-    from sdlora.pipeline import num_tasks_of
     from sdlora.plan import plan_tasks, tasks_block, write_tasks
+    from sdlora.stages.records import num_tasks_of
 
     path = Path(args.params)
     try:

@@ -63,7 +63,7 @@ def create_backbone(cfg: BackboneConfig) -> nn.Module:
         if not path.is_file():
             raise BackboneError(
                 f"backbone.weights: file not found: {path.resolve()} (for the embedded default run "
-                "`python -m sdlora pretrain` first, or set a timm name with weights: timm)"
+                "`dvc repro pretrain` first, or set a timm name with weights: timm)"
             )
         meta = read_weights_metadata(path)
         saved = meta.get("kwargs")

@@ -156,3 +156,21 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
         _read_state(tmp_path, _fingerprint(_cfg(epochs=1), 1))
     with pytest.raises(ValueError, match="another configuration"):
         _read_state(tmp_path, _fingerprint(_cfg(epochs=1, momentum=0.9), 0))
+
+
+def test_ray_address_from_params_then_env_else_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from sdlora.distributed import _ensure_ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    _ensure_ray("auto")  # params win
+    _ensure_ray(None)  # then the environment
+    monkeypatch.delenv("RAY_ADDRESS")
+    _ensure_ray(None)  # else Ray starts in this process
+    assert [c.get("address") for c in calls] == ["auto", "10.0.0.9:6379", None]

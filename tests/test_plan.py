@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sdlora.config import load_config, parse_config, read_yaml
-from sdlora.pipeline import num_tasks_of
+from sdlora.stages.records import num_tasks_of
 from sdlora.plan import (
     BACKBONE_DIR,
     EVAL_DIR,

@@ -1,0 +1,92 @@
+"""What the stages hand each other: task records, the backbone record, the task plan, metrics.
+
+A task output's ``record.json`` holds, for every task so far, its accuracy row, test counts,
+rank, epoch log, storage and magnitudes; the evaluate and report stages need nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdlora import metrics
+from sdlora.config import EMBEDDED_DATASETS, ON_DISK_DATASETS, Config, ConfigError, TaskEntry
+from sdlora.plan import BACKBONE_DIR, WRITE_COMMAND, count_tasks
+
+RECORD = "record.json"  # in every task output
+BACKBONE_RECORD = "backbone.json"  # in the pretrain output
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: an input is missing or does not belong to this configuration."""
+
+
+def require_plan(cfg: Config) -> dict[int, TaskEntry]:
+    """The ``tasks`` section; a clear error when params.yaml has none."""
+    if cfg.tasks is None:
+        raise ConfigError(f"tasks: params.yaml has no tasks section; run `{WRITE_COMMAND}`")
+    return cfg.tasks
+
+
+def num_tasks_of(cfg: Config) -> int:
+    """How many tasks ``data.*`` makes (the on-disk folder is listed if its class count varies)."""
+    total = {**EMBEDDED_DATASETS, **ON_DISK_DATASETS}.get(cfg.data.dataset)
+    if total is None:
+        from sdlora.data.benchmarks import open_source
+
+        total = open_source(cfg.data).num_classes
+    return count_tasks(total, cfg.data.init_cls, cfg.data.increment)
+
+
+def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path} not found: {what} is missing; {fix}") from None
+    except json.JSONDecodeError as err:
+        raise StageError(f"{path} is not valid JSON ({err}); {fix}") from None
+
+
+def read_backbone_record() -> dict[str, Any]:
+    """``artifacts/backbone/backbone.json``, written by the pretrain stage."""
+    return read_json(
+        Path(BACKBONE_DIR) / BACKBONE_RECORD, "the pretrain stage's output", "run `dvc repro`"
+    )
+
+
+def read_record(folder: str | Path) -> dict[str, Any]:
+    """A task output's ``record.json``."""
+    return read_json(Path(folder) / RECORD, "a train stage's output", "run `dvc repro`")
+
+
+def accuracy_matrix(records: list[dict[str, Any]]) -> np.ndarray:
+    """The T x T matrix (percent, NaN above the diagonal) from records 0..T-1."""
+    n = len(records)
+    R = np.full((n, n), np.nan)
+    for i, rec in enumerate(records):
+        if rec["task"] != i or len(rec["accuracy"]) != i + 1:
+            raise StageError(f"record of task {i} is malformed (task {rec['task']})")
+        R[i, : i + 1] = rec["accuracy"]
+    return R
+
+
+def task_metrics(records: list[dict[str, Any]], task: int) -> dict[str, float]:
+    """What MLflow gets at ``step=task``: accuracies, forgetting so far, storage, training cost."""
+    R = accuracy_matrix(records[: task + 1])
+    rec = records[task]
+    seconds = [e["epoch_seconds"] for e in rec["epochs"]]
+    out = {
+        "accuracy": float(metrics.anytime_accuracy(R, rec["counts"])[-1]),
+        "forgetting": metrics.forgetting_so_far(R, task),
+        **{f"accuracy_task_{j:02d}": float(R[task, j]) for j in range(task + 1)},
+        "stored_params": float(rec["storage"]["stored_params"]),
+        "stored_bytes": float(rec["storage"]["stored_bytes"]),
+        "train_loss": float(rec["epochs"][-1]["train_loss"]),
+        "epoch_seconds": float(np.mean(seconds)),
+        "samples_per_second": float(np.mean([e["samples_per_second"] for e in rec["epochs"]])),
+        "rank": float(rec["rank"]),
+    }
+    return out

@@ -1,0 +1,104 @@
+"""Stage ``report``: final metrics, plots and the merged model into MLflow; a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdlora.atomic import atomic_directory
+from sdlora.checkpoint import load_adapter
+from sdlora.config import Config
+from sdlora.distributed import ADAPTER
+from sdlora.plan import EVAL_DIR, PREPARED_DIR, REPORT_DIR
+from sdlora.report import write_json
+from sdlora.stages.evaluate import METRICS
+from sdlora.stages.mlflow_run import open_run
+from sdlora.stages.records import (
+    accuracy_matrix,
+    read_json,
+    read_record,
+    require_plan,
+    task_metrics,
+)
+from sdlora.train import build_model
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _format_report(cfg: Config, final: dict[str, Any], records: list[dict], run_id: str) -> str:
+    R = accuracy_matrix(records)
+    lines = [
+        f"# {cfg.model.method} on {cfg.data.dataset}: {len(records)} tasks, seed {cfg.seed}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {k} | {_cell(v)} |" for k, v in final.items()),
+        "",
+        "## Accuracy after each task (%)",
+        "",
+        "| after | " + " | ".join(f"task {j}" for j in range(len(records))) + " |",
+        "|---" * (len(records) + 1) + "|",
+    ]
+    for i in range(len(records)):
+        cells = ["" if np.isnan(v) else f"{v:.2f}" for v in R[i]]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Training",
+        "",
+        "| task | classes | rank | train loss | s/epoch | samples/s | stored params |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        m = task_metrics(records, r["task"])
+        lines.append(
+            f"| {r['task']} | {r['num_classes']} | {r['rank']} | {m['train_loss']:.4f} | "
+            f"{m['epoch_seconds']:.2f} | {m['samples_per_second']:.0f} | "
+            f"{r['storage']['stored_params']:,} |"
+        )
+    lines += ["", f"MLflow run `{run_id}` in experiment `{cfg.mlflow.experiment}`.", ""]
+    return "\n".join(lines)
+
+
+def report_stage(cfg: Config) -> dict[str, Any]:
+    """Stage ``report``: final metrics, plots and the merged model into the MLflow run; a summary.
+
+    The merged model is a plain timm ViT (every adapter folded into the weights) logged as an
+    MLflow PyTorch model with an input example from task 0's test split.
+    """
+    from sdlora.data.stream import open_task
+    from sdlora.evaluate import stream_norm
+
+    require_plan(cfg)
+    assert cfg.final_task is not None
+    records = read_record(cfg.final_task)["tasks"]
+    eval_dir = Path(EVAL_DIR)
+    final = read_json(eval_dir / METRICS, "the evaluate stage's output", "run `dvc repro`")
+    model = build_model(cfg, torch.device("cpu"))
+    load_adapter(model, Path(cfg.final_task) / ADAPTER)
+    merged = model.merge().eval()
+    mean, std = stream_norm(cfg, model.backbone)
+    size = cfg.data.image_size
+    stream = open_task(PREPARED_DIR, 0, "test", size, mean, std, rank=0, world_size=1)
+    example = next(iter(torch.utils.data.DataLoader(stream, batch_size=2)))[0]
+    with (
+        atomic_directory(REPORT_DIR, marker="run.json") as tmp,
+        open_run(cfg, records, backfill=len(records)) as tracker,
+    ):
+        tracker.log_task(len(records) - 1, final)
+        tracker.log_artifacts(sorted(p for p in eval_dir.iterdir() if p.is_file()), "evaluate")
+        info = tracker.log_model(merged, example, name="merged_model")
+        payload = {
+            "mlflow_run_id": tracker.run_id,
+            "experiment": cfg.mlflow.experiment,
+            "model_uri": info.model_uri,
+            "metrics": final,
+        }
+        (tmp / "report.md").write_text(_format_report(cfg, final, records, tracker.run_id))
+        write_json(tmp / "run.json", payload)
+    return payload

@@ -1,0 +1,52 @@
+"""Stage prepare: the splits, a stale task list refused, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sdlora.plan import PREPARED_DIR
+from sdlora.stages.cli import stage_main
+
+
+def test_prepare_stage_writes_the_splits(write_params: Callable[..., Path]) -> None:
+    write_params("seed: 3\ndata: {dataset: digits, init_cls: 4, increment: 3}\n", tasks=3)
+    assert stage_main("prepare", ["--params", "params.yaml"]) == 0
+    manifest = json.loads((Path(PREPARED_DIR) / "manifest.json").read_text())
+    assert [t["num_classes"] for t in manifest["tasks"]] == [4, 3, 3]
+    assert manifest["params"]["seed"] == 3
+
+
+def test_prepare_refuses_a_stale_task_list(
+    capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    write_params("data: {dataset: digits, init_cls: 4, increment: 3}\n", tasks=5)
+    assert stage_main("prepare", ["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "tasks: params.yaml lists 5 task(s) but data.* has 3" in err
+    assert "run `python -m sdlora tasks --write`" in err
+    assert not Path(PREPARED_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "tasks", "message"),
+    [
+        ("data: {dataset: imagenet-r}\n", None, "data.root is required"),
+        ("data: {dataset: digits}\n", None, "params.yaml has no tasks section"),
+        ("data: {dataset: imagenet-r, root: /nonexistent/x}\n", 1, "'imagenet-r' at /nonexist"),
+    ],
+)
+def test_bad_input_exits_2(
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    tasks: int | None,
+    message: str,
+    write_params: Callable[..., Path],
+) -> None:
+    write_params(text, tasks)
+    assert stage_main("prepare", ["--params", "params.yaml"]) == 2
+    assert message in capsys.readouterr().err
+    assert not Path(PREPARED_DIR).exists()
