@@ -67,6 +67,11 @@ class DataConfig(_Section):
     increment: int = Field(2, ge=1, description="classes in every later task")
     image_size: int = Field(16, ge=4, description="side of the square model input, pixels")
     input_norm: Literal["backbone", "none"] = "backbone"
+    augment: Literal["crop_flip", "none"] = Field(
+        "crop_flip",
+        description="streamed training images: crop_flip (SPEC §6: random resized crop + "
+        "horizontal flip) or none (the test transform)",
+    )
     test_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="digits and unsplit folder layouts: held-out share"
     )

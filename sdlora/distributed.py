@@ -249,7 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mean, std = stream_norm(cfg, model.backbone)
         stream = open_task(
             data, task, "train", cfg.data.image_size, mean, std,
-            seed=cfg.seed, rank=rank, world_size=world,
+            augment=cfg.data.augment == "crop_flip", seed=cfg.seed, rank=rank, world_size=world,
         )  # fmt: skip
         shard_sizes = [
             b - a for a, b in (shard_bounds(stream.num_rows, r, world) for r in range(world))

@@ -46,11 +46,16 @@ def build_transform(
     size: int,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    augment: bool = True,
 ) -> v2.Compose:
-    """PIL image -> float tensor (3, size, size): the train or test transform of SPEC §6."""
+    """PIL image -> float tensor (3, size, size): the train or test transform of SPEC §6.
+
+    ``augment=False`` gives training images the test transform (for data such as letters,
+    where a flip changes the class and a 5% crop of a 16 px image leaves nothing).
+    """
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither (no normalisation)")
-    if train:
+    if train and augment:
         steps: list[Any] = [
             v2.RandomResizedCrop(size, scale=(0.05, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)),
             v2.RandomHorizontalFlip(p=0.5),
@@ -207,13 +212,14 @@ def open_task(
     image_size: int,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    augment: bool = True,
     **kwargs: Any,
 ) -> ParquetStream:
     """A stream over the prepared ``split`` of ``tasks`` with the SPEC §6 transform.
 
-    Train streams shuffle by default; ``kwargs`` go to :class:`ParquetStream` (``seed``, ``rank``,
+    Train streams shuffle by default and augment unless ``augment=False``; ``kwargs`` go to :class:`ParquetStream` (``seed``, ``rank``,
     ``world_size``, ``shuffle``, ``return_path``).
     """
     kwargs.setdefault("shuffle", split == "train")
-    transform = build_transform(split == "train", image_size, mean, std)
+    transform = build_transform(split == "train", image_size, mean, std, augment)
     return ParquetStream(task_files(prepared, tasks, split), transform, **kwargs)

@@ -16,8 +16,8 @@ from sdlora.tracking import SequenceTracker, flatten_params
 def sequence_key(cfg: Config, upto: int | None = None) -> str:
     """Hash of what tasks ``0..upto`` (default all) depend on: config, data, backbone weights.
 
-    Not included: where and how wide it runs (``ray``, ``mlflow``, ``device`` is), progress
-    bars, and the entries of later tasks.
+    Not included: where and how wide it runs (``ray``), where it is tracked (``mlflow``),
+    progress bars, and the entries of later tasks. ``device`` is included: results may differ.
     """
     raw = cfg.model_dump(mode="json", exclude={"progress", "ray", "mlflow", "final_task"})
     if upto is not None:

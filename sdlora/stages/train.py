@@ -26,7 +26,7 @@ from sdlora.train import build_model, resolve_device
 
 
 def train_stage(cfg: Config, task: int) -> dict[str, Any]:
-    """Stage ``train@task``: train, evaluate tasks 0..task, track, write ``task_XX/``."""
+    """Stage ``train@task``: train, evaluate tasks 0..task, track, write ``task_<k>/``."""
     plan = require_plan(cfg)
     if task not in plan:
         raise ConfigError(f"tasks: no entry {task} (params.yaml lists tasks 0..{len(plan) - 1})")

@@ -169,3 +169,5 @@ def test_train_transform_is_random_crop_and_flip() -> None:
     assert transform.transforms[1].p == 0.5
     with pytest.raises(ValueError, match="both mean and std"):
         build_transform(train=True, size=32, mean=(0.5,) * 3)
+    plain = build_transform(train=True, size=32, augment=False)  # data.augment: none
+    assert torch.equal(plain(image), build_transform(train=False, size=32)(image))
