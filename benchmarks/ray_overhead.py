@@ -57,8 +57,9 @@ def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
     inited = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = train_task_distributed(
-            cfg, 0, None, prepared, tmp, num_workers=workers, storage_path=Path(tmp) / "ray"
-        )
+            cfg, 0, None, prepared, tmp, num_workers=workers, storage_path=Path(tmp) / "ray",
+            poll_interval_s=cfg.ray.poll_interval_s,
+        )  # fmt: skip
     done = time.perf_counter()
     ray.shutdown()
     return {

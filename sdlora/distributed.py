@@ -48,6 +48,7 @@ from sdlora.train import TaskTensors, build_model, make_optimizer
 ADAPTER = "adapter.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "state.json"
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_LOG = "train.json"  # written beside the adapter: every epoch's loss, seconds, samples/s
 
 
@@ -341,6 +342,7 @@ def train_task_distributed(
     address: str | None = None,
     resume_from: str | Path | None = None,
     threads_per_worker: int = 1,
+    poll_interval_s: float | None = None,
 ) -> DistributedResult:
     """Train task ``task`` on ``num_workers`` Ray Train workers; write ``out_dir/adapter...``.
 
@@ -348,7 +350,8 @@ def train_task_distributed(
     task's :class:`TaskTensors` or a prepared Parquet folder. Ray starts in-process unless
     ``address`` (or ``RAY_ADDRESS``) names a cluster. A rerun with the same ``storage_path`` and
     ``name`` (default ``task{task}``) resumes from that run's last checkpoint (Ray Train V2);
-    ``resume_from`` names a checkpoint folder to start from otherwise.
+    ``resume_from`` names a checkpoint folder to start from otherwise. ``poll_interval_s`` sets
+    how often Ray Train's controller polls the workers (Ray propagates the variable to them).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -364,6 +367,8 @@ def train_task_distributed(
         # a path every node sees, e.g. a shared file system)
         backbone = cfg.backbone.model_copy(update={"weights": str(Path(weights).resolve())})
         cfg = cfg.model_copy(update={"backbone": backbone})
+    if poll_interval_s is not None:
+        os.environ[POLL_ENV] = str(poll_interval_s)  # read when the controller starts
     _ensure_ray(address)
     storage = Path(storage_path).resolve()  # Ray 2.60 requires an absolute storage_path
     name = name or f"task{task}"

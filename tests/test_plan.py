@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from sdlora.config import load_config, parse_config, read_yaml
-from sdlora.stages.records import num_tasks_of
 from sdlora.plan import (
     BACKBONE_DIR,
     EVAL_DIR,
@@ -23,6 +22,7 @@ from sdlora.plan import (
     tasks_block,
     write_tasks,
 )
+from sdlora.stages.records import num_tasks_of
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -217,8 +217,8 @@ def open_task(
 ) -> ParquetStream:
     """A stream over the prepared ``split`` of ``tasks`` with the SPEC §6 transform.
 
-    Train streams shuffle by default and augment unless ``augment=False``; ``kwargs`` go to :class:`ParquetStream` (``seed``, ``rank``,
-    ``world_size``, ``shuffle``, ``return_path``).
+    Train streams shuffle by default and augment unless ``augment=False``; ``kwargs`` go to
+    :class:`ParquetStream` (``seed``, ``rank``, ``world_size``, ``shuffle``, ``return_path``).
     """
     kwargs.setdefault("shuffle", split == "train")
     transform = build_transform(split == "train", image_size, mean, std, augment)

@@ -58,6 +58,7 @@ def train_stage(cfg: Config, task: int) -> dict[str, Any]:
             name=f"{sequence_key(cfg, upto=task)}-task{task:02d}",
             address=ray.address,
             threads_per_worker=max(1, int(ray.cpus_per_worker)),
+            poll_interval_s=ray.poll_interval_s,
         )
         train_seconds = time.perf_counter() - start
         model = build_model(cfg, torch.device("cpu"))
