@@ -278,7 +278,7 @@ class Config(_Section):
         keys = sorted(self.tasks)
         if keys != list(range(len(keys))) or not keys:
             raise ValueError(
-                f"tasks must have the keys \"0\" .. \"{len(keys) - 1}\" in order, got {keys}; "
+                f'tasks must have the keys "0" .. "{len(keys) - 1}" in order, got {keys}; '
                 f"run `{WRITE_COMMAND}`"
             )
         for k, entry in self.tasks.items():
