@@ -11,6 +11,7 @@ from torch import nn
 from sdlora.backbone import data_config
 from sdlora.config import Config
 from sdlora.data.stream import open_task
+from sdlora.model import SDLoRAViT
 
 
 def stream_norm(cfg: Config, backbone: nn.Module) -> tuple[tuple[float, ...] | None, ...]:
@@ -23,15 +24,14 @@ def stream_norm(cfg: Config, backbone: nn.Module) -> tuple[tuple[float, ...] | N
 
 @torch.no_grad()
 def evaluate_prepared(
-    model: nn.Module,
-    backbone: nn.Module,
+    model: SDLoRAViT,
     prepared: str | Path,
     tasks: Sequence[int],
     cfg: Config,
     device: torch.device,
 ) -> tuple[list[float], list[int]]:
     """Percent accuracy and test-row count of each task in ``tasks``, arg-max over all classes."""
-    mean, std = stream_norm(cfg, backbone)
+    mean, std = stream_norm(cfg, model.backbone)
     model.eval().to(device)
     accs, counts = [], []
     size = cfg.data.image_size

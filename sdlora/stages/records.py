@@ -42,6 +42,7 @@ def num_tasks_of(cfg: Config) -> int:
 
 
 def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON file another stage wrote; a StageError saying ``what`` is missing and the ``fix``."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

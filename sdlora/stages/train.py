@@ -63,9 +63,7 @@ def train_stage(cfg: Config, task: int) -> dict[str, Any]:
         train_seconds = time.perf_counter() - start
         model = build_model(cfg, torch.device("cpu"))
         load_adapter(model, tmp / ADAPTER)
-        accs, counts = evaluate_prepared(
-            model, model.backbone, PREPARED_DIR, range(task + 1), cfg, device
-        )
+        accs, counts = evaluate_prepared(model, PREPARED_DIR, range(task + 1), cfg, device)
         records.append(
             {
                 "task": task,
