@@ -37,12 +37,10 @@ def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
     imported = time.perf_counter()
     if workers == 0:
         from sdlora.data.benchmarks import load_task_splits
-        from sdlora.evaluate import stream_norm
-        from sdlora.train import build_model, to_tensors, train_task
+        from sdlora.train import build_model, tensor_norm, to_tensors, train_task
 
         model = build_model(cfg, torch.device("cpu"))
-        mean, std = stream_norm(cfg, model.backbone)
-        mean, std = mean or (0.0,) * 3, std or (1.0,) * 3
+        mean, std = tensor_norm(cfg, model.backbone)
         task = to_tensors(load_task_splits(cfg.data, cfg.seed)[:1], cfg.data.image_size, mean, std)
         model.begin_task(task[0].num_classes, cfg.rank_for_task(0))
         t0 = time.perf_counter()

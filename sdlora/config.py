@@ -26,6 +26,11 @@ ON_DISK_DATASETS = {
 DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 
 
+def known_num_classes(dataset: str) -> int | None:
+    """The dataset's class count when it is fixed (embedded, CIFAR-100); None: read the folder."""
+    return {**EMBEDDED_DATASETS, **ON_DISK_DATASETS}.get(dataset)
+
+
 class ConfigError(ValueError):
     """A params file or override that does not describe a valid run."""
 
@@ -322,7 +327,7 @@ class Config(_Section):
                 f"data.root is required for dataset {name!r} (the folder it was downloaded "
                 "into; see docs/data.md for the layout)"
             )
-        total = {**EMBEDDED_DATASETS, **ON_DISK_DATASETS}.get(name)
+        total = known_num_classes(name)
         if total is not None and self.data.init_cls > total:
             raise ValueError(
                 f"data.init_cls = {self.data.init_cls} but dataset {self.data.dataset!r} has "

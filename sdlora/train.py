@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sdlora import metrics
-from sdlora.backbone import create_backbone, data_config
+from sdlora.backbone import create_backbone
 from sdlora.config import Config, TrainConfig
 from sdlora.data.benchmarks import load_task_splits
 from sdlora.data.tasks import TaskSplit
@@ -83,6 +83,14 @@ def images_to_tensor(
     m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return ((x - m) / s).contiguous()
+
+
+def tensor_norm(cfg: Config, backbone: torch.nn.Module) -> tuple[Sequence[float], ...]:
+    """``(mean, std)`` for :func:`images_to_tensor`: ``input_norm``'s, identity for ``none``."""
+    from sdlora.evaluate import stream_norm
+
+    mean, std = stream_norm(cfg, backbone)
+    return (mean, std) if mean is not None else ((0.0,) * 3, (1.0,) * 3)
 
 
 def to_tensors(
@@ -200,10 +208,7 @@ def run_sequence(
     torch.manual_seed(cfg.seed)
     model = model if model is not None else build_model(cfg, device)
     if tasks is None:
-        dc = data_config(model.backbone)
-        mean, std = (
-            ((0.0,) * 3, (1.0,) * 3) if cfg.data.input_norm == "none" else (dc["mean"], dc["std"])
-        )
+        mean, std = tensor_norm(cfg, model.backbone)
         tasks = to_tensors(load_task_splits(cfg.data, cfg.seed), cfg.data.image_size, mean, std)
     generator = torch.Generator().manual_seed(cfg.seed)
     T = len(tasks)

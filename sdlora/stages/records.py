@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sdlora import metrics
-from sdlora.config import EMBEDDED_DATASETS, ON_DISK_DATASETS, Config, ConfigError, TaskEntry
+from sdlora.config import Config, ConfigError, TaskEntry, known_num_classes
 from sdlora.plan import BACKBONE_DIR, WRITE_COMMAND, count_tasks
 
 RECORD = "record.json"  # in every task output
@@ -31,13 +31,20 @@ def require_plan(cfg: Config) -> dict[int, TaskEntry]:
     return cfg.tasks
 
 
+def known_num_tasks(cfg: Config) -> int | None:
+    """How many tasks ``data.*`` makes, when known without reading data (else None)."""
+    total = known_num_classes(cfg.data.dataset)
+    return None if total is None else count_tasks(total, cfg.data.init_cls, cfg.data.increment)
+
+
 def num_tasks_of(cfg: Config) -> int:
     """How many tasks ``data.*`` makes (the on-disk folder is listed if its class count varies)."""
-    total = {**EMBEDDED_DATASETS, **ON_DISK_DATASETS}.get(cfg.data.dataset)
-    if total is None:
-        from sdlora.data.benchmarks import open_source
+    known = known_num_tasks(cfg)
+    if known is not None:
+        return known
+    from sdlora.data.benchmarks import open_source
 
-        total = open_source(cfg.data).num_classes
+    total = open_source(cfg.data).num_classes
     return count_tasks(total, cfg.data.init_cls, cfg.data.increment)
 
 
