@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from sdlora.atomic import write_json
 from sdlora.config import load_config
+from sdlora.data.prepare import prepare
 from sdlora.plots import accuracy_curve
-from sdlora.report import result_payload, write_json
-from sdlora.train import run_sequence
+from sdlora.report import result_payload
+from sdlora.sequence import matrix_of, run_sequence
 
 # Task splits per benchmark: digits 5 x 2 classes, glyphs (40 letters) 5 x 8 classes.
 BENCHMARKS = {
@@ -34,11 +36,17 @@ METHODS = ("sdlora", "seq_lora", "frozen")
 
 def old_tasks(m: np.ndarray) -> tuple[float, float]:
     """(mean over earlier tasks of the last row, mean drop from the diagonal to the last row)."""
+    m = np.asarray(m)
     last = m.shape[0] - 1
     if last == 0:
         return float("nan"), float("nan")
     end, learned = m[last, :last], np.diag(m)[:last]
     return float(end.mean()), float((learned - end).mean())
+
+
+def _square(rows: list[list[float]]) -> np.ndarray:
+    """Lower-triangular rows (row i has i + 1 cells) as a T x T matrix."""
+    return matrix_of([{"accuracy": r} for r in rows])
 
 
 def storage(s: dict[str, int]) -> str:
@@ -85,22 +93,25 @@ def main() -> None:
                         "progress": False,
                     },
                 )
+                prepared = out / "prepared" / f"{dataset}-seed{seed}"
+                if not (prepared / "manifest.json").is_file():
+                    prepare(cfg.data, seed=seed, out=prepared)
                 start = time.perf_counter()
-                res = run_sequence(cfg, ncm=True)
+                res = run_sequence(cfg, prepared, ncm=True)
                 seconds = time.perf_counter() - start
                 write_json(
                     out / f"{dataset}_{method}_seed{seed}.json",
                     result_payload(res) | {"seconds": seconds, "overrides": overrides},
                 )
-                ncm_end, ncm_drop = old_tasks(res.ncm_matrix)
+                ncm_end, ncm_drop = old_tasks(_square(res.ncm_rows))
                 runs.append(
                     {
                         **res.summary,
-                        "storage": res.storage[-1],
+                        "storage": res.records[-1]["storage"],
                         "seconds": seconds,
                         "ncm_drop": ncm_drop,
                         "ncm_old": ncm_end,
-                        "head_old": old_tasks(res.head_known_matrix)[0],
+                        "head_old": old_tasks(_square(res.head_known_rows))[0],
                         "cil_old": old_tasks(res.matrix)[0],
                     }
                 )

@@ -2,9 +2,9 @@
 
 Each measurement is a fresh Python process, as a ``train@k`` stage is: imports, ``ray.init``
 (in-process Ray), ``TorchTrainer.fit`` on task 0 of the configured benchmark streamed from
-Parquet, and the same task trained with the one-process trainer (``sdlora.train.train_task`` on
-in-memory tensors) as the floor. The fixed overhead is the stage's wall time minus the time its
-epochs took (the workers' own ``epoch_seconds``).
+Parquet, and the same task trained by the same loop in a plain process
+(``sdlora.train.fit_task`` at world size 1, no Ray) as the floor. The fixed overhead is the
+stage's wall time minus the time its epochs took (the workers' own ``epoch_seconds``).
 
     python benchmarks/ray_overhead.py                       # params.yaml, workers 1 and 2
     python benchmarks/ray_overhead.py --workers 1 2 --epochs 1 10
@@ -28,26 +28,21 @@ REPO = Path(__file__).resolve().parents[1]
 def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
     """Run in a child process: one Ray stage (workers > 0) or one plain task (workers == 0)."""
     start = time.perf_counter()
-    import torch
-
     from sdlora.config import load_config
     from sdlora.distributed import train_task_distributed
 
     cfg = load_config(params, {"train.epochs": epochs, "progress": False})
     imported = time.perf_counter()
     if workers == 0:
-        from sdlora.data.benchmarks import load_task_splits
-        from sdlora.train import build_model, tensor_norm, to_tensors, train_task
+        from sdlora.train import World, begin_task, build_model, fit_task, task_classes
 
-        model = build_model(cfg, torch.device("cpu"))
-        mean, std = tensor_norm(cfg, model.backbone)
-        task = to_tensors(load_task_splits(cfg.data, cfg.seed)[:1], cfg.data.image_size, mean, std)
-        model.begin_task(task[0].num_classes, cfg.rank_for_task(0))
+        model = build_model(cfg)
+        begin_task(model, cfg, 0, task_classes(prepared, 0)[1])
         t0 = time.perf_counter()
-        stats = train_task(model, task[0], cfg.train, torch.device("cpu"),
-                           torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+        epochs_log = fit_task(model, prepared, 0, cfg, World())
         return {"workers": 0, "epochs": epochs, "import_s": imported - start, "init_s": 0.0,
-                "fit_s": time.perf_counter() - t0, "epoch_s": sum(stats.epoch_seconds),
+                "fit_s": time.perf_counter() - t0,
+                "epoch_s": sum(e["epoch_seconds"] for e in epochs_log),
                 "wall_s": time.perf_counter() - start}  # fmt: skip
     import ray
 

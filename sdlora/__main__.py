@@ -30,7 +30,10 @@ def _counts_type(text: str) -> list[int]:
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
-    """Print the section-5 metric summary of an accuracy-matrix CSV as JSON on stdout."""
+    """Print the section-5 metric summary of an accuracy matrix file as JSON on stdout.
+
+    The file is sdlora's CSV or the headerless lower-triangular matrix of the public logs.
+    """
     from sdlora.metrics import read_matrix_csv, summarize
 
     matrix, file_counts = read_matrix_csv(args.matrix)
@@ -49,13 +52,21 @@ def _add_metrics(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     """Register ``metrics MATRIX.csv [--counts ...]``."""
     parser = subparsers.add_parser(
         "metrics",
-        help="summarize an accuracy matrix CSV (final accuracy, AAA, forgetting, BWT)",
+        help=(
+            "summarize an accuracy matrix (final accuracy, AAA, forgetting, BWT) from sdlora's "
+            "CSV or a public log's lower-triangular matrix"
+        ),
         description=(
-            "Read an accuracy matrix CSV (header 'after_task,task_0,...', one row per task, "
-            "optional last 'count' row) and print the metric summary as JSON."
+            "Read an accuracy matrix in percent and print the metric summary as JSON. Two "
+            "formats are read: sdlora's CSV (header 'after_task,task_0,...', one row per task, "
+            "optional last 'count' row) and the lower-triangular matrix as the public code's "
+            "logs print it (no header, row i = after task i, cells separated by commas or "
+            "whitespace, cells above the diagonal empty or absent)."
         ),
     )
-    parser.add_argument("matrix", help="accuracy matrix CSV file (percent)")
+    parser.add_argument(
+        "matrix", help="accuracy matrix file (percent): sdlora's CSV or a headerless log matrix"
+    )
     parser.add_argument(
         "--counts",
         type=_counts_type,
@@ -96,29 +107,45 @@ def _run_sequence(args: argparse.Namespace) -> int:
 
     from sdlora.checkpoint import save_adapter
     from sdlora.config import load_config
+    from sdlora.data.prepare import prepare
     from sdlora.report import format_matrix, write_sequence_outputs
-    from sdlora.train import run_sequence
+    from sdlora.sequence import run_sequence
 
     cfg = load_config(args.params)
     out = Path(args.out)
+    prepared = Path(args.prepared) if args.prepared else out / "prepared"
+    if not args.prepared:  # the prepare stage's own function, into the run's folder
+        prepare(cfg.data, seed=cfg.seed, out=prepared, progress=cfg.progress)
 
     def save(task: int, model: object, result: object) -> None:
         save_adapter(model, out / f"adapter_task_{task:02d}.safetensors")
         write_sequence_outputs(result, out)
 
-    result = run_sequence(cfg, ncm=args.ncm, on_task_end=save)
+    result = run_sequence(cfg, prepared, ncm=args.ncm, on_task_end=save)
     print(format_matrix(result.matrix))
     print(json.dumps(result.summary, indent=2))
     return EXIT_OK
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``run [--params params.yaml] [--out DIR] [--ncm]``."""
+    """Register ``run [--params params.yaml] [--out DIR] [--prepared DIR] [--ncm]``."""
     parser = subparsers.add_parser(
-        "run", help="train a whole task sequence in one process and report its metrics"
+        "run",
+        help="train a whole task sequence in one process (no Ray, no DVC) and report its metrics",
+        description=(
+            "Train every task in this process with the pipeline's own training and evaluation "
+            "functions: for the same params it gives the accuracy matrix `dvc repro` gives."
+        ),
     )
     parser.add_argument("--params", default="params.yaml", help="params file (params.yaml)")
     parser.add_argument("--out", default="runs/default", help="output folder (runs/default)")
+    parser.add_argument(
+        "--prepared",
+        default=None,
+        metavar="DIR",
+        help="use these prepared task splits (e.g. data/prepared from `dvc repro prepare`) "
+        "instead of preparing data.* into OUT/prepared",
+    )
     parser.add_argument(
         "--ncm",
         action="store_true",
@@ -168,6 +195,38 @@ def _add_tasks(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(func=_run_tasks)
 
 
+def _run_deps(args: argparse.Namespace) -> int:
+    """Print each stage's code deps and params according to its code; 1 if dvc.yaml disagrees."""
+    from pathlib import Path
+
+    from sdlora.deps import check_stage, describe, dvc_stages
+
+    root = Path(args.dvc).resolve().parent
+    stages = dvc_stages(args.dvc)
+    names = [args.stage] if args.stage else list(stages)
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise ValueError(f"{args.dvc}: no stage {unknown[0]!r}; the stages are {', '.join(stages)}")
+    print("\n\n".join(describe(n, stages[n], root) for n in names))
+    return 1 if any(check_stage(n, stages[n], root) for n in names) else EXIT_OK
+
+
+def _add_deps(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``deps [--stage NAME] [--dvc dvc.yaml]``."""
+    parser = subparsers.add_parser(
+        "deps",
+        help="each DVC stage's code deps and params, computed from its code, against dvc.yaml",
+        description=(
+            "For each stage of dvc.yaml: the project files its entry script imports (static "
+            "import closure) and the params keys its code reads, then what dvc.yaml lacks or "
+            "lists in vain (exit code 1 if anything)."
+        ),
+    )
+    parser.add_argument("--stage", default=None, help="one stage (default: all)")
+    parser.add_argument("--dvc", default="dvc.yaml", help="the pipeline file (dvc.yaml)")
+    parser.set_defaults(func=_run_deps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="sdlora", description="SD-LoRA continual-learning tools.")
@@ -176,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(subparsers)
     _add_run(subparsers)
     _add_tasks(subparsers)
+    _add_deps(subparsers)
     return parser
 
 

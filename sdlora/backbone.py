@@ -103,11 +103,6 @@ def save_backbone(model: nn.Module, path: Path, name: str, kwargs: dict[str, Any
         save_file(state, str(tmp), metadata=meta)
 
 
-def feature_dim(model: nn.Module) -> int:
-    """Width of the pooled features the classifier reads."""
-    return int(model.num_features)
-
-
 @torch.no_grad()
 def data_config(model: nn.Module) -> dict[str, Any]:
     """timm's data config (mean, std, ...) of the backbone."""

@@ -141,7 +141,7 @@ class PretrainConfig(_Section):
 class ModelConfig(_Section):
     """The SD-LoRA adapter and its baselines (SPEC §2, §4)."""
 
-    method: Literal["sdlora", "seq_lora", "frozen"] = "sdlora"
+    method: Literal["sdlora", "seq_lora", "frozen", "prototype"] = "sdlora"
     rank: int = Field(10, ge=1)
     rank_schedule: list[tuple[int, int]] | None = Field(
         None, description="[[first_task, rank], ...] for SD-LoRA-RR; null = `rank` for every task"

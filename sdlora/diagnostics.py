@@ -11,28 +11,20 @@ newest classes lowers only the ordinary, task-agnostic accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdlora.evaluate import outputs
+from sdlora.train import task_classes, task_stream
+
 if TYPE_CHECKING:
+    from sdlora.config import Config
     from sdlora.model import SDLoRAViT
-    from sdlora.train import TaskTensors
-
-
-@torch.no_grad()
-def features(model: SDLoRAViT, x: Tensor, device: torch.device, batch: int) -> Tensor:
-    """Pooled features (N, d) of images (N, 3, S, S), on the CPU."""
-    model.eval()
-    return torch.cat(
-        [
-            model.forward_features(x[i : i + batch].to(device)).cpu()
-            for i in range(0, x.shape[0], batch)
-        ]
-    )
 
 
 def ncm_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor) -> float:
@@ -46,19 +38,28 @@ def ncm_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tenso
 
 @torch.no_grad()
 def task_known_accuracy(
-    model: SDLoRAViT, seen: Sequence[TaskTensors], device: torch.device, batch: int
+    model: SDLoRAViT,
+    prepared: str | Path,
+    tasks: Iterable[int],
+    cfg: Config,
+    device: torch.device,
 ) -> tuple[list[float], list[float]]:
-    """Per seen task, with its id given: (NCM accuracy on current features, head accuracy).
+    """Per task, with its id given: (NCM accuracy on current features, head accuracy).
 
     One feature pass over each task's test images serves both; the head's logits are restricted
-    to the task's own classes.
+    to the task's own classes. Class means come from the task's training images read as test
+    images are (no augmentation).
     """
+    model.eval().to(device)
+    batch = cfg.train.eval_batch_size
     ncm, head = [], []
-    for t in seen:
-        test_f = features(model, t.test_x, device, batch)
-        train_f = features(model, t.train_x, device, batch)
-        ncm.append(ncm_accuracy(train_f, t.train_y, test_f, t.test_y))
-        lo, hi = t.label_offset, t.label_offset + t.num_classes
-        logits = model.forward_head(test_f.to(device))[:, lo:hi].cpu()
-        head.append(100.0 * (logits.argmax(1) + lo == t.test_y).float().mean().item())
+    for t in tasks:
+        test = task_stream(prepared, t, "test", cfg, model.backbone)
+        train = task_stream(prepared, t, "train", cfg, model.backbone, plain=True)
+        test_f, test_y = outputs(model.forward_features, test, device, batch)
+        train_f, train_y = outputs(model.forward_features, train, device, batch)
+        ncm.append(ncm_accuracy(train_f, train_y, test_f, test_y))
+        lo, n = task_classes(prepared, t)
+        logits = model.forward_head(test_f.to(device))[:, lo : lo + n].cpu()
+        head.append(100.0 * (logits.argmax(1) + lo == test_y).float().mean().item())
     return ncm, head

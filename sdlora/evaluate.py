@@ -1,50 +1,61 @@
-"""Accuracy of a model on prepared test splits, streamed from Parquet (no task id given)."""
+"""The one evaluator: accuracy on prepared test splits, arg-max over every class seen (no task id).
+
+Every entry point (``sdlora run``, the pipeline's ``train@k`` stages, pre-training's validation,
+the diagnostics) reads test images through :func:`sdlora.train.task_stream`, the same
+preprocessing training uses.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from sdlora.backbone import data_config
 from sdlora.config import Config
-from sdlora.data.stream import open_task
-from sdlora.model import SDLoRAViT
+from sdlora.data.stream import ParquetStream
+from sdlora.train import task_stream
 
 
-def stream_norm(cfg: Config, backbone: nn.Module) -> tuple[tuple[float, ...] | None, ...]:
-    """``(mean, std)`` for the streaming transform: the backbone's, or None for raw [0, 1]."""
-    if cfg.data.input_norm == "none":
-        return None, None
-    dc = data_config(backbone)
-    return tuple(dc["mean"]), tuple(dc["std"])
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The timm model whose data config sets the input normalisation."""
+    return getattr(model, "backbone", model)
 
 
 @torch.no_grad()
-def evaluate_prepared(
-    model: SDLoRAViT,
+def outputs(
+    fn: nn.Module | object, stream: ParquetStream, device: torch.device, batch: int
+) -> tuple[Tensor, Tensor]:
+    """``(fn(x), labels)`` over a whole stream, concatenated on the CPU."""
+    loader = torch.utils.data.DataLoader(stream, batch_size=batch)
+    outs, labels = [], []
+    for x, y in loader:
+        outs.append(fn(x.to(device)).cpu())
+        labels.append(torch.as_tensor(y))
+    if not outs:
+        raise ValueError(f"{stream.files}: no rows to evaluate")
+    return torch.cat(outs), torch.cat(labels)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
     prepared: str | Path,
-    tasks: Sequence[int],
+    tasks: Iterable[int],
     cfg: Config,
     device: torch.device,
 ) -> tuple[list[float], list[int]]:
-    """Percent accuracy and test-row count of each task in ``tasks``, arg-max over all classes."""
-    mean, std = stream_norm(cfg, model.backbone)
+    """Percent accuracy and test-row count of each task in ``tasks``, arg-max over all classes.
+
+    ``model`` maps images to logits over every class seen: an :class:`SDLoRAViT` or its merged
+    plain timm ViT.
+    """
     model.eval().to(device)
     accs, counts = [], []
-    size = cfg.data.image_size
     for t in tasks:
-        stream = open_task(prepared, t, "test", size, mean, std, rank=0, world_size=1)
-        loader = torch.utils.data.DataLoader(stream, batch_size=cfg.train.eval_batch_size)
-        right = seen = 0
-        for x, y in loader:
-            pred = model(x.to(device)).argmax(1).cpu()
-            right += int((pred == torch.as_tensor(y)).sum())
-            seen += len(y)
-        if seen == 0:
-            raise ValueError(f"{prepared}: task {t} has no test rows")
-        accs.append(100.0 * right / seen)
-        counts.append(seen)
+        stream = task_stream(prepared, t, "test", cfg, backbone_of(model))
+        logits, y = outputs(model, stream, device, cfg.train.eval_batch_size)
+        accs.append(100.0 * (logits.argmax(1) == y).double().mean().item())
+        counts.append(int(y.numel()))
     return accs, counts

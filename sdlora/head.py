@@ -25,21 +25,25 @@ class IncrementalHead(nn.Module):
     def num_classes(self) -> int:
         return self.old_weight.shape[0] + self.weight.shape[0]
 
-    @property
-    def current_offset(self) -> int:
-        """Global index of the current task's first class."""
-        return self.old_weight.shape[0]
-
     @torch.no_grad()
-    def grow(self, num_new: int) -> None:
-        """Freeze the current rows and add ``num_new`` fresh ones (nn.Linear's init)."""
+    def grow(self, num_new: int, init: str = "torch") -> None:
+        """Freeze the current rows and add ``num_new`` fresh ones.
+
+        ``init``: ``torch`` (nn.Linear's default) or ``kaiming_linear`` (the public code's
+        SimpleLinear: Kaiming-normal with the linear gain, std 1/sqrt(d), bias 0; SPEC §2).
+        """
         if num_new < 1:
             raise ValueError(f"a task needs at least one class, got {num_new}")
+        if init not in ("torch", "kaiming_linear"):
+            raise ValueError(f"head init {init!r}: use 'torch' or 'kaiming_linear'")
         self.old_weight = torch.cat([self.old_weight, self.weight.detach()])
         self.old_bias = torch.cat([self.old_bias, self.bias.detach()])
         fresh = nn.Linear(
             self.in_features, num_new, device=self.old_weight.device, dtype=self.old_weight.dtype
         )
+        if init == "kaiming_linear":
+            nn.init.kaiming_normal_(fresh.weight, nonlinearity="linear")
+            nn.init.zeros_(fresh.bias)
         self.weight = nn.Parameter(fresh.weight.detach().clone())
         self.bias = nn.Parameter(fresh.bias.detach().clone())
 

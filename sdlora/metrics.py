@@ -4,21 +4,19 @@ The accuracy matrix ``R`` is square, ``T x T``, in percent: ``R[i][j]`` is the t
 the test samples of task ``j`` after training task ``i``. Cells with ``j > i`` (tasks not seen yet)
 are empty, stored as NaN. Per-task test sample counts, when given, weight the anytime accuracy.
 
-CSV format (``read_matrix_csv`` / ``write_matrix_csv``)::
+``read_matrix_csv`` reads sdlora's CSV (written by ``write_matrix_csv``; the ``count`` row is
+optional) and the headerless lower-triangular matrix the public code's logs print, with commas
+or whitespace, cells above the diagonal empty or absent::
 
-    after_task,task_0,task_1,task_2
-    0,90.0,,
-    1,85.0,80.0,
+    after_task,task_0,task_1,task_2        90.0
+    0,90.0,,                               85.0 80.0
+    1,85.0,80.0,                           70.0 75.0 88.0
     2,70.0,75.0,88.0
     count,100,100,50
-
-The last ``count`` row is optional; cells above the diagonal are empty strings.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from pathlib import Path
@@ -36,6 +34,17 @@ ArrayLike: TypeAlias = npt.ArrayLike
 
 COUNT_LABEL = "count"
 FIRST_HEADER = "after_task"
+FORMATS = (
+    f"sdlora's CSV with a header '{FIRST_HEADER},task_0,...' and an optional last "
+    f"'{COUNT_LABEL}' row, or a headerless lower-triangular matrix, one row per task, "
+    "separated by commas or whitespace"
+)
+
+
+def _first(mask: npt.NDArray[np.bool_]) -> tuple[int, ...] | None:
+    """Index of the first True cell of ``mask`` in row-major order, or None."""
+    hits = np.argwhere(mask)
+    return tuple(int(k) for k in hits[0]) if len(hits) else None
 
 
 def validate_matrix(R: ArrayLike) -> AccuracyMatrix:
@@ -43,7 +52,7 @@ def validate_matrix(R: ArrayLike) -> AccuracyMatrix:
 
     Checks: 2-D and square with T >= 1; every cell with ``j <= i`` finite and in [0, 100]; every
     cell with ``j > i`` NaN (the task had not been trained yet). Raises ``ValueError`` naming the
-    offending cell (row, column) and what was expected.
+    first offending cell (row, column) and what was expected.
     """
     try:
         arr = np.array(R, dtype=np.float64)
@@ -56,27 +65,24 @@ def validate_matrix(R: ArrayLike) -> AccuracyMatrix:
         raise ValueError(f"accuracy matrix must be square (T x T), got shape {rows} x {cols}")
     if rows == 0:
         raise ValueError("accuracy matrix must have at least one task, got shape 0 x 0")
-    for i in range(rows):
-        for j in range(cols):
-            value = arr[i, j]
-            if j <= i:
-                if not math.isfinite(value):
-                    raise ValueError(
-                        f"accuracy matrix cell (row {i}, column {j}) is {value}; expected a "
-                        "finite accuracy in percent in [0, 100] (cells with column <= row "
-                        "must be filled)"
-                    )
-                if not 0.0 <= value <= 100.0:
-                    raise ValueError(
-                        f"accuracy matrix cell (row {i}, column {j}) is {value}; expected a "
-                        "value in percent in [0, 100]"
-                    )
-            elif not math.isnan(value):
-                raise ValueError(
-                    f"accuracy matrix cell (row {i}, column {j}) is {value}; expected NaN "
-                    f"(empty): task {j} is not trained yet after task {i}"
-                )
-    return arr
+    lower = np.tri(rows, dtype=bool)
+    in_range = (arr >= 0.0) & (arr <= 100.0)  # also False for NaN and +-inf
+    hit = _first((lower & ~in_range) | (~lower & ~np.isnan(arr)))
+    if hit is None:
+        return arr
+    i, j = hit
+    value = arr[i, j]
+    where = f"accuracy matrix cell (row {i}, column {j}) is {value}"
+    if j > i:
+        raise ValueError(
+            f"{where}; expected NaN (empty): task {j} is not trained yet after task {i}"
+        )
+    if not np.isfinite(value):
+        raise ValueError(
+            f"{where}; expected a finite accuracy in percent in [0, 100] (cells with column <= "
+            "row must be filled)"
+        )
+    raise ValueError(f"{where}; expected a value in percent in [0, 100]")
 
 
 def validate_counts(counts: ArrayLike | None, num_tasks: int) -> npt.NDArray[np.float64]:
@@ -91,11 +97,12 @@ def validate_counts(counts: ArrayLike | None, num_tasks: int) -> npt.NDArray[np.
         raise ValueError(
             f"counts must have one entry per task (length {num_tasks}), got shape {arr.shape}"
         )
-    for j, value in enumerate(arr):
-        if not (math.isfinite(value) and value > 0 and float(value).is_integer()):
-            raise ValueError(
-                f"counts[{j}] (task {j}) is {value}; expected an integer number of test samples > 0"
-            )
+    hit = _first(~(np.isfinite(arr) & (arr > 0) & (arr == np.round(arr))))
+    if hit is not None:
+        (j,) = hit
+        raise ValueError(
+            f"counts[{j}] (task {j}) is {arr[j]}; expected an integer number of test samples > 0"
+        )
     return arr
 
 
@@ -107,11 +114,7 @@ def anytime_accuracy(R: ArrayLike, counts: ArrayLike | None = None) -> npt.NDArr
     """
     mat = validate_matrix(R)
     weights = validate_counts(counts, mat.shape[0])
-    out = np.empty(mat.shape[0], dtype=np.float64)
-    for i in range(mat.shape[0]):
-        w = weights[: i + 1]
-        out[i] = float(np.dot(mat[i, : i + 1], w) / w.sum())
-    return out
+    return np.nan_to_num(mat, nan=0.0) @ weights / np.cumsum(weights)
 
 
 def final_accuracy(R: ArrayLike, counts: ArrayLike | None = None) -> float:
@@ -134,8 +137,7 @@ def forgetting(R: ArrayLike) -> float:
     last = mat.shape[0] - 1
     if last == 0:
         return 0.0
-    drops = [float(np.max(mat[j:, j]) - mat[last, j]) for j in range(last)]
-    return float(np.mean(drops))
+    return float(np.mean(np.nanmax(mat[:, :last], axis=0) - mat[last, :last]))
 
 
 def backward_transfer(R: ArrayLike) -> float:
@@ -148,7 +150,7 @@ def backward_transfer(R: ArrayLike) -> float:
     last = mat.shape[0] - 1
     if last == 0:
         return 0.0
-    return float(np.mean([mat[last, j] - mat[j, j] for j in range(last)]))
+    return float(np.mean(mat[last, :last] - np.diag(mat)[:last]))
 
 
 def forgetting_so_far(R: ArrayLike, upto: int) -> float:
@@ -178,174 +180,152 @@ def summarize(
     }
 
 
-def _parse_float(text: str, where: str, what: str) -> float:
-    """Parse one CSV cell as a float or raise ValueError naming its location."""
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{where}: {what} is {text!r}; expected a number") from None
+Rows: TypeAlias = list[tuple[int, list[str]]]
+"""Non-blank lines of a file as (1-based line number, cells)."""
 
 
 def read_matrix_csv(
     path: str | os.PathLike[str],
 ) -> tuple[AccuracyMatrix, npt.NDArray[np.int64] | None]:
-    """Read an accuracy matrix (and optional ``count`` row) from CSV, validating every cell.
+    """Read an accuracy matrix (and sdlora's optional ``count`` row) from either format.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and line
-    for malformed content (bad header, ragged or missing rows, non-numeric cells, values above
-    the diagonal, empty cells on or below it, values outside [0, 100], bad counts).
+    A first cell ``after_task`` means sdlora's CSV; a number means the headerless matrix of the
+    public logs (counts are then None). Raises ``FileNotFoundError`` for a missing file and
+    ``ValueError`` naming the file and line for malformed content (bad header, missing or extra
+    rows, values above the diagonal, empty or missing cells on or below it, non-numbers, values
+    outside [0, 100], bad counts).
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: accuracy matrix file not found") from None
     except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, expected an accuracy matrix CSV file") from None
+        raise ValueError(f"{path}: is a directory, expected an accuracy matrix file") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
-
-    lines: list[tuple[int, list[str]]] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        for row in reader:
-            cells = [c.strip() for c in row]
-            if not any(cells):
-                continue  # blank line (e.g. trailing newline)
-            lines.append((reader.line_num, cells))
-    except csv.Error as exc:
-        raise ValueError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
-
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
-        raise ValueError(f"{path}: empty file; expected a header row '{FIRST_HEADER},task_0,...'")
+        raise ValueError(f"{path}: empty file; expected {FORMATS}")
 
-    header_line, header = lines[0]
+    first = lines[0][1].replace(",", " ").split()
+    if first and first[0] == FIRST_HEADER:
+        return _read_sdlora_csv(path, [(n, [c.strip() for c in s.split(",")]) for n, s in lines])
+    if first and math.isnan(_to_float(first[0])):
+        raise ValueError(
+            f"{path}, line {lines[0][0]}: bad header {lines[0][1]!r}; expected {FORMATS}"
+        )
+    sep = "," if any("," in s for _, s in lines) else None  # None: split on whitespace
+    return _parse_grid(path, [(n, [c.strip() for c in s.split(sep)]) for n, s in lines]), None
+
+
+def _to_float(text: str) -> float:
+    """``float(text)``, or NaN when ``text`` is empty or not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _read_sdlora_csv(path: Path, rows: Rows) -> tuple[AccuracyMatrix, npt.NDArray[np.int64] | None]:
+    """Check sdlora's header, row labels and ``count`` row, then parse the matrix cells."""
+    header_line, header = rows[0]
     num_tasks = len(header) - 1
-    expected_header = [FIRST_HEADER] + [f"task_{j}" for j in range(num_tasks)]
-    if num_tasks < 1 or header != expected_header:
-        shown = ",".join(expected_header) if num_tasks >= 1 else f"{FIRST_HEADER},task_0,..."
+    expected = [FIRST_HEADER] + [f"task_{j}" for j in range(num_tasks)]
+    if num_tasks < 1 or header != expected:
+        shown = ",".join(expected) if num_tasks >= 1 else f"{FIRST_HEADER},task_0,..."
         raise ValueError(
             f"{path}, line {header_line}: bad header {','.join(header)!r}; expected {shown!r}"
         )
-
-    body = lines[1:]
-    counts: npt.NDArray[np.int64] | None = None
+    body = rows[1:]
+    counts = None
     if body and body[-1][1][0] == COUNT_LABEL:
-        count_line, count_cells = body.pop()
-        counts = _parse_counts(path, count_line, count_cells, num_tasks)
-
-    matrix = np.full((num_tasks, num_tasks), np.nan, dtype=np.float64)
-    for i in range(num_tasks):
-        if i >= len(body):
-            last_line = count_line if counts is not None else lines[-1][0]
-            raise ValueError(
-                f"{path}, line {last_line}: missing row for after_task {i}; expected "
-                f"{num_tasks} matrix rows (one per task) after the header, found {len(body)}"
-            )
-        line_no, cells = body[i]
-        if cells[0] == COUNT_LABEL:
-            raise ValueError(
-                f"{path}, line {line_no}: '{COUNT_LABEL}' row must be the last row; matrix row "
-                f"for after_task {i} is missing"
-            )
-        if len(cells) != num_tasks + 1:
-            raise ValueError(
-                f"{path}, line {line_no}: row has {len(cells)} cells; expected {num_tasks + 1} "
-                f"(after_task plus {num_tasks} task columns, like the header)"
-            )
-        if cells[0] != str(i):
-            raise ValueError(
-                f"{path}, line {line_no}: first cell is {cells[0]!r}; expected after_task {i} "
-                "(rows must be in order 0, 1, ...)"
-            )
-        for j in range(num_tasks):
-            cell = cells[j + 1]
-            where = f"{path}, line {line_no}, column task_{j}"
-            if j > i:
-                if cell != "":
-                    raise ValueError(
-                        f"{where}: value {cell!r} above the diagonal; expected an empty cell "
-                        f"(task {j} is not trained yet after task {i})"
-                    )
-                continue
-            if cell == "":
-                raise ValueError(
-                    f"{where}: empty cell; expected an accuracy in percent in [0, 100] "
-                    f"(row {i}, column {j} is on or below the diagonal)"
-                )
-            value = _parse_float(cell, where, f"cell (row {i}, column {j})")
-            if not (math.isfinite(value) and 0.0 <= value <= 100.0):
-                raise ValueError(
-                    f"{where}: cell (row {i}, column {j}) is {cell!r}; expected an accuracy in "
-                    "percent in [0, 100]"
-                )
-            matrix[i, j] = value
-
-    if len(body) > num_tasks:
-        line_no, cells = body[num_tasks]
-        if cells[0] == COUNT_LABEL:
-            raise ValueError(f"{path}, line {line_no}: '{COUNT_LABEL}' row must be the last row")
+        counts = _parse_count_row(path, *body.pop(), num_tasks)
+    labels = [cells[0] for _, cells in body]
+    if labels != [str(i) for i in range(num_tasks)]:
+        k = next(k for k, label in enumerate([*labels, None]) if label != str(k) or k >= num_tasks)
+        line_no, got = (
+            (body[k][0], f"matrix row {k} is labelled {labels[k]!r}")
+            if k < len(labels)
+            else (rows[-1][0], f"found {k} matrix row(s)")
+        )
         raise ValueError(
-            f"{path}, line {line_no}: extra row; expected exactly {num_tasks} matrix rows "
-            f"(the header has {num_tasks} task columns), optionally followed by a "
+            f"{path}, line {line_no}: {got}; expected {num_tasks} row(s) labelled 0 to "
+            f"{num_tasks - 1} in order (one per task column of the header), then an optional "
             f"'{COUNT_LABEL}' row"
         )
-    return validate_matrix(matrix), counts
+    return _parse_grid(path, [(n, cells[1:]) for n, cells in body]), counts
 
 
-def _parse_counts(
+def _parse_grid(path: Path, rows: Rows) -> AccuracyMatrix:
+    """Row ``i`` of ``rows`` is R[i]: cells 0..i numbers in [0, 100], any later ones empty."""
+    num_tasks = len(rows)
+    width = max(num_tasks, *(len(cells) for _, cells in rows))
+    cells = np.array([c + [""] * (width - len(c)) for _, c in rows], dtype=str)
+    lower = np.tri(num_tasks, width, dtype=bool)
+
+    values = np.vectorize(_to_float, otypes=[np.float64])(cells)
+    hit = _first((~lower & (cells != "")) | (lower & ~((values >= 0.0) & (values <= 100.0))))
+    if hit is None:
+        return validate_matrix(values[:, :num_tasks])
+    (i, j), text = hit, str(cells[hit])
+    where = f"{path}, line {rows[i][0]}, column task_{j}"
+    if j > i:
+        raise ValueError(
+            f"{where}: value {text!r} above the diagonal; row {i} (after task {i}) holds at most "
+            f"{i + 1} value(s), the cells after them must be empty or absent"
+        )
+    if not text:
+        raise ValueError(
+            f"{where}: empty or missing cell; expected an accuracy in percent in [0, 100] "
+            f"(row {i}, column {j} is on or below the diagonal)"
+        )
+    raise ValueError(
+        f"{where}: cell (row {i}, column {j}) is {text!r}; expected a number in [0, 100]"
+    )
+
+
+def _positive_ints(texts: list[str]) -> tuple[list[int], int | None]:
+    """Parse decimal integers > 0; also return the index of the first text that is not one."""
+    values = [int(t) if t.isascii() and t.isdigit() else 0 for t in texts]
+    bad = [j for j, v in enumerate(values) if v <= 0]
+    return values, (bad[0] if bad else None)
+
+
+def _parse_count_row(
     path: Path, line_no: int, cells: list[str], num_tasks: int
 ) -> npt.NDArray[np.int64]:
     """Parse the optional ``count`` row into positive integers or raise naming file and line."""
-    if len(cells) != num_tasks + 1:
+    values, bad = _positive_ints(cells[1:])
+    if bad is not None or len(values) != num_tasks:
         raise ValueError(
-            f"{path}, line {line_no}: '{COUNT_LABEL}' row has {len(cells)} cells; expected "
-            f"{num_tasks + 1} ('{COUNT_LABEL}' plus one test sample count per task)"
+            f"{path}, line {line_no}: bad '{COUNT_LABEL}' row {','.join(cells)!r}; expected "
+            f"{num_tasks} test sample counts (integers > 0), one per task"
         )
-    out = np.empty(num_tasks, dtype=np.int64)
-    for j, cell in enumerate(cells[1:]):
-        try:
-            value = int(cell)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise ValueError(
-                f"{path}, line {line_no}, column task_{j}: count is {cell!r}; expected an "
-                "integer number of test samples > 0"
-            )
-        out[j] = value
-    return out
-
-
-def _format_value(value: float) -> str:
-    """Format one accuracy so that reading it back gives the identical float."""
-    return repr(float(value))
+    return np.array(values, dtype=np.int64)
 
 
 def write_matrix_csv(
     path: str | os.PathLike[str], R: ArrayLike, counts: ArrayLike | None = None
 ) -> None:
-    """Write ``R`` (and optional counts as a ``count`` row) to CSV atomically via os.replace.
+    """Write ``R`` (and optional counts as a ``count`` row) as sdlora's CSV, atomically.
 
     The file is written to a temporary file in the same directory and then renamed over
-    ``path``, so readers never see a half-written matrix.
+    ``path``, so readers never see a half-written matrix. Values are written with ``repr`` so
+    reading them back gives the identical floats.
     """
     mat = validate_matrix(R)
     num_tasks = mat.shape[0]
     count_arr = None if counts is None else validate_counts(counts, num_tasks)
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([FIRST_HEADER] + [f"task_{j}" for j in range(num_tasks)])
-    for i in range(num_tasks):
-        row = [str(i)]
-        row += [_format_value(mat[i, j]) if j <= i else "" for j in range(num_tasks)]
-        writer.writerow(row)
+    rows = [[FIRST_HEADER] + [f"task_{j}" for j in range(num_tasks)]]
+    rows += [
+        [str(i)] + [repr(float(v)) if j <= i else "" for j, v in enumerate(row)]
+        for i, row in enumerate(mat)
+    ]
     if count_arr is not None:
-        writer.writerow([COUNT_LABEL] + [str(int(c)) for c in count_arr])
-
+        rows.append([COUNT_LABEL] + [str(int(c)) for c in count_arr])
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(buf.getvalue())
+        handle.write("".join(",".join(row) + "\n" for row in rows))
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -353,18 +333,12 @@ def write_matrix_csv(
 def parse_counts_arg(text: str) -> list[int]:
     """Parse a comma-separated list of positive integers (the CLI's ``--counts``)."""
     parts = [p.strip() for p in text.split(",")]
-    out: list[int] = []
-    for j, part in enumerate(parts):
-        try:
-            value = int(part)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise ValueError(
-                f"counts entry {j} is {part!r}; expected a comma-separated list of integers > 0"
-            )
-        out.append(value)
-    return out
+    values, bad = _positive_ints(parts)
+    if bad is not None:
+        raise ValueError(
+            f"counts entry {bad} is {parts[bad]!r}; expected a comma-separated list of integers > 0"
+        )
+    return values
 
 
 __all__ = [

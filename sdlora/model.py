@@ -2,9 +2,8 @@
 
 Lifecycle (SPEC §2): ``begin_task(num_classes, rank)`` -> train -> ``end_task()`` (freeze the
 direction, function unchanged) -> ... -> ``merge()`` gives a plain timm ViT for inference.
-``method`` selects SD-LoRA or a baseline of SPEC §4 over the same modules:
-``sdlora`` (a new component per task), ``seq_lora`` (one LoRA pair trained on every task in turn,
-no magnitudes), ``frozen`` (no adaptation; only the head trains).
+``method`` (with ``compat``) selects the policy of :mod:`sdlora.methods` that decides what each
+moment of the lifecycle does: SD-LoRA or a baseline of SPEC §4, over the same modules.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ from torch import Tensor, nn
 from sdlora.config import ModelConfig
 from sdlora.head import IncrementalHead
 from sdlora.lora import DecoupledLoRA, Magnitudes, SDLoRAQKV
-
-_EPS = 1e-12
-METHODS = ("sdlora", "seq_lora", "frozen")
+from sdlora.methods import Method, build_method
 
 
 class SDLoRAViT(nn.Module):
@@ -39,10 +36,7 @@ class SDLoRAViT(nn.Module):
         compat: str = "paper",
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"model.method = {method!r}: use one of {METHODS}")
-        if compat not in ("paper", "reference_code"):
-            raise ValueError(f"model.compat = {compat!r}: use 'paper' or 'reference_code'")
+        self.policy: Method = build_method(method, compat)
         depth = len(backbone.blocks)
         blocks = list(range(depth)) if blocks is None else list(blocks)
         bad = [b for b in blocks if not 0 <= b < depth] or len(set(blocks)) != len(blocks)
@@ -96,12 +90,12 @@ class SDLoRAViT(nn.Module):
 
     # ---- lifecycle -------------------------------------------------------------------------
     def begin_task(self, num_classes: int, rank: int) -> None:
-        """Start task t: add its component (per ``method``) and its classifier rows.
+        """Start task t: add its component (if the method adds one) and its classifier rows.
 
         Arguments are checked before anything changes, so a refused call leaves the model as it was.
         """
         t = self.num_tasks
-        adds_component = self.method == "sdlora" or (self.method == "seq_lora" and t == 0)
+        adds_component = self.policy.adds_component(t)
         limit = min((min(m.d_in, m.d_out) for m in self.matrices()), default=0)
         if adds_component and not 1 <= rank <= limit:
             raise ValueError(
@@ -110,63 +104,26 @@ class SDLoRAViT(nn.Module):
             )
         if num_classes < 1:
             raise ValueError(f"task {t} has {num_classes} classes; a task needs at least one")
+        self.policy.before_task(self, t)
         if adds_component:
-            # seq_lora: one pair with a fixed scale 1 (plain LoRA), trained on every task
-            self.magnitudes.add_task(self.magnitude_init if self.method == "sdlora" else 1.0)
-            if self.compat == "reference_code" and t > 0:
-                with torch.no_grad():  # the public code re-initialises every old magnitude
-                    self.magnitudes.alpha[:t] = self.magnitude_init
+            self.magnitudes.add_task(self.policy.magnitude_init(self))
             for m in self.matrices():
                 m.add_current(rank, t)
-        self.head.grow(num_classes)
+        self.head.grow(num_classes, init=self.policy.head_init)
         self.task_classes.append(int(num_classes))
         self.task_ranks.append(int(rank) if adds_component else 0)
         self.set_trainable()
 
-    @torch.no_grad()
     def end_task(self) -> None:
-        """End task t: freeze D_t = B_t A_t / ||B_t A_t||_F, keeping the function (SPEC §2).
-
-        ``magnitude_scope: matrix``: alpha_t^m <- alpha_t^m ||B A||; ``task``: with
-        n^m = ||B^m A^m||, nbar = mean n^m, store c^m = n^m / nbar and alpha_t <- alpha_t nbar.
-        ``compat: reference_code`` divides by ||B|| ||A|| and does not rescale (function jumps).
-        Baselines keep their pair trainable across tasks, so nothing is frozen for them.
-        """
-        if self.method != "sdlora":
-            return
-        mats = self.matrices()
-        if any(m.A_cur is None for m in mats):
-            raise RuntimeError("end_task called without a task in progress (call begin_task)")
-        t = self.num_tasks - 1
-        if self.compat == "reference_code":
-            for m in mats:
-                m.freeze_current(m.current_factor_norms(), torch.tensor(1.0))
-            return
-        norms = torch.stack([m.current_norm() for m in mats])  # (M,)
-        alpha = self.magnitudes.alpha
-        if self.magnitude_scope == "matrix":
-            alpha[t] *= torch.where(norms > _EPS, norms, torch.ones_like(norms))
-            factors = torch.ones_like(norms)
-        else:
-            nbar = norms.mean()
-            if nbar > _EPS:
-                factors = norms / nbar
-                alpha[t] *= nbar
-            else:
-                factors = torch.zeros_like(norms)
-        for m, n, c in zip(mats, norms, factors, strict=True):
-            m.freeze_current(n, c)
+        """End the current task as the method says (SD-LoRA: freeze its direction, SPEC §2)."""
+        self.policy.end_task(self)
 
     def set_trainable(self) -> None:
-        """Exactly SPEC §2's trainable set: current pair, magnitudes (SD-LoRA), new head rows."""
+        """Exactly the method's trainable set (SD-LoRA, SPEC §2: current pair, magnitudes,
+        new head rows); everything else is frozen."""
         self.requires_grad_(False)
-        for m in self.matrices():
-            if m.A_cur is not None:
-                m.A_cur.requires_grad_(True)
-                m.B_cur.requires_grad_(True)
-        self.magnitudes.alpha.requires_grad_(self.method == "sdlora" and self.num_tasks > 0)
-        self.head.weight.requires_grad_(True)
-        self.head.bias.requires_grad_(True)
+        for tensor in self.policy.trainable(self):
+            tensor.requires_grad_(True)
 
     # ---- forward ---------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:

@@ -5,11 +5,17 @@ can be downloaded, so a small timm ViT learns to read Latin letters rendered fro
 ships (``sdlora.data.glyphs``). The downstream benchmarks (handwritten digits; Greek and Cyrillic
 letters in held-out fonts) share no class with it. The file it writes loads through timm like any
 pretrained weights file (``backbone.weights: PATH``).
+
+It uses the runtime every task uses: the letters are written as a prepared split by the prepare
+stage's own function, streamed with the same preprocessing, and trained epoch by epoch with
+:func:`sdlora.train.run_epoch` (here on every weight, with AdamW, a one-cycle schedule and label
+smoothing), validated with :func:`sdlora.evaluate.evaluate`.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,12 +23,16 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from sdlora.backbone import data_config, save_backbone
-from sdlora.config import Config
+from sdlora.backbone import save_backbone
+from sdlora.config import Config, DataConfig
 from sdlora.data.glyphs import LATIN, load_pretrain_letters
-from sdlora.train import images_to_tensor, predict, resolve_device
+from sdlora.data.prepare import prepare
+from sdlora.data.source import imageset_source
+from sdlora.evaluate import evaluate
+from sdlora.train import World, resolve_device, run_epoch, task_stream
 
 
 @dataclass
@@ -36,46 +46,56 @@ class PretrainReport:
     seconds: float
 
 
+def prepare_letters(cfg: Config, out: Path) -> dict:
+    """The Latin letters (train and a held-out validation render) as one prepared task."""
+    p = cfg.pretrain
+    size = cfg.data.image_size
+    train = load_pretrain_letters(p.per_class, size, seed=p.seed)
+    val = load_pretrain_letters(max(p.per_class // 10, 5), size, seed=p.seed + 10_000)
+    source = imageset_source("latin", train, val, "embedded: rendered Latin letters")
+    split = DataConfig(init_cls=len(LATIN), increment=len(LATIN))
+    return prepare(split, seed=p.seed, out=out, source=source)
+
+
 def pretrain_backbone(cfg: Config, output: str | Path, progress: bool = True) -> PretrainReport:
     """Train ``cfg.backbone`` (name + kwargs) on rendered Latin letters; save it headless."""
-    p, size = cfg.pretrain, cfg.data.image_size
+    p = cfg.pretrain
     output = Path(output)
     start = time.perf_counter()
     device = resolve_device(cfg.device)
+    # pre-training is one task of its own: its seed and batch, the data section's preprocessing
+    run_cfg = cfg.model_copy(
+        update={"seed": p.seed, "train": cfg.train.model_copy(update={"batch_size": p.batch_size})}
+    )
     torch.manual_seed(p.seed)
     model = timm.create_model(
         cfg.backbone.name, pretrained=False, num_classes=len(LATIN), **cfg.backbone.kwargs
     ).to(device)
-    dc = data_config(model)
-    train = load_pretrain_letters(p.per_class, size, seed=p.seed)
-    val = load_pretrain_letters(max(p.per_class // 10, 5), size, seed=p.seed + 10_000)
-    x = images_to_tensor(train.images, size, dc["mean"], dc["std"])
-    y = torch.from_numpy(train.labels).long()
-    vx = images_to_tensor(val.images, size, dc["mean"], dc["std"])
-    vy = torch.from_numpy(val.labels).long()
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    steps_per_epoch = -(-x.shape[0] // p.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=p.lr, pct_start=0.1, total_steps=p.epochs * steps_per_epoch
-    )
-    gen = torch.Generator().manual_seed(p.seed)
-    bar = tqdm(range(p.epochs), desc="pretrain", unit="epoch", disable=not progress)
-    for _ in bar:
-        model.train()
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0], p.batch_size):
-            idx = perm[i : i + p.batch_size]
-            loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device), label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        acc = 100.0 * (predict(model, vx, device, 512) == vy).float().mean().item()
-        bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.1f}")
+    with tempfile.TemporaryDirectory(prefix="sdlora-letters-") as tmp:
+        prepared = Path(tmp) / "letters"
+        manifest = prepare_letters(cfg, prepared)
+        stream = task_stream(prepared, 0, "train", run_cfg, model)
+        opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=p.lr, pct_start=0.1, total_steps=p.epochs * stream.num_batches()
+        )
+
+        def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(logits, y, label_smoothing=0.1, reduction="sum")
+
+        bar = tqdm(range(p.epochs), desc="pretrain", unit="epoch", disable=not progress)
+        for epoch in bar:
+            stream.set_epoch(epoch)
+            stats = run_epoch(
+                model, stream, opt, loss_fn, World(device=device), scheduler=sched,
+                desc=f"epoch {epoch + 1}/{p.epochs}", progress=progress,
+            )  # fmt: skip
+            acc = evaluate(model, prepared, [0], run_cfg, device)[0][0]
+            bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{acc:.1f}")
     report = PretrainReport(
         path=str(output),
         num_classes=len(LATIN),
-        train_images=x.shape[0],
+        train_images=int(manifest["totals"]["train"]),
         val_accuracy=acc,
         seconds=time.perf_counter() - start,
     )

@@ -2,41 +2,29 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from sdlora.atomic import atomic_path
+from sdlora.atomic import write_json
 from sdlora.metrics import write_matrix_csv
 from sdlora.plots import accuracy_curve, accuracy_heatmap
-from sdlora.train import SequenceResult
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+from sdlora.sequence import SequenceResult
 
 
 def result_payload(result: SequenceResult) -> dict:
-    """Everything measured, as plain JSON types."""
+    """Everything measured, as plain JSON types: summary, matrix rows, diagnostics, records."""
 
-    def rows(m: np.ndarray | None) -> list | None:
-        return None if m is None else [[None if np.isnan(v) else float(v) for v in r] for r in m]
+    def rows(m: np.ndarray) -> list:
+        return [[None if np.isnan(v) else float(v) for v in r] for r in m]
 
-    n = result.completed
-    ncm = None if result.ncm_matrix is None else result.ncm_matrix[:n, :n]
-    head = None if result.head_known_matrix is None else result.head_known_matrix[:n, :n]
     return {
         "summary": result.summary,
-        "accuracy_matrix": rows(result.matrix[:n, :n]),
-        "ncm_task_known_matrix": rows(ncm),
-        "head_task_known_matrix": rows(head),
-        "test_counts": result.counts[:n],
-        "storage": result.storage,
-        "tasks": [asdict(t) for t in result.tasks],
+        "accuracy_matrix": rows(result.matrix),
+        "ncm_task_known_rows": result.ncm_rows or None,
+        "head_task_known_rows": result.head_known_rows or None,
+        "test_counts": result.counts,
+        "tasks": result.records,
     }
 
 
@@ -44,11 +32,10 @@ def write_sequence_outputs(result: SequenceResult, out_dir: str | Path) -> dict[
     """``accuracy_matrix.csv`` (with counts), ``metrics.json`` and two plots under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n = result.completed
     paths = {"matrix": out / "accuracy_matrix.csv", "metrics": out / "metrics.json"}
-    write_matrix_csv(paths["matrix"], result.matrix[:n, :n], result.counts[:n])
+    write_matrix_csv(paths["matrix"], result.matrix, result.counts)
     write_json(paths["metrics"], result_payload(result))
-    paths["heatmap"] = accuracy_heatmap(result.matrix[:n, :n], out / "accuracy_matrix.png")
+    paths["heatmap"] = accuracy_heatmap(result.matrix, out / "accuracy_matrix.png")
     paths["curve"] = accuracy_curve(result.summary["anytime_accuracy"], out / "accuracy_curve.png")
     return paths
 

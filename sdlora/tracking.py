@@ -321,15 +321,6 @@ class SequenceTracker:
         ]
         client.log_batch(self.run_id, metrics=batch)
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log more params (flat keys); values are cut to MLflow's limit."""
-        client = self._require()
-        client.log_batch(self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        client = self._require()
-        client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         """Copy files (or whole folders) into the run's artifacts, under ``artifact_path``."""
         client = self._require()

@@ -1,64 +1,55 @@
-"""The one-process runner: train one task, evaluate on every class seen, run a whole sequence."""
+"""The one training loop: every entry point trains a task through :func:`fit_task`.
+
+``sdlora run`` calls it in its own process (world size 1, no Ray), each pipeline ``train@k``
+stage calls it inside Ray Train workers (world size N, DDP), and pre-training calls its epoch,
+:func:`run_epoch`, on the full model. Data always comes from prepared Parquet splits through
+:func:`task_stream`, with one preprocessing per dataset (SPEC §6).
+
+Data parallelism: the global batch is ``train.batch_size`` whatever the world size. The stream
+cuts every epoch into the same global batches for every world size and each rank takes its
+part (:class:`sdlora.data.stream.ParquetStream`); the loss of a step is scaled so that DDP's
+gradient average is the gradient of the mean loss over the whole global batch. So N workers
+compute what one process computes, up to float rounding.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sdlora import metrics
-from sdlora.backbone import create_backbone
+from sdlora.backbone import create_backbone, data_config
 from sdlora.config import Config, TrainConfig
-from sdlora.data.benchmarks import load_task_splits
-from sdlora.data.tasks import TaskSplit
-from sdlora.diagnostics import task_known_accuracy
+from sdlora.data.prepare import read_manifest
+from sdlora.data.stream import ParquetStream, open_task
 from sdlora.model import SDLoRAViT
 
+LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> summed loss
 
-@dataclass
-class TaskTensors:
-    """One task's images as model-ready tensors (B, 3, S, S) with global labels."""
 
-    task: int
-    label_offset: int
-    num_classes: int
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
+@dataclass(frozen=True)
+class World:
+    """Where this process trains: its rank among ``size`` data-parallel workers, its device."""
+
+    rank: int = 0
+    size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass
-class TaskStats:
-    """What training one task cost and reached."""
+class EpochStats:
+    """One epoch: mean training loss over every rank's samples, wall time, throughput."""
 
-    task: int
     train_loss: float
-    epoch_seconds: list[float]
+    epoch_seconds: float
     samples_per_second: float
-
-
-@dataclass
-class SequenceResult:
-    """Everything a sequence run measured. ``matrix[i][j]``: percent, NaN above the diagonal.
-
-    Matrices are T x T from the start; only the first ``completed`` rows are filled.
-    """
-
-    matrix: np.ndarray
-    counts: list[int]
-    summary: dict
-    completed: int = 0
-    tasks: list[TaskStats] = field(default_factory=list)
-    storage: list[dict[str, int]] = field(default_factory=list)
-    ncm_matrix: np.ndarray | None = None
-    head_known_matrix: np.ndarray | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,50 +61,72 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def images_to_tensor(
-    images: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]
-) -> Tensor:
-    """uint8 (N, H, W) grey images -> float (N, 3, size, size), resized and normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
-    x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous()
+def build_model(cfg: Config, device: torch.device | None = None) -> SDLoRAViT:
+    """Backbone from params plus the configured adapter (seeded: random weights are the same
+    in every process that builds it)."""
+    torch.manual_seed(cfg.seed)
+    backbone = create_backbone(cfg.backbone)
+    model = SDLoRAViT.from_config(backbone, cfg.backbone.name, cfg.model)
+    return model if device is None else model.to(device)
 
 
-def tensor_norm(cfg: Config, backbone: torch.nn.Module) -> tuple[Sequence[float], ...]:
-    """``(mean, std)`` for :func:`images_to_tensor`: ``input_norm``'s, identity for ``none``."""
-    from sdlora.evaluate import stream_norm
-
-    mean, std = stream_norm(cfg, backbone)
-    return (mean, std) if mean is not None else ((0.0,) * 3, (1.0,) * 3)
+def task_seed(seed: int, task: int) -> int:
+    """The torch seed set before task ``task`` begins (its new pair's and head rows' init)."""
+    return seed * 1000 + task
 
 
-def to_tensors(
-    splits: Sequence[TaskSplit], size: int, mean: Sequence[float], std: Sequence[float]
-) -> list[TaskTensors]:
-    """Convert every task split once, so epochs reuse the tensors."""
-    out = []
-    for s in splits:
-        out.append(
-            TaskTensors(
-                task=s.task,
-                label_offset=s.label_offset,
-                num_classes=len(s.classes),
-                train_x=images_to_tensor(s.train_images, size, mean, std),
-                train_y=torch.from_numpy(s.train_labels).long(),
-                test_x=images_to_tensor(s.test_images, size, mean, std),
-                test_y=torch.from_numpy(s.test_labels).long(),
-            )
-        )
-    return out
+def begin_task(model: SDLoRAViT, cfg: Config, task: int, num_classes: int) -> None:
+    """Seeded ``model.begin_task``: the same new component in every process and entry point."""
+    torch.manual_seed(task_seed(cfg.seed, task))
+    model.begin_task(num_classes, cfg.rank_for_task(task))
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def input_norm(cfg: Config, backbone: nn.Module) -> tuple[tuple[float, ...] | None, ...]:
+    """``(mean, std)`` of the input transform: the backbone's, or None for raw [0, 1] pixels."""
+    if cfg.data.input_norm == "none":
+        return None, None
+    dc = data_config(backbone)
+    return tuple(dc["mean"]), tuple(dc["std"])
+
+
+def task_stream(
+    prepared: str | Path,
+    task: int | list[int],
+    split: str,
+    cfg: Config,
+    backbone: nn.Module,
+    world: World | None = None,
+    *,
+    plain: bool = False,
+) -> ParquetStream:
+    """The prepared ``split`` of ``task`` with the dataset's one preprocessing (SPEC §6).
+
+    Training streams shuffle with ``(seed, task, epoch)``, augment per ``data.augment`` and are
+    cut into global batches of ``train.batch_size`` shared over ``world``; test streams keep
+    the file order. ``plain``: training images as test images are read (no augmentation, file
+    order), for statistics of their features.
+    """
+    world = world or World()
+    mean, std = input_norm(cfg, backbone)
+    train = split == "train" and not plain
+    first = task if isinstance(task, int) else task[0]
+    return open_task(
+        prepared, task, split, cfg.data.image_size, mean, std,
+        augment=train and cfg.data.augment == "crop_flip", shuffle=train,
+        seed=[cfg.seed, first], rank=world.rank, world_size=world.size,
+        batch_size=cfg.train.batch_size if train else None,
+    )  # fmt: skip
+
+
+def task_classes(prepared: str | Path, task: int) -> tuple[int, int]:
+    """``(label_offset, num_classes)`` of ``task`` in a prepared folder."""
+    entries = read_manifest(prepared)["tasks"]
+    if not 0 <= task < len(entries):
+        raise ValueError(f"{prepared} has tasks 0..{len(entries) - 1}, not task {task}")
+    return int(entries[task]["label_offset"]), int(entries[task]["num_classes"])
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the public code's protocol) or Adam (the paper's)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -122,122 +135,165 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_task(
-    model: SDLoRAViT,
-    data: TaskTensors,
-    cfg: TrainConfig,
-    device: torch.device,
-    generator: torch.Generator,
-    progress: bool = True,
-) -> TaskStats:
-    """Train the current task: cross-entropy on its own logits, targets shifted (SPEC §2)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
-    n = data.train_x.shape[0]
-    lo, hi = data.label_offset, data.label_offset + data.num_classes
-    model.train()
-    epoch_seconds, last_loss = [], float("nan")
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    """Per-worker batch; the global batch must split evenly over the workers."""
+    if global_batch % world_size:
+        raise ValueError(
+            f"train.batch_size = {global_batch} does not divide over {world_size} workers; "
+            f"use a multiple of {world_size}"
+        )
+    return global_batch // world_size
+
+
+def _steps(stream: ParquetStream, local_batch: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """``(x, y, global batch rows)`` for every global batch of the epoch, on this rank.
+
+    A rank whose part of the last global batch is empty gets an empty batch for it: it
+    contributes zero loss and gradient but stays in DDP's all-reduce and the optimizer step,
+    so every replica takes every step.
+    """
+    loader = torch.utils.data.DataLoader(stream, batch_size=local_batch)
+    empty: tuple[Tensor, Tensor] | None = None
+    step = 0
+    for x, y in loader:
+        y = torch.as_tensor(y)
+        empty = (x[:0], y[:0])
+        yield x, y, stream.batch_rows(step)
+        step += 1
+    if empty is None:
+        raise ValueError("this rank's share of the epoch is empty: fewer training rows than ranks")
+    for rest in range(step, stream.num_batches()):
+        yield *empty, stream.batch_rows(rest)
+
+
+def run_epoch(
+    forward: nn.Module,
+    stream: ParquetStream,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    world: World,
+    *,
+    scheduler: Any | None = None,
+    desc: str = "",
+    progress: bool = False,
+) -> EpochStats:
+    """One pass over ``stream``'s global batches: forward, scaled loss, backward, step.
+
+    ``forward`` is the model, or its DDP wrapper when ``world.size > 1``. ``loss_fn`` returns
+    the summed loss of a batch; it is divided by the global batch's rows (times the world size,
+    which DDP's gradient average undoes).
+    """
+    local_batch = local_batch_size(stream.batch_size or 1, world.size)
+    forward.train()
+    start = time.perf_counter()
+    total = torch.zeros(2, dtype=torch.float64)  # loss sum, samples (this rank)
     bar = tqdm(
-        range(cfg.epochs), desc=f"task {data.task}", unit="epoch", disable=not progress, leave=False
+        total=stream.num_batches(), desc=desc, unit="batch", leave=False,
+        disable=not progress or world.rank != 0,
+    )  # fmt: skip
+    for x, y, rows in _steps(stream, local_batch):
+        x, y = x.to(world.device, non_blocking=True), y.to(world.device, non_blocking=True)
+        loss_sum = loss_fn(forward(x), y)
+        loss = loss_sum * (world.size / rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += torch.tensor([loss_sum.item(), y.numel()], dtype=torch.float64)
+        bar.update()
+    bar.close()
+    if world.size > 1:
+        summed = total.to(world.device)  # nccl reduces device tensors only
+        torch.distributed.all_reduce(summed)
+        total = summed.cpu()
+    seconds = time.perf_counter() - start
+    return EpochStats(
+        train_loss=float(total[0] / max(total[1], 1)),
+        epoch_seconds=seconds,
+        samples_per_second=float(total[1]) / max(seconds, 1e-9),
     )
-    for _ in bar:
-        start, total, seen = time.perf_counter(), 0.0, 0
-        perm = torch.randperm(n, generator=generator)
-        for i in tqdm(
-            range(0, n, cfg.batch_size), desc="batches", leave=False, disable=not progress
-        ):
-            idx = perm[i : i + cfg.batch_size]
-            x, y = data.train_x[idx].to(device), data.train_y[idx].to(device)
-            logits = model(x)[:, lo:hi]
-            loss = F.cross_entropy(logits, y - lo)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        epoch_seconds.append(time.perf_counter() - start)
-        last_loss = total / seen
-        bar.set_postfix(loss=f"{last_loss:.4f}")
+
+
+def fit_task(
+    model: SDLoRAViT,
+    prepared: str | Path,
+    task: int,
+    cfg: Config,
+    world: World | None = None,
+    *,
+    forward: nn.Module | None = None,
+    start_epoch: int = 0,
+    optimizer_state: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, list[dict[str, float]], torch.optim.Optimizer], None] | None = None,
+    epoch_log: list[dict[str, float]] | None = None,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train task ``task`` (already begun) for ``cfg.train.epochs``; return the epoch log.
+
+    The loss is cross-entropy on the task's own logits with targets shifted to its local class
+    index (SPEC §2). Only what the method leaves trainable trains; a method whose head comes
+    from features (``head_from_features``) then gets the task's class means
+    (:func:`class_means`). ``cfg`` must already carry the task's overrides (``Config.for_task``).
+    Resuming: ``start_epoch``, ``optimizer_state`` and ``epoch_log`` from a checkpoint;
+    ``on_epoch(epoch, log, optimizer)`` after each epoch (the Ray worker reports its checkpoint
+    there).
+    """
+    world = world or World()
+    lo, num_classes = task_classes(prepared, task)
+    hi = lo + num_classes
+    params = [p for p in model.parameters() if p.requires_grad]
+    log = list(epoch_log or [])
+    if params:  # a method may train nothing by gradient (prototype)
+        optimizer = make_optimizer(params, cfg.train)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        stream = task_stream(prepared, task, "train", cfg, model.backbone, world)
+
+        def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(logits[:, lo:hi], y - lo, reduction="sum")
+
+        for epoch in range(start_epoch, cfg.train.epochs):
+            stream.set_epoch(epoch)
+            stats = run_epoch(
+                forward or model, stream, optimizer, loss_fn, world,
+                desc=f"task {task} epoch {epoch + 1}/{cfg.train.epochs}", progress=progress,
+            )  # fmt: skip
+            log.append(asdict(stats))
+            if on_epoch is not None:
+                on_epoch(epoch, log, optimizer)
+    if model.policy.head_from_features:
+        model.policy.fit_head(model, class_means(model, prepared, task, cfg, world))
     model.eval()
-    return TaskStats(
-        task=data.task,
-        train_loss=last_loss,
-        epoch_seconds=epoch_seconds,
-        samples_per_second=n * cfg.epochs / max(sum(epoch_seconds), 1e-9),
-    )
+    return log
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: Tensor, device: torch.device, batch: int) -> Tensor:
-    """Arg-max over every class the model has (no task id)."""
-    model.eval()
-    return torch.cat(
-        [model(x[i : i + batch].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], batch)]
-    )
+def class_means(
+    model: SDLoRAViT, prepared: str | Path, task: int, cfg: Config, world: World | None = None
+) -> Tensor:
+    """(C_task, d) mean pooled feature of each of the task's classes over its training images.
 
-
-def evaluate(
-    model: torch.nn.Module, seen: Sequence[TaskTensors], device: torch.device, batch: int
-) -> list[float]:
-    """Accuracy (percent) on each seen task's test set, choosing among all classes seen."""
-    return [
-        100.0 * (predict(model, t.test_x, device, batch) == t.test_y).float().mean().item()
-        for t in seen
-    ]
-
-
-def build_model(cfg: Config, device: torch.device) -> SDLoRAViT:
-    """Backbone from params plus the configured adapter, on ``device``."""
-    backbone = create_backbone(cfg.backbone)
-    return SDLoRAViT.from_config(backbone, cfg.backbone.name, cfg.model).to(device)
-
-
-def run_sequence(
-    cfg: Config,
-    tasks: Sequence[TaskTensors] | None = None,
-    model: SDLoRAViT | None = None,
-    ncm: bool = False,
-    on_task_end: Callable[[int, SDLoRAViT, SequenceResult], None] | None = None,
-) -> SequenceResult:
-    """Train every task in order; after each, evaluate all tasks seen so far.
-
-    ``ncm=True`` also records the drift diagnostics of :mod:`sdlora.diagnostics`: a nearest-
-    class-mean classifier on the current features and the head, each with the task id given.
+    Each rank sums the features of its share of the images (read as test images are); the sums
+    and counts are all-reduced, so every rank gets the means of the whole split.
     """
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = model if model is not None else build_model(cfg, device)
-    if tasks is None:
-        mean, std = tensor_norm(cfg, model.backbone)
-        tasks = to_tensors(load_task_splits(cfg.data, cfg.seed), cfg.data.image_size, mean, std)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    T = len(tasks)
-    matrix = np.full((T, T), np.nan)
-    ncm_matrix = np.full((T, T), np.nan) if ncm else None
-    head_known = np.full((T, T), np.nan) if ncm else None
-    counts = [int(t.test_y.numel()) for t in tasks]
-    result = SequenceResult(
-        matrix=matrix,
-        counts=counts,
-        summary={},
-        ncm_matrix=ncm_matrix,
-        head_known_matrix=head_known,
-    )
-    for t, data in enumerate(tqdm(tasks, desc="tasks", unit="task", disable=not cfg.progress)):
-        model.begin_task(data.num_classes, cfg.rank_for_task(t))
-        train_cfg = cfg.for_task(t).train  # per-task overrides from the tasks section, if any
-        result.tasks.append(train_task(model, data, train_cfg, device, generator, cfg.progress))
-        model.end_task()
-        matrix[t, : t + 1] = evaluate(model, tasks[: t + 1], device, cfg.train.eval_batch_size)
-        if ncm_matrix is not None and head_known is not None:
-            ncm_row, head_row = task_known_accuracy(
-                model, tasks[: t + 1], device, cfg.train.eval_batch_size
-            )
-            ncm_matrix[t, : t + 1] = ncm_row
-            head_known[t, : t + 1] = head_row
-        result.storage.append(model.storage())
-        result.completed = t + 1
-        result.summary = metrics.summarize(matrix[: t + 1, : t + 1], counts[: t + 1])
-        if on_task_end is not None:
-            on_task_end(t, model, result)
-    return result
+    world = world or World()
+    lo, num_classes = task_classes(prepared, task)
+    stream = task_stream(prepared, task, "train", cfg, model.backbone, world, plain=True)
+    loader = torch.utils.data.DataLoader(stream, batch_size=cfg.train.eval_batch_size)
+    model.eval()
+    f64 = {"dtype": torch.float64, "device": world.device}
+    sums = torch.zeros(num_classes, model.head.in_features, **f64)  # (C_task, d)
+    counts = torch.zeros(num_classes, **f64)
+    for x, y in loader:
+        f = model.forward_features(x.to(world.device)).double()
+        local = torch.as_tensor(y).to(world.device) - lo
+        sums.index_add_(0, local, f)
+        counts.index_add_(0, local, torch.ones_like(local, dtype=torch.float64))
+    if world.size > 1:
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(counts)
+    if (counts == 0).any():
+        missing = (torch.flatnonzero(counts == 0) + lo).tolist()
+        raise ValueError(f"{prepared}: task {task} has no training image of classes {missing}")
+    return (sums / counts[:, None]).to(model.head.weight.dtype)

@@ -181,6 +181,22 @@ def test_validate_matrix_errors(matrix: object, pattern: str) -> None:
         validate_matrix(matrix)
 
 
+def test_validate_matrix_names_the_first_bad_cell() -> None:
+    # Several bad cells: the message names the first one in row-major order.
+    bad = [[80.0, NAN, NAN], [90.0, 101.0, 5.0], [-1.0, NAN, 70.0]]
+    with pytest.raises(ValueError, match=r"\(row 1, column 1\) is 101.0;.*\[0, 100\]"):
+        validate_matrix(bad)
+    bad[1][1] = 70.0
+    with pytest.raises(ValueError, match=r"\(row 1, column 2\) is 5.0; expected NaN"):
+        validate_matrix(bad)
+    bad[1][2] = NAN
+    with pytest.raises(ValueError, match=r"\(row 2, column 0\) is -1.0"):
+        validate_matrix(bad)
+    bad[2][0] = 0.0
+    with pytest.raises(ValueError, match=r"\(row 2, column 1\) is nan;.*finite"):
+        validate_matrix(bad)
+
+
 def test_validate_matrix_accepts_bounds() -> None:
     out = validate_matrix([[0.0, NAN], [100.0, 0.0]])
     assert out.dtype == np.float64
@@ -200,6 +216,12 @@ def test_validate_matrix_accepts_bounds() -> None:
 def test_counts_errors(counts: object, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         anytime_accuracy(R3, counts)
+
+
+def test_validate_counts_names_the_first_bad_entry() -> None:
+    with pytest.raises(ValueError, match=r"counts\[1\] \(task 1\) is nan"):
+        validate_counts([5, NAN, 0, 1.5], 4)
+    np.testing.assert_array_equal(validate_counts([5, 6.0], 2), [5.0, 6.0])
 
 
 def test_validate_counts_default_is_equal_weights() -> None:
@@ -269,6 +291,48 @@ def test_read_tolerates_whitespace_and_crlf(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back, [[50.0, NAN], [40.0, 60.0]])
 
 
+# The public code's logs: no header, row i = after task i, upper cells empty or absent.
+LOG_R3 = [[90.0, NAN, NAN], [85.0, 80.0, NAN], [70.0, 75.0, 88.0]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "90.0\n85.0 80.0\n70.0 75.0 88.0\n",  # whitespace, upper cells absent
+        "  90.0\t\n85.0\t80.0\n\n70.0   75.0  88.0",  # tabs, runs of blanks, blank line, no EOL
+        "90.0,,\n85.0,80.0,\n70.0,75.0,88.0\n",  # commas, upper cells empty
+        "90.0\n85.0,80.0\n70.0,75.0,88.0\n",  # commas, upper cells absent
+        "90.0, ,\r\n85.0, 80.0,\r\n70.0, 75.0, 88.0,\r\n",  # blanks around cells, CRLF, extra
+        "\ufeff90\n85 80\n70 75 88\n",  # byte order mark, integers
+    ],
+)
+def test_read_public_log_matrix(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "log.txt"
+    path.write_bytes(text.encode("utf-8"))
+    back, counts = read_matrix_csv(path)
+    assert counts is None
+    assert back.dtype == np.float64
+    np.testing.assert_array_equal(back, LOG_R3)
+
+
+def test_read_public_log_single_task(tmp_path: Path) -> None:
+    path = tmp_path / "log.txt"
+    path.write_text("42.5\n", encoding="utf-8")
+    back, _ = read_matrix_csv(path)
+    np.testing.assert_array_equal(back, [[42.5]])
+
+
+def test_both_formats_give_the_same_metrics(tmp_path: Path) -> None:
+    ours = tmp_path / "r.csv"
+    write_matrix_csv(ours, R3)
+    log = tmp_path / "log.txt"
+    log.write_text("80\n90 70\n60 65 50\n", encoding="utf-8")
+    from_csv, _ = read_matrix_csv(ours)
+    from_log, _ = read_matrix_csv(log)
+    np.testing.assert_array_equal(from_log, from_csv)
+    assert summarize(from_log) == summarize(from_csv)
+
+
 GOOD_HEADER = "after_task,task_0,task_1\n"
 
 
@@ -277,36 +341,52 @@ GOOD_HEADER = "after_task,task_0,task_1\n"
     [
         # non-numeric cell
         (GOOD_HEADER + "0,80,\n1,abc,70\n", r"line 3, column task_0.*'abc'.*expected a number"),
-        # missing row
-        (GOOD_HEADER + "0,80,\n", r"line 2: missing row for after_task 1"),
-        # missing row before the count row
-        (GOOD_HEADER + "0,80,\ncount,10,10\n", r"line 3: missing row for after_task 1"),
+        # missing rows, before the end or before the count row
+        (GOOD_HEADER + "0,80,\n", r"line 2: found 1 matrix row\(s\); expected 2 row\(s\)"),
+        (GOOD_HEADER + "0,80,\ncount,10,10\n", r"line 3: found 1 matrix row"),
         # value in the upper triangle
         (GOOD_HEADER + "0,80,75\n1,90,70\n", r"line 2, column task_1.*above the diagonal"),
-        # ragged rows
-        (GOOD_HEADER + "0,80,\n1,90\n", r"line 3: row has 2 cells; expected 3"),
-        (GOOD_HEADER + "0,80,,\n1,90,70\n", r"line 2: row has 4 cells; expected 3"),
-        # empty cell on/below the diagonal
-        (GOOD_HEADER + "0,80,\n1,,70\n", r"line 3, column task_0: empty cell"),
+        # a row longer than the header
+        (GOOD_HEADER + "0,80,\n1,90,70,5\n", r"line 3, column task_2.*above the diagonal"),
+        # empty or absent cell on/below the diagonal
+        (GOOD_HEADER + "0,80,\n1,,70\n", r"line 3, column task_0: empty or missing cell"),
+        (GOOD_HEADER + "0,80,\n1,90\n", r"line 3, column task_1: empty or missing cell"),
         # value out of range
-        (GOOD_HEADER + "0,80,\n1,90,170\n", r"line 3, column task_1.*\[0, 100\]"),
-        (GOOD_HEADER + "0,80,\n1,nan,70\n", r"line 3, column task_0.*\[0, 100\]"),
+        (GOOD_HEADER + "0,80,\n1,90,170\n", r"line 3, column task_1.*'170'.*\[0, 100\]"),
+        (GOOD_HEADER + "0,80,\n1,nan,70\n", r"line 3, column task_0.*'nan'.*\[0, 100\]"),
+        (GOOD_HEADER + "0,80,\n1,-inf,70\n", r"line 3, column task_0.*'-inf'.*\[0, 100\]"),
         # rows out of order / wrong label
-        (GOOD_HEADER + "1,80,\n0,90,70\n", r"line 2: first cell is '1'; expected after_task 0"),
+        (GOOD_HEADER + "1,80,\n0,90,70\n", r"line 2: matrix row 0 is labelled '1'"),
         # extra row
-        (GOOD_HEADER + "0,80,\n1,90,70\n2,1,1\n", r"line 4: extra row"),
+        (GOOD_HEADER + "0,80,\n1,90,70\n2,1,1\n", r"line 4: matrix row 2 is labelled '2'"),
         # count row not last
-        (GOOD_HEADER + "0,80,\ncount,1,1\n1,90,70\n", r"line 3: 'count' row must be"),
+        (GOOD_HEADER + "0,80,\ncount,1,1\n1,90,70\n", r"line 3: .*'count'.*then an optional"),
         # bad counts
-        (GOOD_HEADER + "0,80,\n1,90,70\ncount,10,0\n", r"line 4, column task_1: count is '0'"),
-        (GOOD_HEADER + "0,80,\n1,90,70\ncount,10,2.5\n", r"line 4, column task_1.*integer"),
-        (GOOD_HEADER + "0,80,\n1,90,70\ncount,10\n", r"line 4: 'count' row has 2 cells"),
+        (GOOD_HEADER + "0,80,\n1,90,70\ncount,10,0\n", r"line 4: bad 'count' row 'count,10,0'"),
+        (GOOD_HEADER + "0,80,\n1,90,70\ncount,10,2.5\n", r"line 4: bad 'count' row.*integers"),
+        (GOOD_HEADER + "0,80,\n1,90,70\ncount,10\n", r"line 4: bad 'count' row.*expected 2"),
+        (GOOD_HEADER + "0,80,\n1,90,70\ncount,10,10,10\n", r"line 4: bad 'count' row"),
         # header problems
         ("after_task,task_0,task_2\n0,80,\n1,90,70\n", r"line 1: bad header"),
-        ("task,task_0\n0,80\n", r"line 1: bad header"),
         ("after_task\n", r"line 1: bad header"),
-        ("", r"empty file"),
-        ("\n\n", r"empty file"),
+        ("task,task_0\n0,80\n", r"line 1: bad header 'task,task_0'.*headerless"),
+        ("", r"empty file; expected sdlora's CSV.*or a headerless"),
+        ("\n  \n", r"empty file"),
+        # public-log format: a row longer than its index allows
+        ("90\n85 80 70\n70 75 88\n", r"line 2, column task_2: value '70' above the diagonal"),
+        ("90,80\n85,80\n", r"line 1, column task_1: value '80' above the diagonal"),
+        ("90\n85 80\n70 75 88 60\n", r"line 3, column task_3: value '60' above the diagonal"),
+        # public-log format: a cell missing on or below the diagonal
+        ("90\n85\n70 75 88\n", r"line 2, column task_1: empty or missing cell"),
+        ("90,,\n85,,\n70,75,88\n", r"line 2, column task_1: empty or missing cell"),
+        ("90,,\n,80,\n70,75,88\n", r"line 2, column task_0: empty or missing cell"),
+        # public-log format: non-numbers and values outside [0, 100]
+        ("90\n85 8o\n", r"line 2, column task_1: cell \(row 1, column 1\) is '8o'"),
+        ("90\n85;80\n", r"line 2, column task_0.*'85;80'.*expected a number"),
+        ("90\n85 80\n70 100.5 88\n", r"line 3, column task_1.*'100.5'.*\[0, 100\]"),
+        ("90\n-1 80\n", r"line 2, column task_0.*'-1'"),
+        # commas and blanks mixed inside one row
+        ("90\n85 80\n70,75 88\n", r"line 2, column task_0.*'85 80'"),
     ],
 )
 def test_read_malformed_csv(tmp_path: Path, text: str, pattern: str) -> None:
@@ -315,6 +395,22 @@ def test_read_malformed_csv(tmp_path: Path, text: str, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern) as info:
         read_matrix_csv(path)
     assert str(path) in str(info.value)  # names the file
+
+
+def test_read_reports_the_first_bad_cell(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("90\n85 80\n70 x 120\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 3, column task_1.*'x'"):
+        read_matrix_csv(path)
+
+
+def test_read_directory_and_binary(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a directory"):
+        read_matrix_csv(tmp_path)
+    path = tmp_path / "bin.csv"
+    path.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ValueError, match=r"bin\.csv: not a UTF-8 text file"):
+        read_matrix_csv(path)
 
 
 def test_read_missing_file(tmp_path: Path) -> None:
@@ -370,6 +466,47 @@ def test_cli_bad_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert out == ""
     assert "line 3" in err and "bad.csv" in err
     assert "Traceback" not in err
+
+
+def test_cli_metrics_public_log_matrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "log.txt"
+    path.write_text("80.0\n90.0 70.0\n60.0 65.0 50.0\n", encoding="utf-8")
+    assert main(["metrics", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    data = json.loads(out)
+    assert data["num_tasks"] == 3
+    assert data["anytime_accuracy"] == pytest.approx(A3_EQUAL)
+    assert data["forgetting"] == pytest.approx(FORGETTING3)
+    assert data["backward_transfer"] == pytest.approx(BWT3)
+
+
+def test_cli_public_log_with_counts_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "log.txt"
+    path.write_text("80,,\n90,70,\n60,65,50\n", encoding="utf-8")
+    assert main(["metrics", str(path), "--counts", "100,300,100"]) == 0
+    assert json.loads(capsys.readouterr().out)["anytime_accuracy"] == pytest.approx(A3_WEIGHTED)
+
+
+def test_cli_bad_public_log_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad_log.txt"
+    path.write_text("80\n90 70 5\n", encoding="utf-8")
+    assert main(["metrics", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert str(path) in err and "line 2" in err and "above the diagonal" in err
+    assert "Traceback" not in err
+
+
+def test_cli_metrics_help_names_both_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["metrics", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "after_task,task_0,..." in text and "'count' row" in text
+    assert "no header" in text and "lower-triangular" in text and "whitespace" in text
+    assert main(["--help"]) == 0
+    assert "public log" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_missing_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

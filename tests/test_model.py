@@ -193,13 +193,13 @@ def test_frozen_directions_and_old_head_rows_are_bit_identical_after_training(
 
 
 def test_reference_code_compat_hand_computed(tiny_backbone: Callable[..., nn.Module]) -> None:
-    """The public code: norm ||B|| ||A||, no rescale at the switch, old alphas reset to init.
+    """The public code: norm ||B|| ||A||, no rescale, old alphas reset to init (SPEC §2).
 
     One rank-2 component per matrix with A = B^T = [e0; e1] (2 x 32): B A = diag(1, 1, 0, ...),
     so ||B A||_F = sqrt(2) but ||B||_F ||A||_F = 2. With alpha_0 = 1.5 trained, the paper
-    stores D_0 = BA / sqrt 2 with alpha_0 = 1.5 sqrt 2 (delta = 1.5 BA, unchanged); the public
-    code stores D_0 = BA / 2 and keeps alpha_0 = 1.5 (delta = 0.75 BA: the function jumps), then
-    re-initialises alpha_0 to 0.8 when task 1 begins (delta = 0.4 BA).
+    stores D_0 = BA / sqrt 2 with alpha_0 = 1.5 sqrt 2 at end_task (delta = 1.5 BA, unchanged).
+    The public code evaluates the trained network (1.5 BA after end_task) and only when task 1
+    begins stores D_0 = BA / 2 and re-initialises alpha_0 to 0.8 (delta = 0.4 BA: the jump).
     """
     e = torch.zeros(2, 32)
     e[0, 0] = e[1, 1] = 1.0
@@ -225,9 +225,76 @@ def test_reference_code_compat_hand_computed(tiny_backbone: Callable[..., nn.Mod
     assert torch.allclose(before, 1.5 * ba) and torch.allclose(switch, 1.5 * ba)
     assert torch.allclose(begin, 1.5 * ba) and a0 == pytest.approx(1.5 * 2**0.5)
     before, switch, begin, a0 = results["reference_code"]
-    assert torch.allclose(before, 1.5 * ba)
-    assert torch.allclose(switch, 0.75 * ba)
+    assert torch.allclose(before, 1.5 * ba) and torch.allclose(switch, 1.5 * ba)
     assert torch.allclose(begin, 0.4 * ba) and a0 == pytest.approx(0.8)
+
+
+def _public_logits(
+    backbone: nn.Module,
+    pairs: list[dict[int, tuple[torch.Tensor, torch.Tensor]]],
+    alpha: list[float],
+    head: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+) -> torch.Tensor:
+    """The public code's forward, written from SPEC §2 on raw pairs: old pairs divided by
+    ||B||_F ||A||_F, the last pair raw, each times its alpha; q and v of every block."""
+    with torch.no_grad():
+        for b, block in enumerate(backbone.blocks):
+            w = block.attn.qkv.weight
+            d = w.shape[1]
+            for slot, start in (("q", 0), ("v", 2 * d)):
+                delta = torch.zeros(d, d)
+                for k, task_pairs in enumerate(pairs):
+                    B, A = task_pairs[(b, slot)]
+                    scale = 1.0 if k == len(pairs) - 1 else 1.0 / (B.norm() * A.norm())
+                    delta += alpha[k] * scale * (B @ A)
+                w[start : start + d] += delta
+        return F.linear(backbone(x), *head)
+
+
+def test_reference_code_matches_the_public_formula(
+    tiny_backbone: Callable[..., nn.Module], images: torch.Tensor
+) -> None:
+    """Trained network evaluated as trained; the jump happens at the next begin_task."""
+    model = SDLoRAViT(tiny_backbone(), "tiny", compat="reference_code", magnitude_init=0.8)
+    pairs: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []
+    for t, rank in enumerate([3, 2, 4]):
+        model.begin_task(3, rank)
+        if t > 0:  # just begun: the previous task jumped, alphas reset, new pair B = 0
+            alpha = [0.8] * t + [model.magnitudes.alpha[t, 0].item()]
+            want = _public_logits(
+                tiny_backbone(), [*pairs, {k: (B, 0 * A) for k, (B, A) in pairs[-1].items()}],
+                alpha, model.head.full_weight(), images,
+            )  # fmt: skip
+            torch.testing.assert_close(model(images), want, atol=1e-5, rtol=1e-5)
+        _perturb_current(model, seed=t)  # stands in for training
+        model.end_task()
+        pairs.append(
+            {
+                (b, slot): (layer.B_cur.detach().clone(), layer.A_cur.detach().clone())
+                for b, adapter in enumerate(model.adapters())
+                for slot, layer in adapter.lora.items()
+            }
+        )
+        alpha = model.magnitudes.alpha[:, 0].tolist()
+        want = _public_logits(tiny_backbone(), pairs, alpha, model.head.full_weight(), images)
+        torch.testing.assert_close(model(images), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.merge()(images), want, atol=1e-5, rtol=1e-5)
+
+
+def test_head_init_follows_compat(tiny_backbone: Callable[..., nn.Module]) -> None:
+    """reference_code: Kaiming-normal rows with the linear gain (std 1/sqrt(d)), zero bias."""
+    torch.manual_seed(0)
+    public = SDLoRAViT(tiny_backbone(), "tiny", compat="reference_code")
+    public.begin_task(2000, 2)
+    paper = SDLoRAViT(tiny_backbone(), "tiny")
+    paper.begin_task(2000, 2)
+    d = 32
+    assert public.head.weight.std().item() == pytest.approx(d**-0.5, rel=0.05)
+    assert torch.equal(public.head.bias, torch.zeros(2000))
+    # torch's Linear: uniform in +-1/sqrt(d), so std 1/sqrt(3d), and a non-zero bias
+    assert paper.head.weight.std().item() == pytest.approx((3 * d) ** -0.5, rel=0.05)
+    assert paper.head.bias.abs().max() > 0
 
 
 def test_storage_counts_components_magnitudes_and_head(

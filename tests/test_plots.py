@@ -32,8 +32,35 @@ def _check_png(path: Path) -> tuple[int, int]:
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert 300 <= w <= 3000 and 200 <= h <= 3000, (w, h)
     assert colours is None or len(colours) > 10  # not a blank canvas
-    assert not list(path.parent.glob(f".{path.name}.tmp-*"))  # temp file renamed away
+    assert _leftovers(path.parent) == []  # the temp file was renamed away
     return w, h
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Temporary files in ``folder``: sdlora.atomic writes ``.{name}.{pid}.{hex}.tmp``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name)
+
+
+def test_failed_save_leaves_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "curve.png"
+    out.write_bytes(b"old")
+    written: list[Path] = []
+
+    def half_written(self: object, fname: Path, **kwargs: object) -> None:
+        Path(fname).write_bytes(PNG_MAGIC)  # half an image, then the disk fills up
+        written.append(Path(fname))
+        assert _leftovers(tmp_path) == [Path(fname).name]  # the check sees a temp file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plots.Figure, "savefig", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        plots.accuracy_curve([95.0, 90.0], out)
+    assert [w.parent for w in written] == [tmp_path]
+    assert written[0].name.startswith(".curve.png.") and written[0].name.endswith(".tmp")
+    assert out.read_bytes() == b"old"
+    assert _leftovers(tmp_path) == []
 
 
 def test_accuracy_heatmap_png(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""End to end on the embedded default: pre-train a tiny backbone, run a sequence, CLI outputs."""
+"""End to end on embedded data: pre-train a tiny backbone, run a sequence, CLI outputs."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import yaml
 from sdlora.__main__ import main
 from sdlora.checkpoint import load_adapter, read_header
 from sdlora.config import parse_config
+from sdlora.data.prepare import prepare
+from sdlora.evaluate import evaluate
 from sdlora.metrics import read_matrix_csv
 from sdlora.pretrain import pretrain_backbone
-from sdlora.train import build_model, evaluate, images_to_tensor, resolve_device, run_sequence
+from sdlora.sequence import run_sequence
+from sdlora.train import build_model, resolve_device
 
 TINY = {
     "img_size": 16,
@@ -31,12 +34,13 @@ def _raw(weights: str | None, **model: object) -> dict:
     return {
         "seed": 0,
         "progress": False,
-        "data": {"dataset": "digits", "init_cls": 4, "increment": 3, "image_size": 16},
+        "data": {"dataset": "digits", "init_cls": 4, "increment": 3, "image_size": 16,
+                 "augment": "none"},
         "backbone": {"name": "vit_tiny_patch16_224", "weights": weights, "kwargs": TINY},
         "pretrain": {"per_class": 6, "epochs": 1, "batch_size": 64},
         "model": {"rank": 4, **model},
         "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
-    }
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +49,17 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("backbone") / "tiny.safetensors"
     report = pretrain_backbone(parse_config(_raw(None)), path, progress=False)
     assert report.num_classes == 52 and report.train_images == 52 * 6
-    assert json.loads(path.with_suffix(".json").read_text())["val_accuracy"] >= 0
+    assert json.loads(path.with_suffix(".json").read_text())["seconds"] == report.seconds
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Digits as the prepare stage writes them: 4 + 3 + 3 classes."""
+    cfg = parse_config(_raw(None))
+    out = tmp_path_factory.mktemp("prepared") / "digits"
+    prepare(cfg.data, seed=cfg.seed, out=out)
+    return out
 
 
 def test_pretraining_is_deterministic_per_seed(weights: str, tmp_path: Path) -> None:
@@ -58,41 +71,61 @@ def test_pretraining_is_deterministic_per_seed(weights: str, tmp_path: Path) -> 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["sdlora", "seq_lora", "frozen"])
-def test_run_sequence_on_the_default(weights: str, method: str) -> None:
+@pytest.mark.parametrize("method", ["sdlora", "seq_lora", "frozen", "prototype"])
+def test_run_sequence_on_the_default(weights: str, prepared: Path, method: str) -> None:
     cfg = parse_config(_raw(weights, method=method))
-    result = run_sequence(cfg, ncm=True)
+    result = run_sequence(cfg, prepared, ncm=True)
     m = result.matrix
     assert m.shape == (3, 3)  # 10 digits: 4 + 3 + 3 classes
     assert np.isfinite(m[np.tril_indices(3)]).all() and np.isnan(m[np.triu_indices(3, 1)]).all()
     assert len(result.counts) == 3 and sum(result.counts) == 360  # 20 % of 1,797 digits
-    assert result.ncm_matrix is not None and np.isfinite(np.diag(result.ncm_matrix)).all()
-    if method != "frozen":  # a barely pre-trained tiny ViT: only adaptation learns quickly
-        assert m[0, 0] > 45  # 4 classes: chance is 25 %
+    assert [len(r) for r in result.ncm_rows] == [1, 2, 3]
+    if method not in ("frozen", "prototype"):  # a barely pre-trained tiny ViT: only
+        assert m[0, 0] > 45  # adaptation learns quickly; 4 classes: chance is 25 %
     assert set(result.summary) >= {"final_accuracy", "average_anytime_accuracy", "forgetting"}
-    grows = [s["stored_params"] for s in result.storage]
-    assert grows == sorted(grows) and len(result.tasks) == 3
-    assert all(t.samples_per_second > 0 and len(t.epoch_seconds) == 4 for t in result.tasks)
+    grows = [r["storage"]["stored_params"] for r in result.records]
+    assert grows == sorted(grows) and len(result.records) == 3
+    epochs = [r["epochs"] for r in result.records]
+    if method == "prototype":  # no gradient training: no epochs, nothing stored but the head
+        assert epochs == [[], [], []] and grows == [4 * 33, 7 * 33, 10 * 33]
+    else:
+        assert all(len(e) == 4 and e[-1]["samples_per_second"] > 0 for e in epochs)
 
 
-def test_sequence_is_reproducible_and_merges(weights: str) -> None:
+def test_prototype_head_is_the_cosine_class_mean(weights: str, prepared: Path) -> None:
+    from sdlora.evaluate import outputs
+    from sdlora.train import World, begin_task, fit_task, task_stream
+
+    cfg = parse_config(_raw(weights, method="prototype"))
+    model = build_model(cfg)
+    begin_task(model, cfg, 0, 4)
+    assert fit_task(model, prepared, 0, cfg, World()) == []
+    stream = task_stream(prepared, 0, "train", cfg, model.backbone, plain=True)
+    f, y = outputs(model.forward_features, stream, torch.device("cpu"), 100)
+    means = torch.stack([f[y == c].double().mean(0) for c in range(4)]).float()
+    torch.testing.assert_close(model.head.weight, torch.nn.functional.normalize(means, dim=1))
+    assert torch.equal(model.head.bias, torch.zeros(4))
+
+
+def test_sequence_is_reproducible_and_merges(weights: str, prepared: Path) -> None:
     cfg = parse_config(_raw(weights))
     seen: dict[int, object] = {}
 
     def keep(task: int, model: object, result: object) -> None:
         seen["model"] = model
 
-    a = run_sequence(cfg, on_task_end=keep)
-    b = run_sequence(cfg)
+    a = run_sequence(cfg, prepared, on_task_end=keep)
+    b = run_sequence(cfg, prepared)
     np.testing.assert_array_equal(a.matrix, b.matrix)
-    model = seen["model"]
-    merged = model.merge()
-    from sdlora.data.benchmarks import load_task_splits
-    from sdlora.train import to_tensors
+    merged = seen["model"].merge()
+    accs, _ = evaluate(merged, prepared, range(3), cfg, resolve_device("cpu"))
+    assert accs == pytest.approx(list(a.matrix[-1]), abs=0.5)
 
-    tasks = to_tensors(load_task_splits(cfg.data, cfg.seed), 16, (0.5,) * 3, (0.5,) * 3)
-    device = resolve_device("cpu")
-    assert evaluate(merged, tasks, device, 256) == pytest.approx(list(a.matrix[-1]), abs=0.5)
+
+def test_prepared_folder_of_other_settings_is_refused(weights: str, prepared: Path) -> None:
+    cfg = parse_config(_raw(weights) | {"seed": 1})
+    with pytest.raises(ValueError, match=r"seed: 0 there, 1 in params"):
+        run_sequence(cfg, prepared)
 
 
 def test_cli_run_writes_matrix_metrics_and_adapters(
@@ -120,6 +153,11 @@ def test_cli_run_writes_matrix_metrics_and_adapters(
     load_adapter(model, out / "adapter_task_02.safetensors")
     assert model.head.num_classes == 10
     assert "final_accuracy" in capsys.readouterr().out
+    # --prepared reuses prepared splits (the pipeline's data/prepared, say): same matrix
+    again = tmp_path / "again"
+    args = ["run", "--params", str(params), "--out", str(again), "--prepared", str(out / "prepared")]
+    assert main(args) == 0 and not (again / "prepared").exists()
+    np.testing.assert_array_equal(read_matrix_csv(again / "accuracy_matrix.csv")[0], matrix)
 
 
 def test_cli_reports_bad_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,12 +168,6 @@ def test_cli_reports_bad_params(tmp_path: Path, capsys: pytest.CaptureFixture[st
     params.write_text(yaml.safe_dump(_raw(str(tmp_path / "missing.safetensors"))))
     assert main(["run", "--params", str(params), "--out", str(tmp_path / "o")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
-
-
-def test_images_to_tensor_resizes_and_normalises() -> None:
-    imgs = np.full((2, 8, 8), 255, dtype=np.uint8)
-    x = images_to_tensor(imgs, 16, (0.5,) * 3, (0.5,) * 3)
-    assert x.shape == (2, 3, 16, 16) and torch.allclose(x, torch.ones_like(x))
 
 
 def test_cuda_request_without_gpu_is_an_error() -> None:

@@ -18,7 +18,7 @@ from sdlora.data.glyphs import (
     render_glyphs,
 )
 from sdlora.data.source import CorruptImageError, DataError, Listing, Source
-from sdlora.data.tasks import ImageSet, TaskSplit, class_order, make_task_splits, split_classes
+from sdlora.data.tasks import ImageSet, class_order, split_classes
 
 __all__ = [
     "DIGIT_NAMES",
@@ -32,13 +32,11 @@ __all__ = [
     "Jitter",
     "Listing",
     "Source",
-    "TaskSplit",
     "class_order",
     "fonts_with",
     "load_digits",
     "load_glyphs",
     "load_pretrain_letters",
-    "make_task_splits",
     "render_glyphs",
     "split_classes",
 ]

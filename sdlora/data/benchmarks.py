@@ -1,12 +1,12 @@
-"""Pick the configured benchmark: as a Source for the prepare stage, or as in-memory task splits."""
+"""Pick the configured benchmark as a Source for the prepare stage (the only way data comes in)."""
 
 from __future__ import annotations
 
-from sdlora.config import ON_DISK_DATASETS, DataConfig
+from sdlora.config import DataConfig
 from sdlora.data.digits import load_digits
 from sdlora.data.glyphs import load_glyphs
 from sdlora.data.source import DataError, Source, imageset_source
-from sdlora.data.tasks import ImageSet, TaskSplit, make_task_splits
+from sdlora.data.tasks import ImageSet
 
 EMBEDDED_ORIGIN = {"digits": "embedded: sklearn digits", "glyphs": "embedded: rendered glyphs"}
 
@@ -38,14 +38,3 @@ def open_source(cfg: DataConfig) -> Source:
 
         return read_imagefolder(cfg.root, cfg.dataset, cfg.test_fraction, cfg.split_seed)
     raise ValueError(f"data.dataset = {cfg.dataset!r}: unknown dataset")
-
-
-def load_task_splits(cfg: DataConfig, seed: int) -> list[TaskSplit]:
-    """The embedded benchmark of ``cfg.dataset`` as tasks (class order from ``seed``, SPEC §1)."""
-    if cfg.dataset in ON_DISK_DATASETS or cfg.dataset not in EMBEDDED_ORIGIN:
-        raise ValueError(
-            f"data.dataset = {cfg.dataset!r} is read from disk: run the prepare stage "
-            "(pipelines/prepare.py) and stream its Parquet task splits (sdlora.data.stream)"
-        )
-    train, test = _embedded(cfg)
-    return make_task_splits(train, test, seed=seed, init_cls=cfg.init_cls, increment=cfg.increment)

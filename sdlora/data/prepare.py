@@ -223,14 +223,17 @@ def prepare(
     out: str | Path,
     progress: bool = False,
     threads: int | None = None,
+    source: Source | None = None,
 ) -> dict[str, Any]:
     """Read the benchmark of ``cfg``, cut it into tasks (SPEC §1 with ``seed``), write ``out``.
 
     Returns the manifest (also written as ``out/manifest.json``). Raises :class:`DataError`
     (a :class:`CorruptImageError` for an unreadable image unless ``cfg.skip_corrupt``) with
     nothing left behind. ``threads`` read and check images in parallel (default 2 per core, <= 8).
+    ``source``: another dataset than ``cfg.dataset`` (pre-training's letters), split as ``cfg``
+    says.
     """
-    source = open_source(cfg)
+    source = source or open_source(cfg)
     _check_fit(source, cfg.init_cls, cfg.increment)
     _check_classes(source)
     order = class_order(source.num_classes, seed)

@@ -2,21 +2,26 @@
 
 :class:`ParquetStream` is a ``torch.utils.data.IterableDataset`` over one or more Parquet files
 written by the prepare stage. It never holds more than one row group per reader in memory, so an
-ImageNet-R-sized task streams in a few tens of MB.
+ImageNet-R-sized task streams in a few tens of MB. It is the only way images reach a model:
+pre-training, ``sdlora run`` and the pipeline's stages all read prepared splits through it.
 
-Sharding: the readers of an epoch are the ``world_size`` distributed ranks times the DataLoader
-workers of each (``num_workers``, 1 without workers); reader ``s = rank * num_workers + worker``
-of ``S = world_size * num_workers``. The epoch's row groups are put in one order (shuffled with
-``(seed, epoch)`` when ``shuffle``, identically on every reader), their rows concatenated, and
-reader ``s`` takes the contiguous rows ``[s * N // S, (s + 1) * N // S)``. So every row is read
-exactly once per epoch across all readers, a reader touches only the row groups overlapping its
-range, and the readers' shares differ by at most one row. A rank's share,
-``(rank + 1) * N // world_size - rank * N // world_size``, does not depend on ``num_workers``;
-it is ``len(stream)``. With ``shuffle``, rows are also permuted inside every row group the
-reader loads (train files are already shuffled across row groups by the prepare stage).
+Epoch order: the row groups are put in one order (shuffled with ``(seed, epoch)`` when
+``shuffle``), the rows of each group permuted with ``(seed, epoch, group)`` (identically on every
+reader), and the rows concatenated: positions ``0 .. N-1``. Sharding over readers (the
+``world_size`` distributed ranks, times the DataLoader workers of each):
 
-Call :meth:`ParquetStream.set_epoch` before each epoch (as with ``DistributedSampler``); with
-``persistent_workers=True`` the workers keep the epoch they were started with.
+- ``batch_size=B`` (training): global batch ``i`` is positions ``[i B, (i + 1) B)``; rank ``r``
+  takes its contiguous :func:`shard_bounds` part of every global batch, and DataLoader worker
+  ``w`` of ``k`` the batches with ``i % k == w``. So the global batches are those of one
+  process whatever the world size (DDP equals one process), and with a DataLoader batch of
+  ``B // world_size`` each rank's batches line up with the global ones.
+- ``batch_size=None`` (evaluation): reader ``s = rank * k + w`` of ``S = world_size * k`` takes
+  the contiguous positions ``[s N // S, (s + 1) N // S)``.
+
+Either way every row is read exactly once per epoch across all readers, and a reader decodes
+only its own rows. Call :meth:`ParquetStream.set_epoch` before each epoch (as with
+``DistributedSampler``); with ``persistent_workers=True`` the workers keep the epoch they were
+started with.
 
 Transforms (SPEC §6, as the public code): train ``RandomResizedCrop(size, scale=(0.05, 1),
 ratio=(3/4, 4/3))`` + horizontal flip; test ``Resize(int(size * 256 / 224), bicubic)`` +
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -39,6 +45,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
 from sdlora.data.prepare import read_manifest
+from sdlora.data.source import DataError
 
 
 def build_transform(
@@ -95,7 +102,8 @@ class ParquetStream(IterableDataset):
 
     ``transform`` maps a decoded RGB PIL image to what is yielded (e.g. :func:`build_transform`);
     ``None`` yields the PIL image. ``rank`` / ``world_size`` default to torch.distributed's when
-    a process group is initialised, else 0 / 1.
+    a process group is initialised, else 0 / 1. ``batch_size``: the global batch the epoch is
+    cut into (see the module docstring); None shards contiguously.
     """
 
     def __init__(
@@ -104,9 +112,10 @@ class ParquetStream(IterableDataset):
         transform: Callable[[Image.Image], Any] | None = None,
         *,
         shuffle: bool = False,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        batch_size: int | None = None,
         return_path: bool = False,
     ) -> None:
         super().__init__()
@@ -120,18 +129,21 @@ class ParquetStream(IterableDataset):
             raise ValueError(
                 f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}"
             )
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.files = [str(f) for f in files]
         self.transform = transform
         self.shuffle = shuffle
-        self.seed = seed
+        self.seed = [seed] if isinstance(seed, int) else list(seed)
         self.rank = rank
         self.world_size = world_size
+        self.batch_size = batch_size
         self.return_path = return_path
         self.epoch = 0
         # (file index, row group index, rows) for every row group, in file order
         self.groups: list[tuple[int, int, int]] = []
         for fi, f in enumerate(self.files):
-            meta = pq.ParquetFile(f).metadata
+            meta = _metadata(f)
             self.groups += [(fi, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
         self.num_rows = sum(n for _, _, n in self.groups)
 
@@ -141,55 +153,91 @@ class ParquetStream(IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch, over all its DataLoader workers."""
-        start, stop = shard_bounds(self.num_rows, self.rank, self.world_size)
-        return stop - start
+        return int(sum(b - a for a, b in self._ranges(0, 1)))
+
+    def num_batches(self) -> int:
+        """Global batches per epoch (every rank takes part in each; 1 without ``batch_size``)."""
+        return -(-self.num_rows // self.batch_size) if self.batch_size else 1
+
+    def batch_rows(self, i: int) -> int:
+        """Rows of global batch ``i`` over all ranks (the last one may be short)."""
+        if self.batch_size is None:
+            return self.num_rows
+        return max(0, min(self.batch_size, self.num_rows - i * self.batch_size))
+
+    def _rng(self, *extra: int) -> np.random.Generator:
+        return np.random.default_rng([*self.seed, self.epoch, *extra])
 
     def _group_order(self) -> list[int]:
         if not self.shuffle:
             return list(range(len(self.groups)))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.groups)).tolist()
+        return self._rng().permutation(len(self.groups)).tolist()
 
-    def plan(self, shard: int, num_shards: int) -> list[tuple[int, int, int]]:
-        """``(group index, first row, stop row)`` slices shard ``shard`` reads this epoch."""
-        start, stop = shard_bounds(self.num_rows, shard, num_shards)
-        slices = []
-        offset = 0
+    def _ranges(self, worker: int, workers: int) -> list[tuple[int, int]]:
+        """The epoch positions ``[a, b)`` this rank's ``worker`` (of ``workers``) reads."""
+        n = self.num_rows
+        if self.batch_size is None:
+            return [shard_bounds(n, self.rank * workers + worker, self.world_size * workers)]
+        out = []
+        for i, start in enumerate(range(0, n, self.batch_size)):
+            if i % workers == worker:
+                lo, hi = shard_bounds(self.batch_rows(i), self.rank, self.world_size)
+                if lo < hi:
+                    out.append((start + lo, start + hi))
+        return out
+
+    def plan(self, worker: int = 0, workers: int = 1) -> list[tuple[int, np.ndarray]]:
+        """``(group index, rows of the group)`` this reader reads this epoch, in epoch order.
+
+        Rows are physical row indices inside the group, already in the epoch's order.
+        """
+        mine = np.zeros(self.num_rows, dtype=bool)
+        for a, b in self._ranges(worker, workers):
+            mine[a:b] = True
+        out, offset = [], 0
         for g in self._group_order():
             n = self.groups[g][2]
-            lo, hi = max(start, offset), min(stop, offset + n)
-            if lo < hi:
-                slices.append((g, lo - offset, hi - offset))
+            picked = np.flatnonzero(mine[offset : offset + n])
+            if picked.size:
+                order = self._rng(g).permutation(n) if self.shuffle else np.arange(n)
+                out.append((g, order[picked]))
             offset += n
-            if offset >= stop:
-                break
-        return slices
+        return out
 
     def __iter__(self) -> Iterator[Any]:
         """Yield this reader's samples of the epoch (see the module docstring for the sharding)."""
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        shard, num_shards = self.rank * workers + worker, self.world_size * workers
         columns = ["image", "label"] + (["path"] if self.return_path else [])
         handles: dict[int, pq.ParquetFile] = {}
-        for g, lo, hi in self.plan(shard, num_shards):
+        for g, rows in self.plan(worker, workers):
             fi, rg, _ = self.groups[g]
             if fi not in handles:
                 handles[fi] = pq.ParquetFile(self.files[fi])
-            table = handles[fi].read_row_group(rg, columns=columns).slice(lo, hi - lo)
+            table = handles[fi].read_row_group(rg, columns=columns).take(rows)
             images = table.column("image").to_pylist()
             labels = table.column("label").to_pylist()
             paths = table.column("path").to_pylist() if self.return_path else None
             del table
-            rows = range(len(images))
-            if self.shuffle:
-                rows = np.random.default_rng([self.seed, self.epoch, g]).permutation(len(images))
-            for i in rows:
-                image = decode(images[i])
+            for i, data in enumerate(images):
+                image = decode(data)
                 sample = self.transform(image) if self.transform is not None else image
                 if paths is not None:
                     yield sample, labels[i], paths[i]
                 else:
                     yield sample, labels[i]
+
+
+def _metadata(path: str) -> pq.FileMetaData:
+    """A Parquet file's metadata; a clear error naming the file when it is not Parquet."""
+    try:
+        return pq.ParquetFile(path).metadata
+    except FileNotFoundError:
+        raise DataError(f"{path}: prepared split not found; run the prepare stage again") from None
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(
+            f"{path}: not a readable Parquet split ({err}); run the prepare stage again"
+        ) from None
 
 
 def task_files(prepared: str | Path, tasks: int | Sequence[int], split: str) -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdlora.data import load_digits, make_task_splits
+from sdlora.data import load_digits
 
 
 def test_counts_shapes_and_range() -> None:
@@ -50,11 +50,3 @@ def test_train_and_test_do_not_share_images() -> None:
 def test_bad_fraction() -> None:
     with pytest.raises(ValueError, match="test_fraction"):
         load_digits(test_fraction=1.0)
-
-
-def test_digits_feed_task_splits() -> None:
-    train, test = load_digits()
-    splits = make_task_splits(train, test, seed=1993, init_cls=2, increment=2)
-    assert len(splits) == 5
-    assert sum(len(s.train_labels) for s in splits) == len(train)
-    assert sum(len(s.test_labels) for s in splits) == len(test)

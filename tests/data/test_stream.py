@@ -37,8 +37,11 @@ def _collect(stream: ParquetStream) -> list[str]:
     return [path for _, _, path in stream]
 
 
+@pytest.mark.parametrize("batch_size", [None, 10])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_two_ranks_read_every_sample_once(prepared: Path, shuffle: bool) -> None:
+def test_two_ranks_read_every_sample_once(
+    prepared: Path, shuffle: bool, batch_size: int | None
+) -> None:
     files = task_files(prepared, [0, 1], "train")
     expected = Counter(_all_paths(files))
     for epoch in range(2):
@@ -52,6 +55,7 @@ def test_two_ranks_read_every_sample_once(prepared: Path, shuffle: bool) -> None
                 seed=3,
                 rank=rank,
                 world_size=2,
+                batch_size=batch_size,
                 return_path=True,
             )
             stream.set_epoch(epoch)
@@ -61,6 +65,28 @@ def test_two_ranks_read_every_sample_once(prepared: Path, shuffle: bool) -> None
             seen.update(got)
         assert seen == expected  # each exactly once
         assert abs(sizes[0] - sizes[1]) <= 1
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_global_batches_do_not_depend_on_the_world_size(prepared: Path, world_size: int) -> None:
+    """Rank parts of global batch i, in rank order, are batch i of one process (DDP = 1 process)."""
+    files = task_files(prepared, 0, "train")
+    batch = 36  # divides over 2 and 3 ranks
+
+    def batches(rank: int, world: int) -> list[list[str]]:
+        stream = ParquetStream(
+            files, _first_pixel, shuffle=True, seed=5, rank=rank, world_size=world,
+            batch_size=batch, return_path=True,
+        )  # fmt: skip
+        stream.set_epoch(1)
+        loader = DataLoader(stream, batch_size=batch // world)
+        return [list(paths) for _, _, paths in loader]
+
+    one = batches(0, 1)
+    parts = [batches(r, world_size) for r in range(world_size)]
+    assert len(one) == -(-ParquetStream(files).num_rows // batch)
+    for i, whole in enumerate(one):
+        assert [p for rank in parts for p in (rank[i] if i < len(rank) else [])] == whole
 
 
 def test_shuffle_changes_with_epoch_not_with_rank(prepared: Path) -> None:
@@ -75,8 +101,11 @@ def test_shuffle_changes_with_epoch_not_with_rank(prepared: Path) -> None:
     assert plain == _all_paths(files)  # no shuffle: file order
 
 
+@pytest.mark.parametrize("batch_size", [None, 8])
 @pytest.mark.parametrize("world_size", [1, 2])
-def test_dataloader_workers_read_every_sample_once(prepared: Path, world_size: int) -> None:
+def test_dataloader_workers_read_every_sample_once(
+    prepared: Path, world_size: int, batch_size: int | None
+) -> None:
     files = task_files(prepared, 1, "test")
     expected = Counter(_all_paths(files))
     seen: Counter[str] = Counter()
@@ -88,9 +117,10 @@ def test_dataloader_workers_read_every_sample_once(prepared: Path, world_size: i
             seed=1,
             rank=rank,
             world_size=world_size,
+            batch_size=batch_size,
             return_path=True,
         )
-        loader = DataLoader(stream, batch_size=8, num_workers=2)
+        loader = DataLoader(stream, batch_size=8 // world_size, num_workers=2)
         for _, _, paths in loader:
             seen.update(paths)
     assert seen == expected
@@ -98,13 +128,13 @@ def test_dataloader_workers_read_every_sample_once(prepared: Path, world_size: i
 
 def test_plan_reads_only_overlapping_groups(prepared: Path) -> None:
     files = task_files(prepared, 0, "train")
-    stream = ParquetStream(files, shuffle=False)
+    stream = ParquetStream(files, shuffle=False, rank=1, world_size=4)
     sizes = [n for _, _, n in stream.groups]
     assert sizes[:-1] == [37] * (len(sizes) - 1)
-    plan = stream.plan(1, 4)
+    plan = stream.plan()
     start, stop = shard_bounds(stream.num_rows, 1, 4)
-    assert sum(hi - lo for _, lo, hi in plan) == stop - start
-    assert [g for g, _, _ in plan] == list(range(start // 37, (stop - 1) // 37 + 1))
+    assert sum(rows.size for _, rows in plan) == stop - start
+    assert [g for g, _ in plan] == list(range(start // 37, (stop - 1) // 37 + 1))
 
 
 def _share(n: int, shard: int, num_shards: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdlora.data import ImageSet, class_order, make_task_splits, split_classes
+from sdlora.data import ImageSet, class_order, split_classes
 
 
 def _legacy_order(num_classes: int, seed: int) -> np.ndarray:
@@ -72,51 +72,6 @@ def test_split_single_task() -> None:
 def test_split_errors(init_cls: int, increment: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         split_classes(np.arange(10), init_cls, increment)
-
-
-@pytest.mark.parametrize(("init_cls", "increment", "sizes"), [(2, 2, [2] * 5), (3, 4, [3, 4, 3])])
-def test_task_splits_global_labels(init_cls: int, increment: int, sizes: list[int]) -> None:
-    train, test = _toy_set(10, 5), _toy_set(10, 2)
-    seed = 1993
-    order = class_order(10, seed)
-    splits = make_task_splits(train, test, seed, init_cls, increment)
-    assert [s.num_classes for s in splits] == sizes
-    seen: set[int] = set()
-    offset = 0
-    for task, split in enumerate(splits):
-        assert split.task == task
-        assert split.label_offset == offset
-        assert seen.isdisjoint(split.classes.tolist())
-        seen.update(split.classes.tolist())
-        np.testing.assert_array_equal(split.classes, order[offset : offset + split.num_classes])
-        expected = set(range(offset, offset + split.num_classes))
-        for images, labels, per_class in (
-            (split.train_images, split.train_labels, 5),
-            (split.test_images, split.test_labels, 2),
-        ):
-            assert labels.dtype == np.int64
-            assert set(labels.tolist()) == expected  # contiguous global labels
-            assert labels.size == per_class * split.num_classes
-            # the image value is the original class id: it must sit at that global label
-            np.testing.assert_array_equal(order[labels], images[:, 0, 0])
-        offset += split.num_classes
-    assert seen == set(range(10))
-
-
-def test_task_splits_reject_different_class_sets() -> None:
-    other = ImageSet(
-        np.zeros((2, 4, 4), np.uint8), np.array([0, 1]), tuple(f"d{i}" for i in range(2))
-    )
-    with pytest.raises(ValueError, match="class sets differ"):
-        make_task_splits(_toy_set(2, 3), other, 0, 1, 1)
-
-
-def test_task_splits_name_class_without_test_image() -> None:
-    train = _toy_set(4, 3)
-    keep = train.labels != 2
-    test = ImageSet(train.images[keep], train.labels[keep], train.class_names)
-    with pytest.raises(ValueError, match=r"no test image.*c2"):
-        make_task_splits(train, test, 0, 2, 2)
 
 
 @pytest.mark.parametrize(

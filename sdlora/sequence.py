@@ -1,0 +1,126 @@
+"""A whole task sequence in one process (``sdlora run``): world size 1, no Ray, no DVC.
+
+It goes through the pipeline's own functions: :func:`sdlora.train.begin_task`,
+:func:`sdlora.train.fit_task`, ``end_task`` and :func:`sdlora.evaluate.evaluate` on the same
+prepared splits, and builds the same per-task records (:func:`task_record`) as the ``train@k``
+stages. So for the same params and seed it gives the accuracy matrix ``dvc repro`` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sdlora import metrics
+from sdlora.config import Config, ConfigError
+from sdlora.data.prepare import read_manifest
+from sdlora.diagnostics import task_known_accuracy
+from sdlora.evaluate import evaluate
+from sdlora.model import SDLoRAViT
+from sdlora.train import World, begin_task, build_model, fit_task, resolve_device
+
+
+def task_record(
+    model: SDLoRAViT,
+    cfg: Config,
+    task: int,
+    num_classes: int,
+    accuracy: list[float],
+    counts: list[int],
+    epochs: list[dict[str, float]],
+) -> dict[str, Any]:
+    """What one task leaves for the report: accuracy row, counts, rank, epochs, storage, alpha."""
+    return {
+        "task": task,
+        "num_classes": int(num_classes),
+        "rank": cfg.rank_for_task(task),
+        "accuracy": accuracy,
+        "counts": counts,
+        "epochs": epochs,
+        "storage": model.storage(),
+        "magnitudes": model.magnitudes.alpha.detach().cpu().tolist(),
+    }
+
+
+def matrix_of(records: list[dict[str, Any]]) -> np.ndarray:
+    """The T x T accuracy matrix (percent, NaN above the diagonal) of records 0..T-1."""
+    n = len(records)
+    R = np.full((n, n), np.nan)
+    for i, rec in enumerate(records):
+        R[i, : i + 1] = rec["accuracy"]
+    return R
+
+
+@dataclass
+class SequenceResult:
+    """Every task's record; with ``ncm``, the task-known diagnostics' rows too."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    ncm_rows: list[list[float]] = field(default_factory=list)
+    head_known_rows: list[list[float]] = field(default_factory=list)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return matrix_of(self.records)
+
+    @property
+    def counts(self) -> list[int]:
+        return self.records[-1]["counts"]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return metrics.summarize(self.matrix, self.counts)
+
+
+def check_prepared(prepared: str | Path, cfg: Config) -> dict[str, Any]:
+    """The manifest of ``prepared``, refused unless it was prepared from ``cfg.data`` and seed."""
+    manifest = read_manifest(prepared)
+    p = manifest["params"]
+    want = {"seed": cfg.seed, "init_cls": cfg.data.init_cls, "increment": cfg.data.increment}
+    diffs = [f"{k}: {p.get(k)!r} there, {v!r} in params" for k, v in want.items() if p.get(k) != v]
+    if manifest["dataset"] != cfg.data.dataset:
+        diffs.insert(0, f"dataset: {manifest['dataset']!r} there, {cfg.data.dataset!r} in params")
+    if diffs:
+        raise ConfigError(
+            f"{prepared} was prepared from other settings ({'; '.join(diffs)}); "
+            "prepare it again or point at the matching folder"
+        )
+    return manifest
+
+
+def run_sequence(
+    cfg: Config,
+    prepared: str | Path,
+    *,
+    ncm: bool = False,
+    on_task_end: Callable[[int, SDLoRAViT, SequenceResult], None] | None = None,
+) -> SequenceResult:
+    """Train every task of ``prepared`` in order; after each, evaluate every task seen so far.
+
+    ``ncm=True`` also records the drift diagnostics of :mod:`sdlora.diagnostics`.
+    """
+    manifest = check_prepared(prepared, cfg)
+    device = resolve_device(cfg.device)
+    model = build_model(cfg, device)
+    world = World(device=device)
+    result = SequenceResult()
+    num_tasks = len(manifest["tasks"])
+    for t in tqdm(range(num_tasks), desc="tasks", unit="task", disable=not cfg.progress):
+        num_classes = int(manifest["tasks"][t]["num_classes"])
+        begin_task(model, cfg, t, num_classes)
+        epochs = fit_task(model, prepared, t, cfg.for_task(t), world, progress=cfg.progress)
+        model.end_task()
+        accs, counts = evaluate(model, prepared, range(t + 1), cfg, device)
+        result.records.append(task_record(model, cfg, t, num_classes, accs, counts, epochs))
+        if ncm:
+            ncm_row, head_row = task_known_accuracy(model, prepared, range(t + 1), cfg, device)
+            result.ncm_rows.append(ncm_row)
+            result.head_known_rows.append(head_row)
+        if on_task_end is not None:
+            on_task_end(t, model, result)
+    return result

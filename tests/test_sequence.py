@@ -1,0 +1,90 @@
+"""One runtime: `sdlora run` and the pipeline's stages give the same accuracy matrix; a finished
+project moved to another folder re-runs a task stage there (nothing absolute is kept).
+
+The stages run as library calls in a temporary project (no DVC), on Ray started in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sdlora.config import load_config
+from sdlora.distributed import ADAPTER
+from sdlora.metrics import read_matrix_csv
+from sdlora.plan import EVAL_DIR, PREPARED_DIR, task_output, write_tasks
+from sdlora.sequence import run_sequence
+from sdlora.stages.evaluate import evaluate_stage
+from sdlora.stages.prepare import prepare_stage
+from sdlora.stages.pretrain import pretrain_stage
+from sdlora.stages.train import train_stage
+
+pytestmark = pytest.mark.slow
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+PARAMS = {
+    "seed": 2,
+    "progress": False,
+    "data": {"dataset": "digits", "init_cls": 5, "increment": 5, "image_size": 16,
+             "augment": "none"},
+    "backbone": {"name": "vit_tiny_patch16_224", "weights": None,
+                 "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                            "num_heads": 2}},
+    "model": {"rank": 3},
+    "train": {"optimizer": "adam", "lr": 0.01, "epochs": 2, "batch_size": 64},
+    "ray": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_run_equals_the_pipeline_and_a_moved_project_reruns(
+    ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "first"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    Path("params.yaml").write_text(yaml.safe_dump(PARAMS))
+    write_tasks("params.yaml", 2)
+    cfg = load_config("params.yaml")
+    prepare_stage(cfg)
+    pretrain_stage(cfg)
+    for task in (0, 1):
+        train_stage(cfg, task)
+    evaluate_stage(cfg)
+    pipeline, _ = read_matrix_csv(Path(EVAL_DIR) / "accuracy_matrix.csv")
+
+    result = run_sequence(cfg, PREPARED_DIR)
+    np.testing.assert_array_equal(result.matrix, pipeline)
+    assert np.isfinite(pipeline[1]).all() and pipeline[0, 0] > 20  # 5 classes: chance is 20 %
+    ran = [r["epochs"] for r in result.records]
+    staged = [r["train_loss"] for r in yaml.safe_load(
+        (Path(task_output(1)) / "train.json").read_text())["epochs"]]  # fmt: skip
+    assert [e["train_loss"] for e in ran[1]] == staged
+
+    # Move the finished project; re-running its last task there restores Ray's finished run
+    # (no absolute path in the fingerprint, checkpoint or run name) and gives the same bytes.
+    adapter = (Path(task_output(1)) / ADAPTER).read_bytes()
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    monkeypatch.chdir(moved)
+    shutil.rmtree(task_output(1))
+    record = train_stage(load_config("params.yaml"), 1)
+    assert (Path(task_output(1)) / ADAPTER).read_bytes() == adapter
+    assert record["tasks"][1]["accuracy"] == list(pipeline[1])
+    ours = [*Path("runs/pipeline").rglob("*.json"), *Path("runs/ray").rglob("state.json"),
+            *Path("data/prepared").glob("*.json"), *Path("artifacts").rglob("*.json")]  # fmt: skip
+    assert ours and not [p for p in ours if str(project) in p.read_text()]
