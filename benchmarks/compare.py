@@ -23,8 +23,9 @@ from sdlora.atomic import write_json
 from sdlora.config import load_config
 from sdlora.data.prepare import prepare
 from sdlora.plots import accuracy_curve
+from sdlora.records import matrix_of
 from sdlora.report import result_payload
-from sdlora.sequence import matrix_of, run_sequence
+from sdlora.sequence import run_sequence
 
 # Task splits per benchmark: digits 5 x 2 classes, glyphs (40 letters) 5 x 8 classes.
 BENCHMARKS = {

@@ -1,11 +1,12 @@
-"""DVC stage ``train@k``: task k on Ray Train, evaluated and tracked (runs/pipeline/task_XX).
+"""DVC stage ``train@k``: task k on Ray Train, evaluated and tracked (runs/pipeline/task_<k>).
 
-All logic is :func:`sdlora.stages.train.train_stage`; see dvc.yaml and docs/pipeline.md.
+All logic is :func:`sdlora.stages.train.train_stage`, the options (``--help``) are
+:func:`sdlora.stages.train.main`'s; see dvc.yaml and docs/pipeline.md.
 """
 
 import sys
 
-from sdlora.stages.cli import stage_main
+from sdlora.stages.train import main
 
 if __name__ == "__main__":
-    sys.exit(stage_main("train"))
+    sys.exit(main())

@@ -5,14 +5,23 @@ one ``train@<key>`` stage per task, each naming its own split and what it starts
 backbone for task 0, the previous task's output after that), so DVC chains them. The section
 follows ``data.*``: ``python -m sdlora tasks --write`` regenerates it (keeping per-task
 overrides), and the stages refuse a section that does not match the prepared data.
+
+The file is edited with ruamel.yaml's round-trip mode (what DVC uses to rewrite params.yaml for
+``dvc exp run -S``): comments, key order and the rest of the file survive a rewrite.
 """
 
 from __future__ import annotations
 
-import re
+import copy
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.representer import RoundTripRepresenter
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
@@ -21,6 +30,12 @@ EVAL_DIR = f"{PIPELINE_DIR}/eval"
 REPORT_DIR = f"{PIPELINE_DIR}/report"
 OVERRIDES = ("rank", "epochs", "lr")  # what a tasks entry may set for its task alone
 WRITE_COMMAND = "python -m sdlora tasks --write"
+TASKS_COMMENT = (
+    f"One train@<key> stage per task, generated from data.* by `{WRITE_COMMAND}`, which\n"
+    "keeps per-task overrides (rank, epochs, lr: a change re-runs from that task on)."
+)  # written above `tasks:`
+FINAL_COMMENT = "what evaluate reads: the last task's output"  # beside `final_task:`
+_FINAL_COLUMN = 35  # where FINAL_COMMENT starts (the column of params.yaml's other comments)
 
 
 def task_split(task: int) -> str:
@@ -63,67 +78,139 @@ def plan_tasks(
     return out
 
 
-def _flow(entry: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {'null' if v is None else v}" for k, v in entry.items()) + "}"
+# ---- the params file, edited round-trip ------------------------------------------------------
+
+
+class _Representer(RoundTripRepresenter):
+    """ruamel's round-trip representer, but None is written ``null`` (ruamel writes nothing).
+
+    A subclass: ruamel's own class, which DVC also uses in this process, stays as it is.
+    """
+
+
+_Representer.add_representer(
+    type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+)
+
+
+def _yaml() -> YAML:
+    y = YAML()  # round-trip: comments, key order, quoting and flow/block style are kept
+    y.Representer = _Representer
+    y.preserve_quotes = True
+    y.width = 4096  # never fold a line (each task entry is one flow mapping on one line)
+    return y
+
+
+def _entries(plan: Mapping[str, Mapping[str, Any]]) -> CommentedMap:
+    """The ``tasks`` mapping: double-quoted str keys (DVC's foreach wants str), flow entries."""
+    tasks = CommentedMap()
+    for key, entry in plan.items():
+        flow = CommentedMap(entry)
+        flow.fa.set_flow_style()
+        tasks[DoubleQuotedScalarString(key)] = flow
+    return tasks
+
+
+def _last_line_comment(node: CommentedMap) -> tuple[CommentedMap, Any] | None:
+    """The mapping and key whose end-of-line comment is on ``node``'s last line, if any."""
+    key = list(node)[-1]
+    value = node[key]
+    if isinstance(value, CommentedMap) and len(value) and not value.fa.flow_style():
+        return _last_line_comment(value)  # a block-style entry: its last line is inside it
+    item = node.ca.items.get(key)
+    return (node, key) if item and len(item) > 2 and item[2] is not None else None
+
+
+def _keep_comments(old: CommentedMap, new: CommentedMap) -> tuple[str, Any]:
+    """Carry ``old``'s entry comments over to the same keys of ``new``; return the tail.
+
+    ruamel glues the lines that follow a mapping (blank lines, a comment about the next
+    section) to the end-of-line comment on its last line: that tail is cut off and returned
+    (with the comment token it came in, or None) for the caller to put after the new section.
+    """
+    tail, token = "", None
+    last = _last_line_comment(old) if len(old) else None
+    if last is not None:
+        node, key = last
+        token = copy.copy(node.ca.items[key][2])
+        eol, _, tail = token.value.partition("\n")
+        token.value = eol + "\n"
+        node.ca.items[key] = [*node.ca.items[key][:2], token, *node.ca.items[key][3:]]
+    by_str = {str(k): k for k in old}
+    for key in new:
+        if key in by_str and by_str[key] in old.ca.items:
+            new.ca.items[key] = list(old.ca.items[by_str[key]])
+    return tail, token
+
+
+def _append_tail(node: CommentedMap, key: Any, tail: str, template: Any) -> None:
+    """Put ``tail`` (whole comment lines) after ``node[key]``'s line."""
+    item = node.ca.items.setdefault(key, [None, None, None, None])
+    line_end = item[2].value.rstrip("\n") + "\n" if item[2] is not None else "\n"
+    token = copy.copy(item[2] if item[2] is not None else template)
+    token.value = line_end + tail
+    item[2] = token
+
+
+def _set_tasks(doc: CommentedMap, plan: Mapping[str, Mapping[str, Any]], commented: bool) -> None:
+    """Put ``plan`` and its ``final_task`` into ``doc``: where the old ones were, or at the end.
+
+    ``commented``: the generated comment is already in the file (above ``tasks``, where ruamel
+    keeps it with the line before; it stays).
+    """
+    tasks = _entries(plan)
+    old = doc.get("tasks")
+    tail, token = _keep_comments(old, tasks) if isinstance(old, CommentedMap) else ("", None)
+    appended = "tasks" not in doc
+    doc["tasks"] = tasks  # an existing key keeps its place and its comments
+    if not commented:
+        doc.yaml_set_comment_before_after_key(
+            "tasks", before=("\n" if appended and len(doc) > 1 else "") + TASKS_COMMENT
+        )
+    final = task_output(len(plan) - 1)
+    if "final_task" in doc:
+        doc["final_task"] = final
+        if tail:
+            _append_tail(tasks, list(tasks)[-1], tail, token)
+    else:  # right after tasks, before what followed it
+        doc.insert(list(doc).index("tasks") + 1, "final_task", final)
+        doc.yaml_add_eol_comment(FINAL_COMMENT, "final_task", column=_FINAL_COLUMN)
+        if tail:
+            _append_tail(doc, "final_task", tail, token)
 
 
 def tasks_block(plan: Mapping[str, Mapping[str, Any]]) -> str:
-    """The YAML text of the ``tasks`` and ``final_task`` sections (quoted keys: DVC wants str)."""
-    n = len(plan)
-    lines = [
-        f"# One train@<key> stage per task, generated from data.* by `{WRITE_COMMAND}`, which",
-        "# keeps per-task overrides (rank, epochs, lr: a change re-runs from that task on).",
-        "tasks:",
-        *(f'  "{k}": {_flow(v)}' for k, v in plan.items()),
-        f"final_task: {task_output(n - 1)}   # what evaluate reads: the last task's output",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-_GENERATED = re.compile(r"^# (One train@<key> stage per task|keeps per-task overrides)")
-
-
-def replace_tasks_block(text: str, block: str) -> str:
-    """``params.yaml`` text with its ``tasks``/``final_task`` sections replaced by ``block``.
-
-    Everything else (comments included) is kept; the block goes where ``tasks`` was, or at
-    the end when there was none.
-    """
-    lines = text.splitlines(keepends=True)
-    kept: list[str] = []
-    at: int | None = None
-    skipping = False
-    for line in lines:
-        top = bool(line.strip()) and not line[0].isspace() and not line.startswith("#")
-        if top:
-            skipping = line.startswith(("tasks:", "final_task:"))
-            if skipping and at is None:
-                at = len(kept)
-        elif line.startswith("#") and _GENERATED.match(line):
-            continue
-        if not skipping:
-            kept.append(line)
-    if at is None:
-        if kept and not kept[-1].endswith("\n"):
-            kept[-1] += "\n"
-        at = len(kept)
-    return "".join(kept[:at]) + block + "".join(kept[at:])
+    """The ``tasks`` and ``final_task`` sections' YAML text, as :func:`write_tasks` writes it."""
+    doc = CommentedMap()
+    _set_tasks(doc, plan, commented=False)
+    out = io.StringIO()
+    _yaml().dump(doc, out)
+    return out.getvalue()
 
 
 def write_tasks(params_path: str | Path, num_tasks: int) -> dict[str, dict[str, Any]]:
     """Regenerate ``params_path``'s ``tasks`` section for ``num_tasks`` tasks, keeping overrides.
 
-    The file is replaced atomically. Returns the new section.
+    Only ``tasks`` and ``final_task`` change, edited round-trip: every other line of the file
+    (comments included) is kept, and so are the comments on entries that stay. The sections stay
+    where they were, or are appended (with the generated comment) when missing. The file is
+    replaced atomically. Returns the new section.
     """
     from sdlora.atomic import atomic_path
-    from sdlora.config import read_yaml
 
     path = Path(params_path)
     text = path.read_text()
-    raw = read_yaml(text) or {}
-    old = raw.get("tasks") or {}
+    y = _yaml()
+    doc = y.load(text)
+    if doc is None:
+        doc = CommentedMap()
+    if not isinstance(doc, CommentedMap):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
+    old = doc.get("tasks")
+    old = old if isinstance(old, Mapping) else {}
     overrides = {int(k): v for k, v in old.items() if isinstance(v, Mapping)}
     plan = plan_tasks(num_tasks, overrides)
-    with atomic_path(path) as tmp:
-        tmp.write_text(replace_tasks_block(text, tasks_block(plan)))
+    _set_tasks(doc, plan, commented=TASKS_COMMENT.splitlines()[0] in text)
+    with atomic_path(path) as tmp, tmp.open("w") as f:
+        y.dump(doc, f)
     return plan

@@ -2,8 +2,9 @@
 
 It goes through the pipeline's own functions: :func:`sdlora.train.begin_task`,
 :func:`sdlora.train.fit_task`, ``end_task`` and :func:`sdlora.evaluate.evaluate` on the same
-prepared splits, and builds the same per-task records (:func:`task_record`) as the ``train@k``
-stages. So for the same params and seed it gives the accuracy matrix ``dvc repro`` gives.
+prepared splits, and builds the same per-task records (:func:`sdlora.records.task_record`) as
+the ``train@k`` stages. So for the same params and seed it gives the accuracy matrix that
+``dvc repro`` gives.
 """
 
 from __future__ import annotations
@@ -22,38 +23,8 @@ from sdlora.data.prepare import read_manifest
 from sdlora.diagnostics import task_known_accuracy
 from sdlora.evaluate import evaluate
 from sdlora.model import SDLoRAViT
+from sdlora.records import matrix_of, task_record
 from sdlora.train import World, begin_task, build_model, fit_task, resolve_device
-
-
-def task_record(
-    model: SDLoRAViT,
-    cfg: Config,
-    task: int,
-    num_classes: int,
-    accuracy: list[float],
-    counts: list[int],
-    epochs: list[dict[str, float]],
-) -> dict[str, Any]:
-    """What one task leaves for the report: accuracy row, counts, rank, epochs, storage, alpha."""
-    return {
-        "task": task,
-        "num_classes": int(num_classes),
-        "rank": cfg.rank_for_task(task),
-        "accuracy": accuracy,
-        "counts": counts,
-        "epochs": epochs,
-        "storage": model.storage(),
-        "magnitudes": model.magnitudes.alpha.detach().cpu().tolist(),
-    }
-
-
-def matrix_of(records: list[dict[str, Any]]) -> np.ndarray:
-    """The T x T accuracy matrix (percent, NaN above the diagonal) of records 0..T-1."""
-    n = len(records)
-    R = np.full((n, n), np.nan)
-    for i, rec in enumerate(records):
-        R[i, : i + 1] = rec["accuracy"]
-    return R
 
 
 @dataclass

@@ -108,6 +108,23 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
     assert s["evaluate"]["outs"] == [EVAL_DIR] and "${final_task}" in s["evaluate"]["deps"]
     assert s["report"]["outs"] == [REPORT_DIR]
     assert stages["metrics"] == [f"{EVAL_DIR}/metrics.json"]
+    cmd = {}  # each stage's options: the paths its entry script is given
+    for name, stage in s.items():
+        args = stage.get("cmd", stage.get("do", {}).get("cmd", "")).split()
+        assert args[:2] == ["python", f"pipelines/{name}.py"], args
+        cmd[name] = dict(zip(args[2::2], args[3::2], strict=True))
+    assert cmd["prepare"] == {"--params": "params.yaml", "--out": PREPARED_DIR}
+    assert cmd["pretrain"] == {"--params": "params.yaml", "--out": BACKBONE_DIR}
+    assert cmd["train"] == {
+        "--params": "params.yaml", "--task": "${key}", "--prepared": PREPARED_DIR,
+        "--backbone": BACKBONE_DIR, "--prev": "${item.prev}", "--out": train["do"]["outs"][0],
+    }  # fmt: skip
+    assert cmd["evaluate"] == {"--params": "params.yaml", "--record": "${final_task}",
+                               "--out": EVAL_DIR}  # fmt: skip
+    assert cmd["report"] == {
+        "--params": "params.yaml", "--eval": EVAL_DIR, "--record": "${final_task}",
+        "--prepared": PREPARED_DIR, "--backbone": BACKBONE_DIR, "--out": REPORT_DIR,
+    }  # fmt: skip
     for stage in s.values():  # every code dependency exists
         deps = stage.get("deps") or stage["do"]["deps"]
         for dep in deps:

@@ -155,8 +155,8 @@ def test_cli_run_writes_matrix_metrics_and_adapters(
     assert "final_accuracy" in capsys.readouterr().out
     # --prepared reuses prepared splits (the pipeline's data/prepared, say): same matrix
     again = tmp_path / "again"
-    args = ["run", "--params", str(params), "--out", str(again), "--prepared", str(out / "prepared")]
-    assert main(args) == 0 and not (again / "prepared").exists()
+    args = ["--params", str(params), "--out", str(again), "--prepared", str(out / "prepared")]
+    assert main(["run", *args]) == 0 and not (again / "prepared").exists()
     np.testing.assert_array_equal(read_matrix_csv(again / "accuracy_matrix.csv")[0], matrix)
 
 

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sdlora import metrics, plots
-from sdlora.atomic import atomic_directory
+from sdlora.atomic import atomic_directory, write_json
 from sdlora.config import Config
 from sdlora.plan import EVAL_DIR
-from sdlora.report import write_json
+from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.records import RECORD, StageError, accuracy_matrix, read_record, require_plan
 
 METRICS = "metrics.json"  # the final scalars (dvc metrics show)
 CURVE = "accuracy_curve.csv"  # anytime accuracy per task (dvc plots show)
 
 
-def evaluate_stage(cfg: Config) -> dict[str, Any]:
-    """Stage ``evaluate``: the accuracy matrix, ``metrics.json``, the curve and the plots."""
+def evaluate_stage(
+    cfg: Config, *, record: str | Path | None = None, out: str | Path = EVAL_DIR
+) -> dict[str, Any]:
+    """Stage ``evaluate``: the accuracy matrix, ``metrics.json``, the curve and the plots.
+
+    ``record``: the last task's output (default ``final_task``); ``out``: ``runs/pipeline/eval``.
+    """
     plan = require_plan(cfg)
     assert cfg.final_task is not None  # the config validator pairs it with tasks
-    rec = read_record(cfg.final_task)
+    final_task = cfg.final_task if record is None else record
+    rec = read_record(final_task)
     records = rec["tasks"]
     if len(records) != len(plan):
-        raise StageError(f"{cfg.final_task}/{RECORD} holds {len(records)} tasks, not {len(plan)}")
+        raise StageError(f"{final_task}/{RECORD} holds {len(records)} tasks, not {len(plan)}")
     R = accuracy_matrix(records)
     counts = records[-1]["counts"]
     summary = metrics.summarize(R, counts)
@@ -38,7 +45,7 @@ def evaluate_stage(cfg: Config) -> dict[str, Any]:
         "stored_params": storage["stored_params"],
         "stored_bytes": storage["stored_bytes"],
     }
-    with atomic_directory(EVAL_DIR, marker=METRICS) as tmp:
+    with atomic_directory(out, marker=METRICS) as tmp:
         metrics.write_matrix_csv(tmp / "accuracy_matrix.csv", R, counts)
         write_json(tmp / METRICS, final)
         rows = "".join(f"{i},{a:.4f}\n" for i, a in enumerate(summary["anytime_accuracy"]))
@@ -53,3 +60,17 @@ def evaluate_stage(cfg: Config) -> dict[str, Any]:
             {"summary": summary, "counts": counts, "key": rec["key"], "tasks": records},
         )
     return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pipelines/evaluate.py [--params P] [--record DIR] [--out DIR]``; prints the metrics."""
+    parser = stage_parser("evaluate", "Accuracy matrix, metrics.json and plots of the sequence.")
+    add_dir(parser, "--record", "the last task's output", None, "final_task")
+    add_dir(parser, "--out", "output folder", EVAL_DIR)
+    return run_stage(
+        "evaluate",
+        parser,
+        argv,
+        lambda cfg, args: evaluate_stage(cfg, record=args.record, out=args.out),
+        show=lambda final: final,
+    )

@@ -7,31 +7,29 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sdlora.atomic import atomic_directory
+from sdlora.atomic import atomic_directory, write_json
 from sdlora.config import Config, ConfigError
 from sdlora.plan import BACKBONE_DIR
-from sdlora.report import write_json
+from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.records import BACKBONE_RECORD
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def pretrain_stage(cfg: Config) -> dict[str, Any]:
-    """Write ``artifacts/backbone``: ``backbone.json`` and, for the embedded default, the weights.
+def pretrain_stage(cfg: Config, *, out: str | Path = BACKBONE_DIR) -> dict[str, Any]:
+    """Write ``out`` (``artifacts/backbone``): ``backbone.json`` and, for the embedded default,
+    the weights.
 
-    Pre-training runs only when ``backbone.weights`` is a file inside ``artifacts/backbone``
-    (the embedded default); with ``timm``, null or a file elsewhere it only records which
-    backbone the run uses (and the file's SHA-256).
+    Pre-training runs only when ``backbone.weights`` is a file inside ``out`` (the embedded
+    default); with ``timm``, null or a file elsewhere it only records which backbone the run
+    uses (and the file's SHA-256).
     """
     from sdlora.pretrain import pretrain_backbone
 
-    out = Path(BACKBONE_DIR)
+    out = Path(out)
     weights = cfg.backbone.weights
     record: dict[str, Any] = {
         "name": cfg.backbone.name,
@@ -55,7 +53,14 @@ def pretrain_stage(cfg: Config) -> dict[str, Any]:
         else:
             raise ConfigError(
                 f"backbone.weights = {weights!r}: no such file; give a .pth/.safetensors path, "
-                f"'timm' or null (or a path under {BACKBONE_DIR}/ to pre-train the embedded one)"
+                f"'timm' or null (or a path under {out}/ to pre-train the embedded one)"
             )
         write_json(tmp / BACKBONE_RECORD, record)
     return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pipelines/pretrain.py [--params params.yaml] [--out artifacts/backbone]``."""
+    parser = stage_parser("pretrain", "The backbone record, and the embedded backbone.")
+    add_dir(parser, "--out", "output folder", BACKBONE_DIR)
+    return run_stage("pretrain", parser, argv, lambda cfg, args: pretrain_stage(cfg, out=args.out))

@@ -58,10 +58,10 @@ def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
         raise StageError(f"{path} is not valid JSON ({err}); {fix}") from None
 
 
-def read_backbone_record() -> dict[str, Any]:
-    """``artifacts/backbone/backbone.json``, written by the pretrain stage."""
+def read_backbone_record(backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
+    """``<backbone>/backbone.json`` (``artifacts/backbone``), written by the pretrain stage."""
     return read_json(
-        Path(BACKBONE_DIR) / BACKBONE_RECORD, "the pretrain stage's output", "run `dvc repro`"
+        Path(backbone) / BACKBONE_RECORD, "the pretrain stage's output", "run `dvc repro`"
     )
 
 

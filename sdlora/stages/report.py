@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdlora.atomic import atomic_directory
+from sdlora.atomic import atomic_directory, write_json
 from sdlora.checkpoint import load_adapter
 from sdlora.config import Config
 from sdlora.distributed import ADAPTER
-from sdlora.plan import EVAL_DIR, PREPARED_DIR, REPORT_DIR
-from sdlora.report import write_json
+from sdlora.plan import BACKBONE_DIR, EVAL_DIR, PREPARED_DIR, REPORT_DIR
+from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.evaluate import METRICS
 from sdlora.stages.mlflow_run import open_run
 from sdlora.stages.records import (
@@ -65,30 +65,43 @@ def _format_report(cfg: Config, final: dict[str, Any], records: list[dict], run_
     return "\n".join(lines)
 
 
-def report_stage(cfg: Config) -> dict[str, Any]:
+def report_stage(
+    cfg: Config,
+    *,
+    eval_dir: str | Path = EVAL_DIR,
+    record: str | Path | None = None,
+    prepared: str | Path = PREPARED_DIR,
+    backbone: str | Path = BACKBONE_DIR,
+    out: str | Path = REPORT_DIR,
+) -> dict[str, Any]:
     """Stage ``report``: final metrics, plots and the merged model into the MLflow run; a summary.
 
     The merged model is a plain timm ViT (every adapter folded into the weights) logged as an
-    MLflow PyTorch model with an input example from task 0's test split.
+    MLflow PyTorch model with an input example from task 0's test split. Inputs: the evaluate
+    stage's output ``eval_dir``, the last task's output ``record`` (default ``final_task``),
+    the prepare and pretrain stages' outputs; ``out``: ``runs/pipeline/report``.
     """
     from sdlora.data.stream import open_task
     from sdlora.evaluate import stream_norm
 
     require_plan(cfg)
     assert cfg.final_task is not None
-    records = read_record(cfg.final_task)["tasks"]
-    eval_dir = Path(EVAL_DIR)
+    final_task = Path(cfg.final_task if record is None else record)
+    records = read_record(final_task)["tasks"]
+    eval_dir = Path(eval_dir)
     final = read_json(eval_dir / METRICS, "the evaluate stage's output", "run `dvc repro`")
     model = build_model(cfg, torch.device("cpu"))
-    load_adapter(model, Path(cfg.final_task) / ADAPTER)
+    load_adapter(model, final_task / ADAPTER)
     merged = model.merge().eval()
     mean, std = stream_norm(cfg, model.backbone)
     size = cfg.data.image_size
-    stream = open_task(PREPARED_DIR, 0, "test", size, mean, std, rank=0, world_size=1)
+    stream = open_task(prepared, 0, "test", size, mean, std, rank=0, world_size=1)
     example = next(iter(torch.utils.data.DataLoader(stream, batch_size=2)))[0]
     with (
-        atomic_directory(REPORT_DIR, marker="run.json") as tmp,
-        open_run(cfg, records, backfill=len(records)) as tracker,
+        atomic_directory(out, marker="run.json") as tmp,
+        open_run(
+            cfg, records, backfill=len(records), prepared=prepared, backbone=backbone
+        ) as tracker,
     ):
         tracker.log_task(len(records) - 1, final)
         tracker.log_artifacts(sorted(p for p in eval_dir.iterdir() if p.is_file()), "evaluate")
@@ -102,3 +115,28 @@ def report_stage(cfg: Config) -> dict[str, Any]:
         (tmp / "report.md").write_text(_format_report(cfg, final, records, tracker.run_id))
         write_json(tmp / "run.json", payload)
     return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pipelines/report.py [--params P] [--eval DIR] [--record DIR] [--prepared DIR]
+    [--backbone DIR] [--out DIR]``; prints the metrics."""
+    parser = stage_parser("report", "Final metrics, plots and the merged model to MLflow.")
+    add_dir(parser, "--eval", "the evaluate stage's output", EVAL_DIR, dest="eval_dir")
+    add_dir(parser, "--record", "the last task's output", None, "final_task")
+    add_dir(parser, "--prepared", "the prepare stage's output", PREPARED_DIR)
+    add_dir(parser, "--backbone", "the pretrain stage's output", BACKBONE_DIR)
+    add_dir(parser, "--out", "output folder", REPORT_DIR)
+    return run_stage(
+        "report",
+        parser,
+        argv,
+        lambda cfg, args: report_stage(
+            cfg,
+            eval_dir=args.eval_dir,
+            record=args.record,
+            prepared=args.prepared,
+            backbone=args.backbone,
+            out=args.out,
+        ),
+        show=lambda payload: payload["metrics"],
+    )

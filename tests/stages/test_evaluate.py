@@ -12,7 +12,7 @@ import pytest
 from sdlora import metrics
 from sdlora.config import load_config
 from sdlora.plan import EVAL_DIR, task_output
-from sdlora.stages.evaluate import METRICS, evaluate_stage
+from sdlora.stages.evaluate import METRICS, evaluate_stage, main
 from sdlora.stages.records import RECORD, StageError
 
 
@@ -51,3 +51,16 @@ def test_evaluate_refuses_an_incomplete_sequence(
     with pytest.raises(StageError, match="holds 1 tasks, not 2"):
         evaluate_stage(cfg)
     assert not Path(EVAL_DIR).exists()
+
+
+def test_evaluate_reads_and_writes_where_it_is_told(
+    write_params: Callable[..., Path], records: list[dict]
+) -> None:
+    cfg = load_config(write_params("data: {dataset: digits, init_cls: 4, increment: 6}\n", 2))
+    rec = Path("somewhere/last")
+    rec.mkdir(parents=True)
+    (rec / RECORD).write_text(json.dumps({"key": "k", "tasks": records}))
+    assert main(["--record", str(rec), "--out", "ev"]) == 0
+    assert json.loads(Path("ev", METRICS).read_text())["final_accuracy"] == 75.0
+    assert not Path(EVAL_DIR).exists()
+    assert evaluate_stage(cfg, record=rec, out="ev2")["final_accuracy"] == 75.0

@@ -12,7 +12,7 @@ import torch
 
 from sdlora.config import ConfigError, load_config
 from sdlora.plan import BACKBONE_DIR
-from sdlora.stages.pretrain import pretrain_stage
+from sdlora.stages.pretrain import main, pretrain_stage
 from sdlora.stages.records import BACKBONE_RECORD
 from sdlora.train import build_model
 
@@ -52,3 +52,10 @@ def test_pretrain_trains_the_embedded_backbone(
     report = json.loads(weights.with_suffix(".json").read_text())
     assert report["path"] == f"{BACKBONE_DIR}/tiny.safetensors" and report["num_classes"] == 52
     build_model(cfg, torch.device("cpu"))  # loads what the stage wrote
+
+
+def test_pretrain_writes_where_it_is_told(write_params: Callable[..., Path]) -> None:
+    write_params("backbone: {weights: null}\n", 1)
+    assert main(["--params", "params.yaml", "--out", "elsewhere/backbone"]) == 0
+    assert json.loads(Path("elsewhere/backbone", BACKBONE_RECORD).read_text())["weights"] is None
+    assert not Path(BACKBONE_DIR).exists()

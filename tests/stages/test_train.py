@@ -17,3 +17,5 @@ def test_train_stage_needs_its_inputs(write_params: Callable[..., Path]) -> None
         train_stage(cfg, 7)
     with pytest.raises(ValueError, match=r"manifest\.json"):
         train_stage(cfg, 1)  # nothing prepared yet
+    with pytest.raises(ValueError, match=r"elsewhere/manifest\.json not found"):
+        train_stage(cfg, 1, prepared="elsewhere")

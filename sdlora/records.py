@@ -1,0 +1,46 @@
+"""A task's record: what training and evaluating it leaves for the report, in every entry point.
+
+``sdlora run`` (:mod:`sdlora.sequence`) and the pipeline's ``train@k`` stages build the same
+record per task, so their outputs compare cell for cell.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sdlora.config import Config
+    from sdlora.model import SDLoRAViT
+
+
+def task_record(
+    model: SDLoRAViT,
+    cfg: Config,
+    task: int,
+    num_classes: int,
+    accuracy: list[float],
+    counts: list[int],
+    epochs: list[dict[str, float]],
+) -> dict[str, Any]:
+    """Accuracy row, test counts, rank, epoch log, storage and magnitudes after ``task``."""
+    return {
+        "task": task,
+        "num_classes": int(num_classes),
+        "rank": cfg.rank_for_task(task),
+        "accuracy": accuracy,
+        "counts": counts,
+        "epochs": epochs,
+        "storage": model.storage(),
+        "magnitudes": model.magnitudes.alpha.detach().cpu().tolist(),
+    }
+
+
+def matrix_of(records: list[dict[str, Any]]) -> np.ndarray:
+    """The T x T accuracy matrix (percent, NaN above the diagonal) of records 0..T-1."""
+    n = len(records)
+    R = np.full((n, n), np.nan)
+    for i, rec in enumerate(records):
+        R[i, : i + 1] = rec["accuracy"]
+    return R

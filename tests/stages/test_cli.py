@@ -1,0 +1,41 @@
+"""What every pipelines/<stage>.py shares: bad input exits 2 (matched by name), results printed."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sdlora.config import ConfigError
+from sdlora.stages.cli import BAD_INPUT, is_bad_input, run_stage, stage_parser
+
+
+@pytest.mark.parametrize("name", BAD_INPUT)
+def test_bad_input_names_exception_classes(name: str) -> None:
+    module, _, cls = name.rpartition(".")
+    kind = getattr(importlib.import_module(module), cls)
+    assert isinstance(kind, type) and issubclass(kind, Exception)
+    assert is_bad_input(kind("x"))
+
+
+def test_run_stage_reports_bad_input_and_keeps_other_tracebacks(
+    capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    write_params("seed: 5\n", 1)
+
+    def run(cfg: object, args: object) -> dict:
+        raise ConfigError("data.root: nope")
+
+    assert run_stage("demo", stage_parser("demo", "d"), [], run) == 2
+    assert capsys.readouterr().err == "demo: error: data.root: nope\n"
+    assert (
+        run_stage("demo", stage_parser("demo", "d"), [], lambda c, a: {"seed": c.seed}, show=dict)
+        == 0
+    )
+    assert '"seed": 5' in capsys.readouterr().out
+    with pytest.raises(ZeroDivisionError):
+        run_stage("demo", stage_parser("demo", "d"), [], lambda c, a: 1 / 0)
+    assert run_stage("demo", stage_parser("demo", "d"), ["--params", "missing.yaml"], run) == 2
+    assert "missing.yaml: params file not found" in capsys.readouterr().err
