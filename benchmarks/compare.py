@@ -1,11 +1,11 @@
-"""First comparison: SD-LoRA vs sequential LoRA vs frozen backbone on the embedded benchmarks.
+"""SD-LoRA vs sequential LoRA, frozen backbone and prototype classifier on the embedded benchmarks.
 
 Prints, per benchmark and method, mean ± std over seeds of final accuracy, average anytime
 accuracy (AAA), forgetting and stored parameters, plus the drift diagnostic of
 ``sdlora.diagnostics``: task-known nearest-class-mean (NCM) accuracy on the earlier tasks at the
 end, and how far it fell from right after each task was learned (feature drift, head excluded).
 
-    python benchmarks/compare.py                       # digits + glyphs, 3 methods, seeds 0 1 2
+    python benchmarks/compare.py                       # digits + glyphs, 4 methods, seeds 0 1 2
     python benchmarks/compare.py --datasets glyphs --seeds 0 --set train.epochs=3
 """
 
@@ -32,7 +32,7 @@ BENCHMARKS = {
     "digits": {"data.dataset": "digits", "data.init_cls": 2, "data.increment": 2},
     "glyphs": {"data.dataset": "glyphs", "data.init_cls": 8, "data.increment": 8},
 }
-METHODS = ("sdlora", "seq_lora", "frozen")
+METHODS = ("sdlora", "seq_lora", "frozen", "prototype")
 
 
 def old_tasks(m: np.ndarray) -> tuple[float, float]:

@@ -196,7 +196,11 @@ class RayConfig(_Section):
     """Where and how wide each ``train@k`` stage runs (Ray Train's ScalingConfig, FailureConfig)."""
 
     address: str | None = Field(
-        None, description="null: RAY_ADDRESS if set, else Ray starts in-process; or 'host:port'"
+        None,
+        description="null: RAY_ADDRESS if set, else Ray starts in-process; 'host:port' or "
+        "'ray://host:port': that cluster (RAY_ADDRESS is ignored); 'auto': RAY_ADDRESS if set, "
+        "else the cluster last started by `ray start` on this machine (Ray's precedence: "
+        "sdlora.ray_session)",
     )
     num_workers: int = Field(1, ge=1, description="DDP workers; the global batch stays the same")
     use_gpu: bool = Field(False, description="one GPU per worker (nccl); false: CPU (gloo)")

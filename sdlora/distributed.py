@@ -29,6 +29,7 @@ from sdlora.atomic import atomic_path
 from sdlora.checkpoint import load_adapter, save_adapter
 from sdlora.config import Config
 from sdlora.model import SDLoRAViT
+from sdlora.ray_session import ensure_ray
 from sdlora.train import World, begin_task, build_model, fit_task, local_batch_size, task_classes
 
 ADAPTER = "adapter.safetensors"
@@ -170,18 +171,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # ---- the driver ----------------------------------------------------------------------------------
 
 
-def _ensure_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:  # attach to a running cluster
-        ray.init(address=address, include_dashboard=False)
-    else:  # the embedded default: Ray in this process
-        ray.init(include_dashboard=False)
-
-
 def train_task_distributed(
     cfg: Config,
     task: int,
@@ -202,10 +191,11 @@ def train_task_distributed(
     """Train task ``task`` on ``num_workers`` Ray Train workers; write ``out_dir/adapter...``.
 
     ``prev_adapter``: the adapter file after task ``task - 1`` (None for task 0). ``prepared``:
-    the prepare stage's folder. Ray starts in-process unless ``address`` (or ``RAY_ADDRESS``)
-    names a cluster. A rerun with the same ``storage_path`` and ``name`` (default
-    ``task{task}``) resumes from that run's last checkpoint (Ray Train V2). ``poll_interval_s``
-    sets how often Ray Train's controller polls the workers (Ray propagates the variable).
+    the prepare stage's folder. Ray starts in-process unless ``address`` or ``RAY_ADDRESS``
+    names a cluster (:func:`sdlora.ray_session.ensure_ray`: Ray's own rule says which wins). A
+    rerun with the same ``storage_path`` and ``name`` (default ``task{task}``) resumes from that
+    run's last checkpoint (Ray Train V2). ``poll_interval_s`` sets how often Ray Train's
+    controller polls the workers (Ray propagates the variable).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -218,7 +208,7 @@ def train_task_distributed(
     weights = None if weights in (None, "timm") else str(Path(weights).resolve())
     if poll_interval_s is not None:
         os.environ[POLL_ENV] = str(poll_interval_s)  # read when the controller starts
-    _ensure_ray(address)
+    ensure_ray(address)
     storage = Path(storage_path).resolve()  # Ray 2.60 requires an absolute storage_path
     trainer = TorchTrainer(
         train_loop_per_worker,

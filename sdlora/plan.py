@@ -124,9 +124,11 @@ def _last_line_comment(node: CommentedMap) -> tuple[CommentedMap, Any] | None:
 def _keep_comments(old: CommentedMap, new: CommentedMap) -> tuple[str, Any]:
     """Carry ``old``'s entry comments over to the same keys of ``new``; return the tail.
 
-    ruamel glues the lines that follow a mapping (blank lines, a comment about the next
-    section) to the end-of-line comment on its last line: that tail is cut off and returned
-    (with the comment token it came in, or None) for the caller to put after the new section.
+    ruamel glues the lines after a line with an end-of-line comment (blank lines, a comment on
+    its own line) to that comment. Lines glued to an entry belong to the next entry: dropped
+    with it when it goes. Lines glued to the section's last line belong to what follows the
+    section: that tail is cut off and returned (with the comment token it came in, or None) for
+    the caller to put after the new section.
     """
     tail, token = "", None
     last = _last_line_comment(old) if len(old) else None
@@ -136,10 +138,16 @@ def _keep_comments(old: CommentedMap, new: CommentedMap) -> tuple[str, Any]:
         eol, _, tail = token.value.partition("\n")
         token.value = eol + "\n"
         node.ca.items[key] = [*node.ca.items[key][:2], token, *node.ca.items[key][3:]]
-    by_str = {str(k): k for k in old}
-    for key in new:
-        if key in by_str and by_str[key] in old.ca.items:
-            new.ca.items[key] = list(old.ca.items[by_str[key]])
+    keys = list(old)
+    for i, key in enumerate(keys):
+        if str(key) not in new or key not in old.ca.items:
+            continue
+        item = list(old.ca.items[key])
+        glued = item[2] is not None and "\n" in item[2].value.rstrip("\n")
+        if glued and i + 1 < len(keys) and str(keys[i + 1]) not in new:
+            item[2] = copy.copy(item[2])
+            item[2].value = item[2].value.partition("\n")[0] + "\n"
+        new.ca.items[str(key)] = item
     return tail, token
 
 

@@ -13,9 +13,9 @@ from sdlora.plan import (
     EVAL_DIR,
     PREPARED_DIR,
     REPORT_DIR,
+    TASKS_COMMENT,
     count_tasks,
     plan_tasks,
-    replace_tasks_block,
     task_output,
     task_prev,
     task_split,
@@ -71,15 +71,101 @@ mlflow: {experiment: x}   # after the block
 """
 
 
-def test_replace_keeps_everything_else() -> None:
-    new = replace_tasks_block(PARAMS, tasks_block(plan_tasks(2)))
-    assert "seed: 1   # keep me" in new and "mlflow: {experiment: x}   # after the block" in new
-    assert new.index("tasks:") < new.index("mlflow:")  # the block stays where it was
-    again = replace_tasks_block(new, tasks_block(plan_tasks(4)))
-    assert again.count("tasks:") == 1 and again.count("# One train@<key>") == 1
-    assert parse_config(read_yaml(again)).final_task == task_output(3)
-    appended = replace_tasks_block("seed: 2", tasks_block(plan_tasks(1)))
-    assert appended.startswith("seed: 2\n") and read_yaml(appended)["final_task"] == task_output(0)
+def _rewrite(tmp_path: Path, text: str, num_tasks: int) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    write_tasks(path, num_tasks)
+    return path.read_text()
+
+
+def _other_lines(text: str) -> list[str]:
+    """The lines outside the tasks and final_task sections (and the generated comment)."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            inside = line.startswith(("tasks:", "final_task:"))
+        generated = line.lstrip("# ") in TASKS_COMMENT.splitlines()
+        if not inside and not generated:
+            out.append(line)
+    return out
+
+
+def test_rewriting_keeps_the_rest_of_the_file(tmp_path: Path) -> None:
+    new = _rewrite(tmp_path, PARAMS, 4)
+    assert _other_lines(new) == _other_lines(PARAMS)  # every other line and comment, in order
+    assert new.index("tasks:") < new.index("final_task:") < new.index("mlflow:")  # in place
+    assert new.count("# One train@<key>") == 1 and new.count("tasks:") == 1
+    assert '  "0": {split: data/prepared/task_00, prev: artifacts/backbone, rank: null, ' in new
+    raw = yaml.safe_load(new)
+    assert list(raw["tasks"]) == ["0", "1", "2", "3"]  # str keys, as DVC's foreach needs
+    assert raw["tasks"]["1"] == {"split": task_split(1), "prev": task_prev(1), "rank": 3,
+                                 "epochs": None, "lr": None}  # fmt: skip
+    cfg = parse_config(read_yaml(new))
+    assert cfg.final_task == task_output(3) and cfg.rank_for_task(1) == 3
+    assert _rewrite(tmp_path, new, 4) == new  # a second rewrite changes nothing
+
+
+def test_the_committed_params_round_trip(tmp_path: Path) -> None:
+    text = (REPO / "params.yaml").read_text()
+    n = len(load_config(REPO / "params.yaml").tasks or {})
+    assert _rewrite(tmp_path, text, n) == text  # byte for byte
+    more = _rewrite(tmp_path, text, n + 3)
+    assert _other_lines(more) == _other_lines(text) and load_config(tmp_path / "params.yaml")
+    assert _rewrite(tmp_path, more, n) == text  # grow, then shrink back: the same file
+
+
+def test_a_file_dvc_rewrote_comes_back_with_its_override(tmp_path: Path) -> None:
+    """`dvc exp run -S tasks.3.rank=4` rewrites params.yaml (ruamel, its own style)."""
+    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
+
+    text = (REPO / "params.yaml").read_text()
+    edited = parse_yaml_for_update(text, "params.yaml")
+    edited["tasks"]["3"]["rank"] = 4
+    by_dvc = dumps_yaml(edited)
+    assert by_dvc != text  # DVC writes nulls as nothing, single quotes, folded lines
+    new = _rewrite(tmp_path, by_dvc, len(edited["tasks"]))
+    assert new == text.replace(
+        "task_2, rank: null, epochs: null, lr: null}", "task_2, rank: 4, epochs: null, lr: null}"
+    )
+
+
+def test_rewriting_keeps_overrides_and_entry_comments(tmp_path: Path) -> None:
+    text = """\
+seed: 1
+tasks:
+  "0": {split: a, prev: b, lr: 0.0005}   # slower start
+  # the middle task
+  "1": {split: a, prev: b, epochs: 3}
+  "2":
+    split: a
+    prev: b
+    rank: 7   # block style, as a hand edit may leave it
+
+# MLflow: where runs go
+mlflow: {experiment: x}
+"""
+    new = _rewrite(tmp_path, text, 4)
+    assert "lr: 0.0005} # slower start" in new and '\n  # the middle task\n  "1":' in new
+    cfg = parse_config(read_yaml(new))
+    assert cfg.for_task(0).train.lr == 0.0005 and cfg.for_task(1).train.epochs == 3
+    assert cfg.rank_for_task(2) == 7
+    # the comment about mlflow follows the new final_task, not the old last entry
+    assert new.endswith(f"final_task: {task_output(3)}   # what evaluate reads: the last task's "
+                        "output\n\n# MLflow: where runs go\nmlflow: {experiment: x}\n")  # fmt: skip
+    fewer = _rewrite(tmp_path, new, 1)
+    assert "\n\n# MLflow: where runs go\nmlflow:" in fewer and "slower start" in fewer
+    assert "middle task" not in fewer and sorted(parse_config(read_yaml(fewer)).tasks or {}) == [0]
+
+
+def test_missing_sections_are_appended_with_their_comment(tmp_path: Path) -> None:
+    new = _rewrite(tmp_path, "seed: 2   # no tasks yet", 2)
+    assert new.startswith("seed: 2   # no tasks yet\n\n# One train@<key>")
+    assert new.endswith(tasks_block(plan_tasks(2)))
+    assert _rewrite(tmp_path, "", 2) == tasks_block(plan_tasks(2))  # an empty file
+    block = tasks_block(plan_tasks(1))
+    assert block.startswith("# One train@<key> stage per task") and "\ntasks:\n" in block
+    assert block.endswith(f"final_task: {task_output(0)}   # what evaluate reads: the last task's "
+                          "output\n")  # fmt: skip
 
 
 def test_write_tasks_follows_data_and_keeps_overrides(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from sdlora.sequence import run_sequence
 from sdlora.stages.evaluate import evaluate_stage
 from sdlora.stages.prepare import prepare_stage
 from sdlora.stages.pretrain import pretrain_stage
+from sdlora.stages.report import report_stage
 from sdlora.stages.train import train_stage
 
 pytestmark = pytest.mark.slow
@@ -69,7 +70,8 @@ def test_run_equals_the_pipeline_and_a_moved_project_reruns(
     pretrain_stage(cfg)
     for task in (0, 1):
         train_stage(cfg, task)
-    evaluate_stage(cfg)
+    final = evaluate_stage(cfg)
+    assert report_stage(cfg)["metrics"] == final
     pipeline, _ = read_matrix_csv(Path(EVAL_DIR) / "accuracy_matrix.csv")
 
     threads = torch.get_num_threads()

@@ -81,8 +81,7 @@ def report_stage(
     stage's output ``eval_dir``, the last task's output ``record`` (default ``final_task``),
     the prepare and pretrain stages' outputs; ``out``: ``runs/pipeline/report``.
     """
-    from sdlora.data.stream import open_task
-    from sdlora.evaluate import stream_norm
+    from sdlora.train import task_stream
 
     require_plan(cfg)
     assert cfg.final_task is not None
@@ -93,9 +92,7 @@ def report_stage(
     model = build_model(cfg, torch.device("cpu"))
     load_adapter(model, final_task / ADAPTER)
     merged = model.merge().eval()
-    mean, std = stream_norm(cfg, model.backbone)
-    size = cfg.data.image_size
-    stream = open_task(prepared, 0, "test", size, mean, std, rank=0, world_size=1)
+    stream = task_stream(prepared, 0, "test", cfg, model.backbone)  # as evaluation reads it
     example = next(iter(torch.utils.data.DataLoader(stream, batch_size=2)))[0]
     with (
         atomic_directory(out, marker="run.json") as tmp,
