@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
 import timm
 import torch
 from torch import nn
+
+# Ray 2.60 fixes a process's token-auth mode at its first ray.init (and an in-process start turns
+# token auth on), so tests that start Ray in this process and tests that start their own
+# clusters must agree: without auth, inside CI's loopback-only namespace. Set before any init.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
