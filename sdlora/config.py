@@ -190,6 +190,13 @@ class TrainConfig(_Section):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
+    threads: int = Field(
+        1,
+        ge=1,
+        description="torch CPU threads of every process that trains a task (`sdlora run`, each "
+        "Ray worker): float results, and so the accuracy matrix, are bit-identical only "
+        "between equal thread counts",
+    )
 
 
 class RayConfig(_Section):

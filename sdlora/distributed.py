@@ -118,7 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg: Config = config["cfg"].for_task(task)  # the task's epochs/lr overrides, if any
     ctx = ray.train.get_context()
     world = World(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    torch.set_num_threads(cfg.train.threads)  # as sdlora run does: the same float results
 
     build_cfg = cfg
     if config.get("weights"):  # workers run in their own folders: the file's absolute path
@@ -185,7 +185,6 @@ def train_task_distributed(
     storage_path: str | Path = "runs/ray",
     name: str | None = None,
     address: str | None = None,
-    threads_per_worker: int = 1,
     poll_interval_s: float | None = None,
 ) -> DistributedResult:
     """Train task ``task`` on ``num_workers`` Ray Train workers; write ``out_dir/adapter...``.
@@ -219,7 +218,6 @@ def train_task_distributed(
             "prev_adapter": None if prev_adapter is None else str(Path(prev_adapter).resolve()),
             "prepared": str(Path(prepared).resolve()),
             "out_dir": str(Path(out_dir).resolve()),
-            "threads": threads_per_worker,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers,

@@ -24,7 +24,7 @@ from sdlora.diagnostics import task_known_accuracy
 from sdlora.evaluate import evaluate
 from sdlora.model import SDLoRAViT
 from sdlora.records import matrix_of, task_record
-from sdlora.train import World, begin_task, build_model, fit_task, resolve_device
+from sdlora.train import World, begin_task, build_model, fit_task, resolve_device, torch_threads
 
 
 @dataclass
@@ -84,7 +84,8 @@ def run_sequence(
     for t in tqdm(range(num_tasks), desc="tasks", unit="task", disable=not cfg.progress):
         num_classes = int(manifest["tasks"][t]["num_classes"])
         begin_task(model, cfg, t, num_classes)
-        epochs = fit_task(model, prepared, t, cfg.for_task(t), world, progress=cfg.progress)
+        with torch_threads(cfg.train.threads):  # as a Ray worker trains: the same floats
+            epochs = fit_task(model, prepared, t, cfg.for_task(t), world, progress=cfg.progress)
         model.end_task()
         accs, counts = evaluate(model, prepared, range(t + 1), cfg, device)
         result.records.append(task_record(model, cfg, t, num_classes, accs, counts, epochs))

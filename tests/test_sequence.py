@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from sdlora.config import load_config
@@ -74,12 +73,7 @@ def test_run_equals_the_pipeline_and_a_moved_project_reruns(
     assert report_stage(cfg)["metrics"] == final
     pipeline, _ = read_matrix_csv(Path(EVAL_DIR) / "accuracy_matrix.csv")
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the Ray worker (ray.cpus_per_worker: 1): bit for bit
-    try:
-        result = run_sequence(cfg, PREPARED_DIR)
-    finally:
-        torch.set_num_threads(threads)
+    result = run_sequence(cfg, PREPARED_DIR)  # train.threads: 1 here and in the Ray worker
     np.testing.assert_array_equal(result.matrix, pipeline)
     assert np.isfinite(pipeline[1]).all() and pipeline[0, 0] > 20  # 5 classes: chance is 20 %
     ran = [r["epochs"] for r in result.records]

@@ -1,8 +1,9 @@
 """Datasets and class-incremental task splits.
 
-Embedded offline sets (sklearn digits, font-rendered glyphs) load in memory; the real benchmarks
-(CIFAR-100, ImageNet-R/A, DomainNet, any ImageFolder) go through the prepare stage
-(``sdlora.data.prepare``) into Parquet task splits that ``sdlora.data.stream`` streams.
+Every benchmark, embedded (sklearn digits, font-rendered glyphs, rendered in memory) or on disk
+(CIFAR-100, ImageNet-R/A, DomainNet, any ImageFolder), goes through the prepare stage
+(``sdlora.data.prepare``) into Parquet task splits that ``sdlora.data.stream`` streams: the one
+data path of training, evaluation and pre-training.
 """
 
 from sdlora.data.digits import DIGIT_NAMES, load_digits

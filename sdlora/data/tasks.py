@@ -1,4 +1,4 @@
-"""Class orders and class-incremental task splits over in-memory image sets (SPEC section 1)."""
+"""Image sets as datasets load them, the class order and its cut into tasks (SPEC section 1)."""
 
 from __future__ import annotations
 

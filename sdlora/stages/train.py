@@ -70,7 +70,6 @@ def train_stage(
             storage_path=ray.storage_path,
             name=f"{key}-task{task:02d}",
             address=ray.address,
-            threads_per_worker=max(1, int(ray.cpus_per_worker)),
             poll_interval_s=ray.poll_interval_s,
         )
         train_seconds = time.perf_counter() - start
