@@ -35,3 +35,12 @@ def tiny_backbone() -> Callable[..., nn.Module]:
 def images() -> torch.Tensor:
     """A batch of random 16x16 RGB inputs."""
     return torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """Ray in this process for one test module (2 CPUs: workers of 0.5 CPU fit twice)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -83,14 +83,6 @@ def _assert_same(file: Path, state: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(saved[key], value.detach().cpu(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_two_workers_equal_the_loop_at_world_size_one(ray_session, tmp_path: Path) -> None:
     # 13 rows, global batch 4: batches of 4, 4, 4, 1; rank 0's part of the last one is empty

@@ -47,14 +47,6 @@ PARAMS = {
 ARGV = ["--task", "1", "--params", "params.yaml"]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_run_equals_the_pipeline_and_a_moved_project_reruns(
     ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
