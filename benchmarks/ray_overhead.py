@@ -34,12 +34,15 @@ def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
     cfg = load_config(params, {"train.epochs": epochs, "progress": False})
     imported = time.perf_counter()
     if workers == 0:
-        from sdlora.train import World, begin_task, build_model, fit_task, task_classes
+        from sdlora.train import (
+            World, begin_task, build_model, fit_task, task_classes, torch_threads,
+        )  # fmt: skip
 
         model = build_model(cfg)
         begin_task(model, cfg, 0, task_classes(prepared, 0)[1])
         t0 = time.perf_counter()
-        epochs_log = fit_task(model, prepared, 0, cfg, World())
+        with torch_threads(cfg.train.threads):  # as the Ray worker: train.threads
+            epochs_log = fit_task(model, prepared, 0, cfg, World())
         return {"workers": 0, "epochs": epochs, "import_s": imported - start, "init_s": 0.0,
                 "fit_s": time.perf_counter() - t0,
                 "epoch_s": sum(e["epoch_seconds"] for e in epochs_log),
