@@ -35,7 +35,12 @@ def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
     imported = time.perf_counter()
     if workers == 0:
         from sdlora.train import (
-            World, begin_task, build_model, fit_task, task_classes, torch_threads,
+            World,
+            begin_task,
+            build_model,
+            fit_task,
+            task_classes,
+            torch_threads,
         )  # fmt: skip
 
         model = build_model(cfg)
