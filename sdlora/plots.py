@@ -155,6 +155,9 @@ def magnitude_figure(history: Sequence[np.ndarray], title: str | None = None) ->
     ax.set_xlabel("after task i")
     ax.set_ylabel("magnitude α_k" + (" (mean, min-max band)" if banded else ""))
     ax.set_title(title or "Task magnitudes across the sequence")
-    if num_tasks <= 20:
+    if num_tasks == 0:  # a method without magnitudes (frozen, prototype): say so on the plot
+        ax.text(0.5, 0.5, "no magnitudes: this method adds no LoRA component",
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+    elif num_tasks <= 20:
         fig.legend(title="task k", fontsize=8, ncols=1 + num_tasks // 11, loc="outside right upper")
     return fig

@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sdlora.config import Config
     from sdlora.model import SDLoRAViT
 
 
 def task_record(
     model: SDLoRAViT,
-    cfg: Config,
     task: int,
     num_classes: int,
     accuracy: list[float],
@@ -28,7 +26,7 @@ def task_record(
     return {
         "task": task,
         "num_classes": int(num_classes),
-        "rank": cfg.rank_for_task(task),
+        "rank": model.task_ranks[task],  # 0 when the method added no component
         "accuracy": accuracy,
         "counts": counts,
         "epochs": epochs,

@@ -88,7 +88,7 @@ def run_sequence(
             epochs = fit_task(model, prepared, t, cfg.for_task(t), world, progress=cfg.progress)
         model.end_task()
         accs, counts = evaluate(model, prepared, range(t + 1), cfg, device)
-        result.records.append(task_record(model, cfg, t, num_classes, accs, counts, epochs))
+        result.records.append(task_record(model, t, num_classes, accs, counts, epochs))
         if ncm:
             ncm_row, head_row = task_known_accuracy(model, prepared, range(t + 1), cfg, device)
             result.ncm_rows.append(ncm_row)

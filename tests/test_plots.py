@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,16 @@ def test_accuracy_curve_list_and_dict(tmp_path: Path) -> None:
     assert [line.get_label() for line in ax.lines] == ["sdlora", "seq_lora"]
     assert ax.lines[1].get_ydata().tolist() == [95.0, 60.0, 40.0]
     assert ax.get_legend() is not None
+
+
+def test_magnitude_plot_of_a_method_without_magnitudes(tmp_path: Path) -> None:
+    """frozen and prototype add no component: the plot says so instead of a blank legend."""
+    history = [np.zeros((0, 1)) for _ in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels" would raise
+        _check_png(plots.magnitude_trajectories(history, tmp_path / "none.png"))
+    ax = plots.magnitude_figure(history).axes[0]
+    assert not ax.lines and "no magnitudes" in ax.texts[0].get_text()
 
 
 def test_magnitude_trajectories(tmp_path: Path) -> None:

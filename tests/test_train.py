@@ -83,6 +83,8 @@ def test_run_sequence_on_the_default(weights: str, prepared: Path, method: str) 
     if method not in ("frozen", "prototype"):  # a barely pre-trained tiny ViT: only
         assert m[0, 0] > 45  # adaptation learns quickly; 4 classes: chance is 25 %
     assert set(result.summary) >= {"final_accuracy", "average_anytime_accuracy", "forgetting"}
+    ranks = {"sdlora": [4, 4, 4], "seq_lora": [4, 0, 0]}.get(method, [0, 0, 0])
+    assert [r["rank"] for r in result.records] == ranks  # what each task added
     grows = [r["storage"]["stored_params"] for r in result.records]
     assert grows == sorted(grows) and len(result.records) == 3
     epochs = [r["epochs"] for r in result.records]

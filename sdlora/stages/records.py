@@ -85,16 +85,19 @@ def task_metrics(records: list[dict[str, Any]], task: int) -> dict[str, float]:
     """What MLflow gets at ``step=task``: accuracies, forgetting so far, storage, training cost."""
     R = accuracy_matrix(records[: task + 1])
     rec = records[task]
-    seconds = [e["epoch_seconds"] for e in rec["epochs"]]
+    epochs = rec["epochs"]  # empty for a method trained without gradients (prototype)
+    nan = float("nan")  # not logged (SequenceTracker.log_task skips NaN)
     out = {
         "accuracy": float(metrics.anytime_accuracy(R, rec["counts"])[-1]),
         "forgetting": metrics.forgetting_so_far(R, task),
         **{f"accuracy_task_{j:02d}": float(R[task, j]) for j in range(task + 1)},
         "stored_params": float(rec["storage"]["stored_params"]),
         "stored_bytes": float(rec["storage"]["stored_bytes"]),
-        "train_loss": float(rec["epochs"][-1]["train_loss"]),
-        "epoch_seconds": float(np.mean(seconds)),
-        "samples_per_second": float(np.mean([e["samples_per_second"] for e in rec["epochs"]])),
+        "train_loss": float(epochs[-1]["train_loss"]) if epochs else nan,
+        "epoch_seconds": float(np.mean([e["epoch_seconds"] for e in epochs])) if epochs else nan,
+        "samples_per_second": (
+            float(np.mean([e["samples_per_second"] for e in epochs])) if epochs else nan
+        ),
         "rank": float(rec["rank"]),
     }
     return out

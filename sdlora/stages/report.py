@@ -26,6 +26,11 @@ from sdlora.stages.records import (
 from sdlora.train import build_model
 
 
+def _num(v: float, digits: int) -> str:
+    """A training figure, or "-" for a task trained without epochs (NaN)."""
+    return "-" if v != v else f"{v:.{digits}f}"
+
+
 def _cell(v: Any) -> str:
     return f"{v:.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
 
@@ -57,8 +62,8 @@ def _format_report(cfg: Config, final: dict[str, Any], records: list[dict], run_
     for r in records:
         m = task_metrics(records, r["task"])
         lines.append(
-            f"| {r['task']} | {r['num_classes']} | {r['rank']} | {m['train_loss']:.4f} | "
-            f"{m['epoch_seconds']:.2f} | {m['samples_per_second']:.0f} | "
+            f"| {r['task']} | {r['num_classes']} | {r['rank']} | {_num(m['train_loss'], 4)} | "
+            f"{_num(m['epoch_seconds'], 2)} | {_num(m['samples_per_second'], 0)} | "
             f"{r['storage']['stored_params']:,} |"
         )
     lines += ["", f"MLflow run `{run_id}` in experiment `{cfg.mlflow.experiment}`.", ""]

@@ -77,7 +77,7 @@ def train_stage(
         load_adapter(model, tmp / ADAPTER)
         accs, counts = evaluate(model, prepared, range(task + 1), cfg, device)
         num_classes = int(manifest["tasks"][task]["num_classes"])
-        records.append(task_record(model, cfg, task, num_classes, accs, counts, result.epochs))
+        records.append(task_record(model, task, num_classes, accs, counts, result.epochs))
         with open_run(cfg, records, backfill=task, prepared=prepared, backbone=backbone) as tracker:
             tracker.log_task(task, {**task_metrics(records, task), "train_seconds": train_seconds})
             run_id = tracker.run_id

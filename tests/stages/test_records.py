@@ -15,3 +15,11 @@ def test_task_metrics_weight_by_test_counts(records: list[dict]) -> None:
     assert m["train_loss"] == 2.0 and m["epoch_seconds"] == 2.0 and m["samples_per_second"] == 20
     assert m["stored_params"] == 20 and m["stored_bytes"] == 80 and m["rank"] == 4
     assert task_metrics(records, 0)["accuracy"] == 90.0
+
+
+def test_a_task_trained_without_epochs_logs_no_training_cost(records: list[dict]) -> None:
+    """A prototype task has no epochs: its training metrics are NaN, which MLflow never gets."""
+    records[1]["epochs"] = []
+    m = task_metrics(records, 1)
+    assert all(m[k] != m[k] for k in ("train_loss", "epoch_seconds", "samples_per_second"))
+    assert m["accuracy"] == pytest.approx((60 * 10 + 80 * 30) / 40)
