@@ -22,8 +22,8 @@ import yaml
 from sdlora.atomic import write_json
 from sdlora.config import load_config
 from sdlora.data.prepare import prepare
+from sdlora.metrics import lower_triangular
 from sdlora.plots import accuracy_curve
-from sdlora.records import matrix_of
 from sdlora.report import result_payload
 from sdlora.sequence import run_sequence
 
@@ -43,11 +43,6 @@ def old_tasks(m: np.ndarray) -> tuple[float, float]:
         return float("nan"), float("nan")
     end, learned = m[last, :last], np.diag(m)[:last]
     return float(end.mean()), float((learned - end).mean())
-
-
-def _square(rows: list[list[float]]) -> np.ndarray:
-    """Lower-triangular rows (row i has i + 1 cells) as a T x T matrix."""
-    return matrix_of([{"accuracy": r} for r in rows])
 
 
 def storage(s: dict[str, int]) -> str:
@@ -104,7 +99,7 @@ def main() -> None:
                     out / f"{dataset}_{method}_seed{seed}.json",
                     result_payload(res) | {"seconds": seconds, "overrides": overrides},
                 )
-                ncm_end, ncm_drop = old_tasks(_square(res.ncm_rows))
+                ncm_end, ncm_drop = old_tasks(lower_triangular(res.ncm_rows))
                 runs.append(
                     {
                         **res.summary,
@@ -112,7 +107,7 @@ def main() -> None:
                         "seconds": seconds,
                         "ncm_drop": ncm_drop,
                         "ncm_old": ncm_end,
-                        "head_old": old_tasks(_square(res.head_known_rows))[0],
+                        "head_old": old_tasks(lower_triangular(res.head_known_rows))[0],
                         "cil_old": old_tasks(res.matrix)[0],
                     }
                 )

@@ -85,6 +85,15 @@ def validate_matrix(R: ArrayLike) -> AccuracyMatrix:
     raise ValueError(f"{where}; expected a value in percent in [0, 100]")
 
 
+def lower_triangular(rows: list[list[float]]) -> npt.NDArray[np.float64]:
+    """The T x T matrix of ``rows`` (row i: the i + 1 accuracies after task i), NaN above."""
+    n = len(rows)
+    R = np.full((n, n), np.nan)
+    for i, row in enumerate(rows):
+        R[i, : i + 1] = row
+    return R
+
+
 def validate_counts(counts: ArrayLike | None, num_tasks: int) -> npt.NDArray[np.float64]:
     """Return per-task test counts as floats (ones when None), checking length T and ints > 0."""
     if counts is None:
@@ -349,6 +358,7 @@ __all__ = [
     "final_accuracy",
     "forgetting",
     "forgetting_so_far",
+    "lower_triangular",
     "parse_counts_arg",
     "read_matrix_csv",
     "summarize",

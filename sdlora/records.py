@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     from sdlora.model import SDLoRAViT
 
@@ -33,12 +31,3 @@ def task_record(
         "storage": model.storage(),
         "magnitudes": model.magnitudes.alpha.detach().cpu().tolist(),
     }
-
-
-def matrix_of(records: list[dict[str, Any]]) -> np.ndarray:
-    """The T x T accuracy matrix (percent, NaN above the diagonal) of records 0..T-1."""
-    n = len(records)
-    R = np.full((n, n), np.nan)
-    for i, rec in enumerate(records):
-        R[i, : i + 1] = rec["accuracy"]
-    return R

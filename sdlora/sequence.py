@@ -23,7 +23,7 @@ from sdlora.data.prepare import read_manifest
 from sdlora.diagnostics import task_known_accuracy
 from sdlora.evaluate import evaluate
 from sdlora.model import SDLoRAViT
-from sdlora.records import matrix_of, task_record
+from sdlora.records import task_record
 from sdlora.train import World, begin_task, build_model, fit_task, resolve_device, torch_threads
 
 
@@ -37,7 +37,7 @@ class SequenceResult:
 
     @property
     def matrix(self) -> np.ndarray:
-        return matrix_of(self.records)
+        return metrics.lower_triangular([r["accuracy"] for r in self.records])
 
     @property
     def counts(self) -> list[int]:

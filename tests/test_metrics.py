@@ -20,6 +20,7 @@ from sdlora.metrics import (
     final_accuracy,
     forgetting,
     forgetting_so_far,
+    lower_triangular,
     read_matrix_csv,
     summarize,
     validate_counts,
@@ -560,3 +561,8 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert "Traceback" not in bad.stderr
+
+
+def test_lower_triangular_from_rows() -> None:
+    R = lower_triangular([[90.0], [85.0, 80.0]])
+    np.testing.assert_array_equal(R, np.array([[90.0, np.nan], [85.0, 80.0]]))

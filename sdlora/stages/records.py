@@ -72,13 +72,10 @@ def read_record(folder: str | Path) -> dict[str, Any]:
 
 def accuracy_matrix(records: list[dict[str, Any]]) -> np.ndarray:
     """The T x T matrix (percent, NaN above the diagonal) from records 0..T-1."""
-    n = len(records)
-    R = np.full((n, n), np.nan)
     for i, rec in enumerate(records):
         if rec["task"] != i or len(rec["accuracy"]) != i + 1:
             raise StageError(f"record of task {i} is malformed (task {rec['task']})")
-        R[i, : i + 1] = rec["accuracy"]
-    return R
+    return metrics.lower_triangular([rec["accuracy"] for rec in records])
 
 
 def task_metrics(records: list[dict[str, Any]], task: int) -> dict[str, float]:
