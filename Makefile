@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test lint pretrain clean
+.PHONY: setup run test lint pretrain plots clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 pretrain: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro pretrain
 
+# `dvc plots show` as a page that renders offline (Vega inline): dvc_plots/index.html
+plots: $(STAMP)
+	$(PY) -m sdlora plots
+
 test: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines
 	$(PY) -m pytest -q
@@ -33,5 +37,6 @@ lint: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines
 	$(PY) -m ruff format --check sdlora tests benchmarks pipelines
 
+# results/ and dvc.lock stay: git keeps them (the committed default is the baseline to diff against)
 clean:
 	rm -rf runs artifacts data/prepared mlflow.db mlartifacts dvc_plots

@@ -158,15 +158,12 @@ def _run_tasks(args: argparse.Namespace) -> int:
     """Print (or write into the params file) the pipeline's ``tasks`` section for ``data.*``."""
     from pathlib import Path
 
-    from sdlora.config import ConfigError, parse_config, read_yaml
+    from sdlora.config import parse_config, read_params
     from sdlora.plan import plan_tasks, tasks_block, write_tasks
     from sdlora.stages.records import num_tasks_of
 
     path = Path(args.params)
-    try:
-        raw = read_yaml(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
+    raw = read_params(path)
     old = raw.pop("tasks", None) or {}
     raw.pop("final_task", None)
     n = num_tasks_of(parse_config(raw, str(path)))  # the section itself may be stale: not checked
@@ -227,6 +224,39 @@ def _add_deps(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(func=_run_deps)
 
 
+def _run_plots(args: argparse.Namespace) -> int:
+    """Run ``dvc plots show`` (or ``diff``) with a template that needs no network."""
+    from sdlora.dvc_plots import render
+
+    return render(args.diff, out=args.out, open_page=args.open)
+
+
+def _add_plots(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``plots [--diff [REV ...]] [--out DIR] [--open]``."""
+    from sdlora.dvc_plots import OUT_DIR
+
+    parser = subparsers.add_parser(
+        "plots",
+        help="dvc plots show / diff as a page that renders offline (no CDN)",
+        description=(
+            "Run `dvc plots show` (or `dvc plots diff`) with an HTML template that holds Vega, "
+            "Vega-Lite and Vega-Embed inline, so OUT/index.html renders without internet. Run "
+            "it in the project (dvc.yaml's folder)."
+        ),
+    )
+    parser.add_argument(
+        "--diff",
+        nargs="*",
+        default=None,
+        metavar="REV",
+        help="compare revisions (git commits, branches, experiments) with `dvc plots diff`; "
+        "no REV: the workspace against HEAD (the committed baseline)",
+    )
+    parser.add_argument("--out", default=OUT_DIR, help=f"output folder ({OUT_DIR})")
+    parser.add_argument("--open", action="store_true", help="open the page in a browser")
+    parser.set_defaults(func=_run_plots)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="sdlora", description="SD-LoRA continual-learning tools.")
@@ -236,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(subparsers)
     _add_tasks(subparsers)
     _add_deps(subparsers)
+    _add_plots(subparsers)
     return parser
 
 

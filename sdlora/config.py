@@ -50,9 +50,61 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(text: str) -> Any:
-    """Parse YAML safely; a key repeated in one mapping is an error, not silently dropped."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """One line: where in ``text`` YAML stopped (1-based line and column), why, and the fix."""
+    fix = "fix the syntax there (indentation, a ':' after each key, closed brackets and quotes)"
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML refuses: no mark, a position
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        why = f"character #x{err.character:04x}: {err.reason}"
+        return f" at line {line}, column {column}: {why}; remove it"
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return ": " + " ".join(str(err).split()) + f"; {fix}"
+    if isinstance(err, yaml.constructor.ConstructorError):
+        fix = "keep one of them" if "given twice" in str(err.problem) else "fix the value there"
+    mark = err.problem_mark or err.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    why = err.problem or err.context or "syntax error"
+    if err.context and err.problem:
+        ctx = err.context_mark
+        started = f" at line {ctx.line + 1}, column {ctx.column + 1}" if ctx else ""
+        why += f" ({err.context}{started})"
+    return f"{where}: " + " ".join(why.split()) + f"; {fix}"
+
+
+def read_yaml(text: str, source: str = "<yaml>") -> Any:
+    """Parse YAML safely; a key repeated in one mapping is an error, not silently dropped.
+
+    A syntax error raises :class:`ConfigError`: one line naming ``source``, line, column, why.
+    """
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML{_yaml_problem(err, text)}") from None
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The mapping in a params file; missing, unreadable, empty or not a mapping: ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the params file ({err.strerror})") from None
+    raw = read_yaml(text, str(path))
+    if raw is None:
+        raise ConfigError(
+            f"{path}: params file is empty; write the settings there (start from the "
+            "repository's params.yaml)"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
 class _Section(BaseModel):
@@ -373,13 +425,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read ``params.yaml`` (plus dotted-key overrides such as ``{"train.lr": 0.1}``)."""
-    path = Path(path)
-    try:
-        raw = read_yaml(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_params(path)
     for key, value in (overrides or {}).items():
         node = raw
         *parents, leaf = key.split(".")

@@ -137,22 +137,41 @@ def params_cover(listed: str, key: str) -> bool:
 # dvc.yaml against the code.
 
 
+def _params_entries(entries: Iterable[Any]) -> tuple[list[str], list[str]]:
+    """(keys, whole files) of a dvc.yaml ``params`` list: ``- key``, ``- file.yaml: [keys]``,
+    or ``- file.yaml:`` with no keys, which tracks every key of that file."""
+    keys, whole = [], []
+    for entry in entries:
+        if isinstance(entry, str):
+            keys.append(entry)
+            continue
+        for file, listed in entry.items():
+            if listed:
+                keys.extend(listed)
+            else:
+                whole.append(file)
+    return keys, whole
+
+
 def dvc_stages(path: str | Path = REPO / "dvc.yaml") -> dict[str, dict[str, Any]]:
-    """{stage: its cmd, deps, params, outs} from dvc.yaml (a foreach stage: its ``do``)."""
+    """{stage: its cmd, deps, params, whole_params, outs} from dvc.yaml (a foreach stage: its
+    ``do``). ``whole_params``: the params files tracked whole; ``outs`` includes the stage's
+    ``metrics`` and ``plots`` outputs."""
     import yaml
 
     stages = yaml.safe_load(Path(path).read_text())["stages"]
     out = {}
     for name, spec in stages.items():
         body = spec.get("do", spec)
+        keys, whole = _params_entries(body.get("params") or [])
+        outputs = [o for kind in ("outs", "metrics", "plots") for o in body.get(kind) or []]
         out[name] = {
             "foreach": "do" in spec,
             "cmd": body.get("cmd", ""),
             "deps": [str(d) for d in body.get("deps") or []],
-            "params": [
-                p if isinstance(p, str) else next(iter(p)) for p in body.get("params") or []
-            ],
-            "outs": [o if isinstance(o, str) else next(iter(o)) for o in body.get("outs") or []],
+            "params": keys,
+            "whole_params": whole,
+            "outs": [o if isinstance(o, str) else next(iter(o)) for o in outputs],
         }
     return out
 
@@ -214,6 +233,7 @@ def check_stage(stage: str, spec: Mapping[str, Any], root: Path = REPO) -> list[
     lacking = sorted(
         k for k in reads
         if not any(params_cover(p, k) for p in listed) and untracked(stage, k) is None
+        and not spec.get("whole_params")  # a whole params file covers every key
     )  # fmt: skip
     if lacking:
         by = {
@@ -232,6 +252,8 @@ def check_stage(stage: str, spec: Mapping[str, Any], root: Path = REPO) -> list[
         if flag == "--out":
             if value not in spec["outs"]:
                 problems.append(f"{where}.outs: lacks {value} (the cmd's --out)")
+        elif value in spec["outs"]:
+            continue  # another output (evaluate's --metrics, --curve)
         elif not any(covers(d, value) or covers(value, d) for d in spec["deps"]):
             problems.append(f"{where}.deps: lacks {value} (the cmd's {flag})")
     return problems
@@ -252,6 +274,8 @@ def describe(stage: str, spec: Mapping[str, Any] | None = None, root: Path = REP
         else:
             skipped.setdefault(why, []).append(key)
     lines += [f"  not tracked: {', '.join(keys)}: {why}" for why, keys in skipped.items()]
+    if spec is not None and spec.get("whole_params"):
+        lines.append(f"  tracked whole (every key): {', '.join(spec['whole_params'])}")
     if spec is not None:
         problems = check_stage(stage, spec, root)
         lines += [f"  {p}".replace("\n", "\n  ") for p in problems] or ["  dvc.yaml agrees"]

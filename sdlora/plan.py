@@ -26,8 +26,14 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
 PIPELINE_DIR = "runs/pipeline"  # train@k: task_<k>/; evaluate: eval/; report: report/
+VALIDATED = f"{PIPELINE_DIR}/params_valid.json"  # validate: the same bytes while params are valid
 EVAL_DIR = f"{PIPELINE_DIR}/eval"
 REPORT_DIR = f"{PIPELINE_DIR}/report"
+# evaluate's files kept in git (DVC's `cache: false`): the baseline `dvc metrics diff`,
+# `dvc plots diff` and `dvc exp show` compare against; the committed default writes them
+RESULTS_DIR = "results"
+METRICS_FILE = f"{RESULTS_DIR}/metrics.json"  # final scalars (dvc metrics show)
+CURVE_FILE = f"{RESULTS_DIR}/accuracy_curve.csv"  # anytime accuracy per task (dvc plots show)
 OVERRIDES = ("rank", "epochs", "lr")  # what a tasks entry may set for its task alone
 WRITE_COMMAND = "python -m sdlora tasks --write"
 TASKS_COMMENT = (

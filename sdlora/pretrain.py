@@ -32,6 +32,7 @@ from sdlora.data.glyphs import LATIN, load_pretrain_letters
 from sdlora.data.prepare import prepare
 from sdlora.data.source import imageset_source
 from sdlora.evaluate import evaluate
+from sdlora.progress import ConsoleProgress
 from sdlora.train import World, resolve_device, run_epoch, task_stream
 
 
@@ -88,7 +89,7 @@ def pretrain_backbone(cfg: Config, output: str | Path, progress: bool = True) ->
             stream.set_epoch(epoch)
             stats = run_epoch(
                 model, stream, opt, loss_fn, World(device=device), scheduler=sched,
-                desc=f"epoch {epoch + 1}/{p.epochs}", progress=progress,
+                desc=f"epoch {epoch + 1}/{p.epochs}", progress=ConsoleProgress(progress),
             )  # fmt: skip
             acc = evaluate(model, prepared, [0], run_cfg, device)[0][0]
             bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{acc:.1f}")

@@ -53,6 +53,11 @@ PROBE_TIMEOUT_S = 5.0  # how long a TCP connect to an explicit address may take
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
+class ClusterUnreachable(ConnectionError):
+    """The Ray cluster that params or RAY_ADDRESS name cannot be reached or refused this
+    process; the message says which address, where it came from and what to do."""
+
+
 @dataclass(frozen=True)
 class RayTarget:
     """What :func:`ensure_ray` passes to ``ray.init`` and why."""
@@ -144,8 +149,8 @@ def ensure_ray(address: str | None) -> None:
     Precedence (Ray's, see the module docstring): an explicit ``ray.address`` beats
     RAY_ADDRESS, RAY_ADDRESS beats null and ``'auto'``; ``'auto'`` alone finds a cluster on
     this machine; null without RAY_ADDRESS (or ``'local'``) starts Ray in this process. The
-    dashboard is never started here. Raises ConnectionError naming the address, where it came
-    from and what to do when the cluster cannot be reached.
+    dashboard is never started here. Raises :class:`ClusterUnreachable` (a ConnectionError)
+    naming the address, where it came from and what to do when the cluster cannot be reached.
     """
     import ray
 
@@ -157,7 +162,7 @@ def ensure_ray(address: str | None) -> None:
         try:
             _probe(*host_port)
         except OSError as err:
-            raise ConnectionError(
+            raise ClusterUnreachable(
                 f"cannot reach the Ray cluster at {target.address} ({target.why}): "
                 f"{err.strerror or err}. {_advice(target)}"
             ) from err
@@ -167,14 +172,14 @@ def ensure_ray(address: str | None) -> None:
         if target.source == "default":
             raise
         if _auth_refused(err):
-            raise ConnectionError(
+            raise ClusterUnreachable(
                 f"the Ray cluster at {target.address} ({target.why}) uses token authentication "
                 "and refused this process: set RAY_AUTH_MODE=token and provide the cluster's "
                 "token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). Ray turns "
                 "token authentication on by itself only for a cluster it finds itself "
                 f"(ray.address 'auto' without {ENV_VAR})."
             ) from err
-        raise ConnectionError(
+        raise ClusterUnreachable(
             f"could not attach to a Ray cluster at {target.address} ({target.why}): {err}. "
             f"{_advice(target)}"
         ) from err

@@ -23,6 +23,7 @@ from sdlora.data.prepare import read_manifest
 from sdlora.diagnostics import task_known_accuracy
 from sdlora.evaluate import evaluate
 from sdlora.model import SDLoRAViT
+from sdlora.progress import ConsoleProgress
 from sdlora.records import task_record
 from sdlora.train import World, begin_task, build_model, fit_task, resolve_device, torch_threads
 
@@ -81,11 +82,12 @@ def run_sequence(
     world = World(device=device)
     result = SequenceResult()
     num_tasks = len(manifest["tasks"])
+    progress = ConsoleProgress(enabled=cfg.progress)
     for t in tqdm(range(num_tasks), desc="tasks", unit="task", disable=not cfg.progress):
         num_classes = int(manifest["tasks"][t]["num_classes"])
         begin_task(model, cfg, t, num_classes)
         with torch_threads(cfg.train.threads):  # as a Ray worker trains: the same floats
-            epochs = fit_task(model, prepared, t, cfg.for_task(t), world, progress=cfg.progress)
+            epochs = fit_task(model, prepared, t, cfg.for_task(t), world, progress=progress)
         model.end_task()
         accs, counts = evaluate(model, prepared, range(t + 1), cfg, device)
         result.records.append(task_record(model, t, num_classes, accs, counts, epochs))

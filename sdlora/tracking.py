@@ -10,7 +10,13 @@ creating another.
 Params, metrics, tags and artifacts go through an :class:`mlflow.MlflowClient` bound to the
 resolved URI with the run id given explicitly; the run is also made MLflow's active run, because
 ``mlflow.pytorch.log_model`` logs to the active run. :meth:`SequenceTracker.open` therefore
-sets the process-wide tracking URI (``mlflow.set_tracking_uri``), as MLflow documents.
+sets the process-wide tracking URI (``mlflow.set_tracking_uri``), as MLflow documents, and
+creates runs with ``mlflow.start_run``, which records the source, user and git commit tags.
+
+What the MLflow UI shows is settled here too: experiments are created (or tagged) as model
+training (:data:`EXPERIMENT_KIND`), a task's metrics are logged once per step
+(:meth:`SequenceTracker.log_task`), and a logged model carries the metrics of the step it is
+logged at (:meth:`SequenceTracker.log_model`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ ARTIFACTS_DIR = "mlartifacts"
 TRUNCATED = "...[truncated]"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag name, shown in the UI
 KEY_TAG = "sdlora_key"  # identifies a sequence's run: open(key=...) reopens it, never duplicates
+# MLflow's experiment tag for what an experiment holds; "custom_model_development" is what the
+# MLflow 3 UI calls "Machine learning" (training runs), as opposed to "genai_development".
+KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The MLflow 3.17 UI picks its view from a browser-wide switch (GenAI by default), which this
+# query parameter on an experiment or run address sets to training runs.
+UI_VIEW_QUERY = "workflowType=machine_learning"
 
 
 class TrackingError(RuntimeError):
@@ -63,6 +76,15 @@ def sqlite_path(uri: str) -> Path | None:
     path = unquote(parsed.path)
     path = path[1:] if path.startswith("/") else path
     return Path(path).resolve()
+
+
+def portable_uri(uri: str, root: str | Path = ".") -> str:
+    """``uri`` as a user would type it in ``root``: a SQLite file under ``root`` relative to it
+    (``sqlite:///mlflow.db``), so records stay true when the project moves; others unchanged."""
+    db = sqlite_path(uri)
+    if db is None or not db.is_relative_to(Path(root).resolve()):
+        return uri
+    return f"sqlite:///{db.relative_to(Path(root).resolve())}"
 
 
 def default_artifact_location(uri: str, experiment: str) -> str | None:
@@ -123,6 +145,23 @@ def git_commit(path: str | Path = ".") -> str | None:
         return None
     commit = done.stdout.strip()
     return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's address of an experiment (or one of its runs), in the training-runs view.
+
+    Append it to the UI's base address (``http://127.0.0.1:5000/``).
+    """
+    page = f"#/experiments/{experiment_id}"
+    page += f"/runs/{run_id}" if run_id is not None else "/runs"
+    return f"{page}?{UI_VIEW_QUERY}"
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The full UI address for an ``http(s)`` tracking server, else None (no server known)."""
+    if urlparse(tracking_uri).scheme not in ("http", "https"):
+        return None
+    return f"{tracking_uri.rstrip('/')}/{ui_path(experiment_id, run_id)}"
 
 
 def model_pip_requirements() -> list[str]:
@@ -195,6 +234,9 @@ class SequenceTracker:
             db.parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
+        if exp is not None and KIND_TAG not in exp.tags:  # made before it was tagged, or by hand
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, EXPERIMENT_KIND)
+        mlflow.set_tracking_uri(uri)
         if run_id is not None:
             run = self._existing_run(client, uri, run_id)
             if exp is None or run.info.experiment_id != exp.experiment_id:
@@ -211,19 +253,23 @@ class SequenceTracker:
         else:
             if exp is None:
                 exp_id = client.create_experiment(
-                    experiment, artifact_location=default_artifact_location(uri, experiment)
+                    experiment,
+                    artifact_location=default_artifact_location(uri, experiment),
+                    tags={KIND_TAG: EXPERIMENT_KIND},
                 )
             else:
                 exp_id = exp.experiment_id
             run_tags = {k: str(v) for k, v in (tags or {}).items()}
             if key is not None:
                 run_tags[KEY_TAG] = key
-            run_id = client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
+            # start_run adds MLflow's context tags (mlflow.source.name/type, mlflow.user, git)
+            run_id = mlflow.start_run(
+                experiment_id=exp_id, run_name=run_name, tags=run_tags
+            ).info.run_id
             exp = client.get_experiment(exp_id)
             created = True
-        # make it the active run too: mlflow.pytorch.log_model logs to the active run
-        mlflow.set_tracking_uri(uri)
-        mlflow.start_run(run_id=run_id)
+        if not created:  # make it the active run: mlflow.pytorch.log_model logs to the active run
+            mlflow.start_run(run_id=run_id)
         self.client, self.tracking_uri = client, uri
         self.experiment_id, self.run_id = exp.experiment_id, run_id
         self.created = created
@@ -308,18 +354,36 @@ class SequenceTracker:
         return self.client
 
     # logging
-    def log_task(self, task: int, metrics: Mapping[str, float]) -> None:
-        """Log one task's metrics at ``step=task`` (NaN values are skipped, not logged)."""
+    def log_task(self, task: int, metrics: Mapping[str, float]) -> list[str]:
+        """Log one task's metrics at ``step=task``, once; return the keys left out.
+
+        NaN values are not logged. A key that already has a point at this step (a re-run
+        stage logging its task again) keeps that first point: MLflow appends every logged
+        point to the history, so logging it again would draw a second point at the step.
+        """
         client = self._require()
         if isinstance(task, bool) or not isinstance(task, int | np.integer) or task < 0:
             raise ValueError(f"task must be a task index >= 0, got {task!r}")
+        step = int(task)
+        logged = self._logged_at(client, step, metrics.keys())
         now = int(time.time() * 1000)
         batch = [
-            Metric(k, float(v), now, int(task))
+            Metric(k, float(v), now, step)
             for k, v in metrics.items()
-            if v is not None and np.isfinite(float(v))
+            if k not in logged and v is not None and np.isfinite(float(v))
         ]
         client.log_batch(self.run_id, metrics=batch)
+        return sorted(logged)
+
+    def _logged_at(self, client: MlflowClient, step: int, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` already have a point at ``step`` in this run's history."""
+        present = client.get_run(self.run_id).data.metrics  # latest values: one call
+        return {
+            k
+            for k in keys
+            if k in present
+            and any(m.step == step for m in client.get_metric_history(self.run_id, k))
+        }
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         """Copy files (or whole folders) into the run's artifacts, under ``artifact_path``."""
@@ -334,12 +398,34 @@ class SequenceTracker:
             else:
                 raise FileNotFoundError(f"artifact {path} does not exist")
 
-    def log_model(self, model: Any, example_input: Any, name: str = "model", **kwargs: Any):
+    def find_model(self, name: str, tags: Mapping[str, str]) -> str | None:
+        """The id of a finished model this run logged as ``name`` with all of ``tags``, or None.
+
+        A re-run stage uses it to keep the model it logged before (``tags`` holding, say, a
+        hash of the weights) instead of logging the same model a second time.
+        """
+        client = self._require()
+        outputs = client.get_run(self.run_id).outputs
+        for out in reversed(outputs.model_outputs if outputs is not None else []):
+            model = client.get_logged_model(out.model_id)
+            if (
+                model.name == name
+                and str(model.status) == "READY"
+                and all(model.tags.get(k) == str(v) for k, v in tags.items())
+            ):
+                return model.model_id
+        return None
+
+    def log_model(
+        self, model: Any, example_input: Any, name: str = "model", step: int = 0, **kwargs: Any
+    ):
         """Log a plain torch model (e.g. ``SDLoRAViT.merge()``) with an input example.
 
         The signature is inferred from ``example_input`` (a tensor or array, batch first) and
         the model's output on it, so ``mlflow.pytorch.load_model(info.model_uri)`` gives the
-        model back and ``mlflow.pyfunc`` can serve it. Returns MLflow's ``ModelInfo``.
+        model back and ``mlflow.pyfunc`` can serve it. ``step``: the run's metrics at this step
+        become the logged model's metrics (MLflow 3 links them), so pass the last task for a
+        model of the whole sequence. Returns MLflow's ``ModelInfo``.
         """
         import mlflow.pytorch
         import torch
@@ -359,5 +445,5 @@ class SequenceTracker:
         signature = infer_signature(x_np, y.detach().cpu().numpy())
         kwargs.setdefault("pip_requirements", model_pip_requirements())
         return mlflow.pytorch.log_model(
-            model, name=name, signature=signature, input_example=x_np, **kwargs
+            model, name=name, signature=signature, input_example=x_np, step=step, **kwargs
         )

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sdlora.backbone import create_backbone, data_config
 from sdlora.config import Config, TrainConfig
 from sdlora.data.prepare import read_manifest
 from sdlora.data.stream import ParquetStream, open_task
 from sdlora.model import SDLoRAViT
+from sdlora.progress import Progress
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> summed loss
 
@@ -187,23 +187,21 @@ def run_epoch(
     *,
     scheduler: Any | None = None,
     desc: str = "",
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> EpochStats:
     """One pass over ``stream``'s global batches: forward, scaled loss, backward, step.
 
     ``forward`` is the model, or its DDP wrapper when ``world.size > 1``. ``loss_fn`` returns
     the summed loss of a batch; it is divided by the global batch's rows (times the world size,
-    which DDP's gradient average undoes).
+    which DDP's gradient average undoes). ``progress`` (rank 0 only) gets every step.
     """
     local_batch = local_batch_size(stream.batch_size or 1, world.size)
     forward.train()
     start = time.perf_counter()
     total = torch.zeros(2, dtype=torch.float64)  # loss sum, samples (this rank)
-    bar = tqdm(
-        total=stream.num_batches(), desc=desc, unit="batch", leave=False,
-        disable=not progress or world.rank != 0,
-    )  # fmt: skip
-    for x, y, rows in _steps(stream, local_batch):
+    show = progress is not None and world.rank == 0
+    bar = progress.epoch(desc, stream.num_batches()) if show else None
+    for steps, (x, y, rows) in enumerate(_steps(stream, local_batch), 1):
         x, y = x.to(world.device, non_blocking=True), y.to(world.device, non_blocking=True)
         loss_sum = loss_fn(forward(x), y)
         loss = loss_sum * (world.size / rows)
@@ -213,13 +211,19 @@ def run_epoch(
         if scheduler is not None:
             scheduler.step()
         total += torch.tensor([loss_sum.item(), y.numel()], dtype=torch.float64)
-        bar.update()
-    bar.close()
+        if bar is not None:  # this rank's loss and samples, times the world size
+            samples = int(total[1]) * world.size
+            loss_mean = float(total[0] / max(total[1], 1))
+            bar.update(steps, loss_mean, samples, time.perf_counter() - start)
     if world.size > 1:
         summed = total.to(world.device)  # nccl reduces device tensors only
         torch.distributed.all_reduce(summed)
         total = summed.cpu()
     seconds = time.perf_counter() - start
+    if bar is not None:  # the epoch's own figures, over every rank
+        loss_mean = float(total[0] / max(total[1], 1))
+        bar.update(stream.num_batches(), loss_mean, int(total[1]), seconds)
+        bar.close()
     return EpochStats(
         train_loss=float(total[0] / max(total[1], 1)),
         epoch_seconds=seconds,
@@ -239,7 +243,7 @@ def fit_task(
     optimizer_state: dict[str, Any] | None = None,
     on_epoch: Callable[[int, list[dict[str, float]], torch.optim.Optimizer], None] | None = None,
     epoch_log: list[dict[str, float]] | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> list[dict[str, float]]:
     """Train task ``task`` (already begun) for ``cfg.train.epochs``; return the epoch log.
 

@@ -126,5 +126,57 @@ def test_embedded_class_counts_match_the_data() -> None:
 def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  lr: 0.5\n  epochs: 2\n  lr: 0.1\n")
-    with pytest.raises(ConfigError, match=r"(?s)key 'lr' is given twice.*line 4"):
+    with pytest.raises(ConfigError, match=r"at line 4, column 3: key 'lr' is given twice; keep"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "data:\n  dataset: glyphs\n   init_cls: 8\n",
+            "not valid YAML at line 3, column 12: mapping values are not allowed here; fix the "
+            "syntax there (indentation, a ':' after each key, closed brackets and quotes)",
+        ),
+        (
+            "seed: [0\n",
+            "not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>' "
+            "(while parsing a flow sequence at line 1, column 7); fix the syntax there",
+        ),
+        ("a:\n\tb: 1\n", "not valid YAML at line 2, column 1: found character '\\t' that cannot"),
+        ("seed: 0\nb: \x07\n", "not valid YAML at line 2, column 4: character #x0007: special"),
+        ("- seed\n", "expected a mapping of sections, got list"),
+        ("", "params file is empty; write the settings there"),
+        ("# nothing but a comment\n", "params file is empty"),
+    ],
+)
+def test_unreadable_params_are_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_params_file_that_cannot_be_read(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes(b"seed: 0 # \xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not a UTF-8 text file \(invalid"):
+        load_config(tmp_path / "latin1.yaml")
+    with pytest.raises(ConfigError, match=r": cannot read the params file \(Is a directory\)"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["data:\n  dataset: glyphs\n   init_cls: 8\n", None, ""])
+def test_tasks_command_reports_a_bad_params_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None
+) -> None:
+    from sdlora.__main__ import main
+
+    path = tmp_path / "broken.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert main(["tasks", "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sdlora tasks: error: {path}: ") and err.count("\n") == 1, err
+    assert ("line 3, column 12" if text else "params file") in err

@@ -33,9 +33,10 @@ def test_dvc_yaml_stage_matches_its_code(stage: str) -> None:
 
 
 def test_every_stage_lists_params_and_evaluate_what_it_reads() -> None:
-    assert set(STAGES) == {"prepare", "pretrain", "train", "evaluate", "report"}
+    assert set(STAGES) == {"validate", "prepare", "pretrain", "train", "evaluate", "report"}
     for stage, spec in STAGES.items():
-        assert spec["params"], f"dvc.yaml stage {stage} lists no params"
+        assert spec["params"] or spec["whole_params"], f"dvc.yaml stage {stage} lists no params"
+    assert STAGES["validate"]["whole_params"] == ["params.yaml"]  # any edit re-runs it
     assert set(params_read(stage_script("evaluate"), REPO)) == {"tasks", "final_task"}
     assert {"tasks", "final_task"} <= set(STAGES["evaluate"]["params"])
 

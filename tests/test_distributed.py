@@ -22,7 +22,10 @@ from sdlora.data.source import imageset_source
 from sdlora.data.tasks import ImageSet
 from sdlora.distributed import (
     ADAPTER,
+    PROGRESS,
     STATE,
+    TaskInputError,
+    TrainingFailed,
     _fingerprint,
     _read_state,
     load_task_model,
@@ -123,6 +126,8 @@ def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> Non
     again = train_task_distributed(cfg, 0, None, prepared, tmp_path / "b", **kw)
     assert first.metrics["start_epoch"] == 0
     assert again.metrics["epoch"] == 1  # the last report is still the finished run's
+    assert (first.restored, first.start_epoch) == (False, 0)
+    assert (again.restored, again.start_epoch) == (True, 2)  # nothing trained in this call
     assert (tmp_path / "a" / ADAPTER).read_bytes() == (tmp_path / "b" / ADAPTER).read_bytes()
     assert again.epochs == first.epochs
 
@@ -135,3 +140,53 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
                   _fingerprint(_cfg(epochs=1, momentum=0.9), 0)):  # fmt: skip
         with pytest.raises(ValueError, match="another configuration"):
             _read_state(tmp_path, other)
+
+
+@pytest.mark.slow
+def test_a_set_up_error_is_reported_once_not_retried(ray_session, tmp_path: Path) -> None:
+    """A damaged backbone file (which the stage's checks would have caught) fails the workers'
+    set-up on every rank: they stop cleanly, so Ray does not retry, and the driver says why."""
+    bad = tmp_path / "backbone.safetensors"
+    bad.write_bytes(b"not a weights file")
+    cfg, prepared = _cfg(), _prepared(tmp_path, 8)
+    cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"weights": str(bad)})})
+    out = tmp_path / "out"
+    out.mkdir()
+    kw = dict(num_workers=2, cpus_per_worker=0.5, max_failures=2, storage_path=tmp_path / "ray")
+    with pytest.raises(TaskInputError, match=r"\(rank 0, 1\): .*not retried"):
+        train_task_distributed(cfg, 0, None, prepared, out, name="setup", **kw)
+    assert list(out.iterdir()) == []  # no error files, no progress file left behind
+
+
+@pytest.mark.slow
+def test_a_training_failure_is_retried_then_reported(ray_session, tmp_path: Path) -> None:
+    """A damaged image fails an epoch: Ray Train retries the workers (max_failures), then the
+    driver raises TrainingFailed with the worker's own one-line error, which names the file."""
+    cfg, prepared = _cfg(), _prepared(tmp_path, 8)
+    train = next(prepared.glob("task_00/train*.parquet"))
+    data = bytearray(train.read_bytes())
+    png = data.find(b"IDAT")  # inside the first image: the Parquet footer stays readable
+    data[png : png + 40] = bytes(40)
+    train.write_bytes(bytes(data))
+    kw = dict(num_workers=1, max_failures=1, storage_path=tmp_path / "ray", name="fails")
+    with pytest.raises(TrainingFailed, match=r"after 1 retry \(DataError: .*train.*\.parquet"):
+        train_task_distributed(cfg, 0, None, prepared, tmp_path / "out", **kw)
+
+
+@pytest.mark.slow
+def test_the_driver_draws_rank_0s_epochs(ray_session, tmp_path: Path) -> None:
+    """With progress on, the console gets one line per epoch (not a terminal) from rank 0's
+    progress file, which is removed afterwards."""
+    import io
+
+    cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
+    console = io.StringIO()
+    kw = dict(num_workers=2, cpus_per_worker=0.5, storage_path=tmp_path / "ray", name="shown")
+    result = train_task_distributed(
+        cfg, 0, None, prepared, tmp_path / "out", progress=True, console=console, **kw
+    )
+    lines = console.getvalue().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["task 0 epoch 1/2", "task 0 epoch 2/2"]
+    losses = [float(ln.split("loss ")[1].split(",")[0]) for ln in lines]
+    assert losses == pytest.approx([e["train_loss"] for e in result.epochs], abs=1e-4)
+    assert not (tmp_path / "out" / PROGRESS).exists()

@@ -18,7 +18,15 @@ import pytest
 import yaml
 
 from sdlora.metrics import read_matrix_csv
-from sdlora.plan import EVAL_DIR, REPORT_DIR, task_output, write_tasks
+from sdlora.plan import (
+    CURVE_FILE,
+    EVAL_DIR,
+    METRICS_FILE,
+    PREPARED_DIR,
+    REPORT_DIR,
+    task_output,
+    write_tasks,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +93,34 @@ def _ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def test_a_misspelt_key_stops_repro_though_no_stage_reads_it(tmp_path: Path) -> None:
+    """The validate stage tracks the whole params file: a valid edit re-runs only it, a typo
+    fails `dvc repro` with the config's message (the real dvc.yaml, up to prepare, on digits)."""
+    _copy_repo(tmp_path)
+    params = tmp_path / "params.yaml"
+    digits = {"progress": False, "data": {"dataset": "digits", "init_cls": 2, "increment": 2}}
+    params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), digits)))
+    write_tasks(params, 5)
+    _run(tmp_path, "git", "init", "-q")
+    assert _ran(_dvc(tmp_path, "repro", "prepare")) == ["validate", "prepare"]
+    assert "Data and pipelines are up to date" in _dvc(tmp_path, "repro", "prepare")
+    manifest = (tmp_path / PREPARED_DIR / "manifest.json").read_bytes()
+    params.write_text(params.read_text().replace("epochs: 10", "epochs: 3"))  # train.epochs
+    output = _dvc(tmp_path, "repro", "prepare")
+    assert _ran(output) == ["validate"] and "Stage 'prepare' didn't change" in output
+    params.write_text("progres: true\n" + params.read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "prepare"],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and _ran(output) == ["validate"]
+    assert "validate: error: params.yaml: invalid configuration" in output
+    assert "progres: unknown key (check the spelling" in output
+    assert "failed to reproduce 'validate'" in output
+    assert (tmp_path / PREPARED_DIR / "manifest.json").read_bytes() == manifest
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The copy after one `dvc repro`, and that run's output."""
@@ -109,18 +145,42 @@ def _mlflow_run(root: Path):
 
 def test_repro_runs_every_stage_in_order(project: tuple[Path, str]) -> None:
     root, output = project
-    assert _ran(output) == ["prepare", "pretrain", "train@0", "train@1", "evaluate", "report"]
+    assert _ran(output) == [
+        "validate", "prepare", "pretrain", "train@0", "train@1", "evaluate", "report"
+    ]  # fmt: skip
     matrix, counts = read_matrix_csv(root / EVAL_DIR / "accuracy_matrix.csv")
     assert matrix.shape == (2, 2) and list(counts) == [80, 80]  # T rows; 20 classes x 4 images
     record = json.loads((root / task_output(1) / "record.json").read_text())
     assert [r["task"] for r in record["tasks"]] == [0, 1]
     shown = json.loads(_dvc(root, "metrics", "show", "--json"))
-    final = json.loads((root / EVAL_DIR / "metrics.json").read_text())
-    assert shown[""]["data"][f"{EVAL_DIR}/metrics.json"]["data"] == final
+    final = json.loads((root / METRICS_FILE).read_text())
+    assert shown[""]["data"][METRICS_FILE]["data"] == final
     plots = json.loads(_dvc(root, "plots", "show", "--json"))["data"]
-    assert {"Accuracy on all seen classes after each task", f"{EVAL_DIR}/magnitudes.png"} <= set(
-        plots
-    )
+    assert set(plots) == {
+        CURVE_FILE, f"{EVAL_DIR}/accuracy_matrix.png", f"{EVAL_DIR}/magnitudes.png"
+    }  # fmt: skip
+    curve = plots[CURVE_FILE][0]["content"]
+    assert curve["title"]["text"] == "Accuracy on all seen classes after each task"
+    assert [v["task"] for v in curve["data"]["values"]] == ["0", "1"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert lock["validate"]["params"]["params.yaml"]["train"]["epochs"] == 2  # the whole file
+    status = _run(root, "git", "status", "--porcelain", "-uall", "--ignored", "dvc.lock", "results")
+    assert "!!" not in status and "dvc.lock" in status and METRICS_FILE in status  # for git
+
+
+def test_a_task_stage_prints_its_own_account_and_logs_rays(project: tuple[Path, str]) -> None:
+    """train@k's console: what it trains, where Ray's output went, the task's line; Ray's own
+    output (worker logs, controller messages, warnings) only in runs/logs/train@k.log."""
+    root, output = project
+    ours = [ln for ln in output.splitlines() if ln.startswith("train@1: ")]  # stderr, in order
+    assert len(ours) == 3, output  # progress: false here, so no epoch lines
+    assert ours[0] == "train@1: task 1 of 2 (sdlora) on 2 Ray Train workers"  # TINY: 2
+    assert ours[1].startswith("train@1: Ray's output goes to runs/logs/train@1.log")
+    assert ours[2].startswith("train@1: accuracy ") and "classes seen" in ours[2]
+    for noise in ("Traceback", "RayTrainWorker", "TrainController", "WARNING", "Checkpoint"):
+        assert noise not in output
+    log = (root / "runs" / "logs" / "train@1.log").read_text()
+    assert "===== train@1 " in log and "RayTrainWorker" in log
 
 
 def test_metrics_json_equals_the_mlflow_run(
@@ -131,7 +191,7 @@ def test_metrics_json_equals_the_mlflow_run(
     import torch
 
     root, _ = project
-    final = json.loads((root / EVAL_DIR / "metrics.json").read_text())
+    final = json.loads((root / METRICS_FILE).read_text())
     client, run = _mlflow_run(root)
     assert run.info.status == "FINISHED"
     assert {k: run.data.metrics[k] for k in final} == pytest.approx(final)
@@ -140,8 +200,8 @@ def test_metrics_json_equals_the_mlflow_run(
     assert "ray.num_workers" not in run.data.params  # where it ran is not what it is
     assert run.data.params["model.method"] == "sdlora" and run.data.tags["sdlora.dataset"]
     assert run.data.params["git_commit"] == _run(root, "git", "rev-parse", "HEAD").strip()
-    names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
-    assert {"evaluate/accuracy_matrix.csv", "evaluate/magnitudes.png"} <= names
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}  # evaluate's files on top
+    assert {"accuracy_matrix.csv", "magnitudes.png", "metrics.json"} <= names
     uri = json.loads((root / REPORT_DIR / "run.json").read_text())["model_uri"]
     monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)  # restored
     mlflow.set_tracking_uri(client.tracking_uri)
@@ -180,8 +240,18 @@ def test_a_change_to_task_k_reruns_from_k_in_a_new_run(project: tuple[Path, str]
     root, _ = project
     _run(root, "git", "add", "-A")
     _run(root, "git", "commit", "-qm", "lock")
+    head = json.loads((root / METRICS_FILE).read_text())  # committed: the baseline
     output = _dvc(root, "exp", "run", "-S", "tasks.1.rank=3")
-    assert _ran(output) == ["train@1", "evaluate", "report"]
+    assert _ran(output) == ["validate", "train@1", "evaluate", "report"]
+    new = json.loads((root / METRICS_FILE).read_text())
+    diff = json.loads(_dvc(root, "metrics", "diff", "--all", "--json"))[METRICS_FILE]
+    assert diff["final_accuracy"]["old"] == head["final_accuracy"]
+    assert diff["final_accuracy"]["new"] == new["final_accuracy"]
+    plots = json.loads(_dvc(root, "plots", "diff", "--json"))["data"][CURVE_FILE][0]
+    assert plots["revisions"] == ["workspace", "HEAD"]
+    shown = json.loads(_dvc(root, "exp", "show", "--json"))
+    baseline = next(r for r in shown if r["rev"] != "workspace")["data"]
+    assert baseline["metrics"][METRICS_FILE]["data"] == head
     client, run = _mlflow_run(root)
     assert run.data.params["tasks.1.rank"] == "3"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "accuracy"))

@@ -10,10 +10,13 @@ import yaml
 from sdlora.config import load_config, parse_config, read_yaml
 from sdlora.plan import (
     BACKBONE_DIR,
+    CURVE_FILE,
     EVAL_DIR,
+    METRICS_FILE,
     PREPARED_DIR,
     REPORT_DIR,
     TASKS_COMMENT,
+    VALIDATED,
     count_tasks,
     plan_tasks,
     task_output,
@@ -184,6 +187,7 @@ def test_write_tasks_follows_data_and_keeps_overrides(tmp_path: Path) -> None:
 def test_dvc_yaml_uses_the_plan_paths() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
     s = stages["stages"]
+    assert s["validate"]["outs"] == [VALIDATED] and VALIDATED in s["prepare"]["deps"]
     assert s["prepare"]["outs"] == [PREPARED_DIR]
     assert s["pretrain"]["outs"] == [BACKBONE_DIR]
     train = s["train"]
@@ -193,12 +197,15 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
     assert "tasks.${key}" in train["do"]["params"]
     assert s["evaluate"]["outs"] == [EVAL_DIR] and "${final_task}" in s["evaluate"]["deps"]
     assert s["report"]["outs"] == [REPORT_DIR]
-    assert stages["metrics"] == [f"{EVAL_DIR}/metrics.json"]
+    assert [next(iter(m)) for m in s["evaluate"]["metrics"]] == [METRICS_FILE]
+    assert [next(iter(p)) for p in s["evaluate"]["plots"]] == [CURVE_FILE]
+    assert METRICS_FILE in s["report"]["deps"]
     cmd = {}  # each stage's options: the paths its entry script is given
     for name, stage in s.items():
         args = stage.get("cmd", stage.get("do", {}).get("cmd", "")).split()
         assert args[:2] == ["python", f"pipelines/{name}.py"], args
         cmd[name] = dict(zip(args[2::2], args[3::2], strict=True))
+    assert cmd["validate"] == {"--params": "params.yaml", "--out": VALIDATED}
     assert cmd["prepare"] == {"--params": "params.yaml", "--out": PREPARED_DIR}
     assert cmd["pretrain"] == {"--params": "params.yaml", "--out": BACKBONE_DIR}
     assert cmd["train"] == {
@@ -206,9 +213,11 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
         "--backbone": BACKBONE_DIR, "--prev": "${item.prev}", "--out": train["do"]["outs"][0],
     }  # fmt: skip
     assert cmd["evaluate"] == {"--params": "params.yaml", "--record": "${final_task}",
-                               "--out": EVAL_DIR}  # fmt: skip
+                               "--out": EVAL_DIR, "--metrics": METRICS_FILE,
+                               "--curve": CURVE_FILE}  # fmt: skip
     assert cmd["report"] == {
-        "--params": "params.yaml", "--eval": EVAL_DIR, "--record": "${final_task}",
+        "--params": "params.yaml", "--eval": EVAL_DIR, "--metrics": METRICS_FILE,
+        "--record": "${final_task}",
         "--prepared": PREPARED_DIR, "--backbone": BACKBONE_DIR, "--out": REPORT_DIR,
     }  # fmt: skip
     for stage in s.values():  # every code dependency exists

@@ -14,15 +14,20 @@ import torch
 from mlflow import MlflowClient
 
 from sdlora import plots
-from sdlora.tracking import MAX_PARAM_VAL_LENGTH as LIMIT
 from sdlora.tracking import (
+    EXPERIMENT_KIND,
+    KIND_TAG,
     TRUNCATED,
     SequenceTracker,
     TrackingError,
     flatten_params,
     git_commit,
+    portable_uri,
     resolve_tracking_uri,
+    ui_path,
+    ui_url,
 )
+from sdlora.tracking import MAX_PARAM_VAL_LENGTH as LIMIT
 
 CONFIG = {
     "seed": 1,
@@ -237,3 +242,86 @@ def test_logged_model_loads_back_with_the_same_logits(store: Path) -> None:
         with torch.no_grad():
             torch.testing.assert_close(loaded(other), model(other), rtol=1e-6, atol=1e-6)
     assert not torch.allclose(want, torch.zeros_like(want))
+
+
+# ---- what the MLflow UI shows ----------------------------------------------------------------
+def test_experiment_opens_as_model_training(store: Path) -> None:
+    client = MlflowClient(resolve_tracking_uri(None, store))
+    _open(store, "exp-kind")[0].close()  # created by the tracker
+    assert client.get_experiment_by_name("exp-kind").tags[KIND_TAG] == EXPERIMENT_KIND
+    old = client.create_experiment("exp-kind-old")  # made before the tag existed
+    _open(store, "exp-kind-old")[0].close()
+    assert client.get_experiment(old).tags[KIND_TAG] == "custom_model_development"
+    mine = client.create_experiment("exp-kind-mine", tags={KIND_TAG: "finetuning"})
+    _open(store, "exp-kind-mine")[0].close()
+    assert client.get_experiment(mine).tags[KIND_TAG] == "finetuning"  # a user's choice stays
+
+
+def test_ui_addresses_ask_for_the_training_view() -> None:
+    assert ui_path("3") == "#/experiments/3/runs?workflowType=machine_learning"
+    assert ui_path("3", "ab") == "#/experiments/3/runs/ab?workflowType=machine_learning"
+    assert ui_url("http://h:5000/", "3", "ab") == (
+        "http://h:5000/#/experiments/3/runs/ab?workflowType=machine_learning"
+    )
+    assert ui_url("sqlite:////x/mlflow.db", "3") is None
+
+
+def test_created_run_records_source_user_and_commit(store: Path) -> None:
+    tracker, run_id = _open(store, "exp-source", tags={"sdlora.command.report": "p.py --x 1"})
+    tracker.close()
+    tags = MlflowClient(resolve_tracking_uri(None, store)).get_run(run_id).data.tags
+    assert tags["mlflow.source.name"]  # sys.argv[0] of this process, as MLflow resolves it
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"]
+    assert tags["sdlora.command.report"] == "p.py --x 1"
+    commit = git_commit(Path(__file__).parent)
+    if commit is not None:
+        assert tags["mlflow.source.git.commit"] == commit
+
+
+def test_relogging_a_task_adds_no_second_point(store: Path) -> None:
+    tracker, run_id = _open(store, "exp-relog", key="seq-relog")
+    assert tracker.log_task(0, {"acc": 90.0, "train_seconds": 12.0}) == []
+    tracker.log_task(1, {"acc": 80.0, "train_seconds": 11.0})
+    tracker.close()
+    again, same = _open(store, "exp-relog", key="seq-relog")  # the stage runs again
+    assert same == run_id
+    skipped = again.log_task(1, {"acc": 80.0, "restore_seconds": 0.5, "train_seconds": 1.0})
+    again.close()
+    assert skipped == ["acc", "train_seconds"]
+    client = MlflowClient(resolve_tracking_uri(None, store))
+    assert _history(client, run_id, "acc") == [(0, 90.0), (1, 80.0)]
+    assert _history(client, run_id, "train_seconds") == [(0, 12.0), (1, 11.0)]  # kept
+    assert _history(client, run_id, "restore_seconds") == [(1, 0.5)]
+
+
+def _tiny_vit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, **kwargs)
+
+
+def test_logged_model_carries_the_metrics_of_its_step_and_is_found_again(store: Path) -> None:
+    tracker, run_id = _open(store, "exp-model-step")
+    tracker.log_task(0, {"accuracy": 98.0, "forgetting": 0.0})
+    tracker.log_task(1, {"accuracy": 64.0, "forgetting": 30.0, "final_accuracy": 64.0})
+    x = torch.randn(2, 3, 16, 16)
+    tags = {"sdlora.weights_sha256": "abc"}
+    assert tracker.find_model("merged", tags) is None
+    info = tracker.log_model(_tiny_vit(), x, name="merged", step=1, tags=tags)
+    assert tracker.find_model("merged", tags) == info.model_id
+    assert tracker.find_model("merged", {"sdlora.weights_sha256": "other"}) is None
+    assert tracker.find_model("other-name", tags) is None
+    tracker.close()
+    model = MlflowClient(resolve_tracking_uri(None, store)).get_logged_model(info.model_id)
+    assert model.source_run_id == run_id
+    got = {m.key: (m.step, m.value) for m in model.metrics}
+    assert got == {"accuracy": (1, 64.0), "forgetting": (1, 30.0), "final_accuracy": (1, 64.0)}
+
+
+def test_portable_uri_keeps_a_project_database_relative(tmp_path: Path) -> None:
+    inside = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert portable_uri(inside, tmp_path) == "sqlite:///mlflow.db"
+    assert portable_uri(f"sqlite:///{tmp_path / 'a' / 'b.db'}", tmp_path) == "sqlite:///a/b.db"
+    assert portable_uri("sqlite:////elsewhere/x.db", tmp_path) == "sqlite:////elsewhere/x.db"
+    assert portable_uri("http://host:5000", tmp_path) == "http://host:5000"

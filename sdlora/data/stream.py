@@ -214,18 +214,32 @@ class ParquetStream(IterableDataset):
             fi, rg, _ = self.groups[g]
             if fi not in handles:
                 handles[fi] = pq.ParquetFile(self.files[fi])
-            table = handles[fi].read_row_group(rg, columns=columns).take(rows)
+            try:
+                table = handles[fi].read_row_group(rg, columns=columns).take(rows)
+            except (OSError, pa.ArrowException) as err:
+                raise DataError(_unreadable(self.files[fi], f"row group {rg}", err)) from err
             images = table.column("image").to_pylist()
             labels = table.column("label").to_pylist()
             paths = table.column("path").to_pylist() if self.return_path else None
             del table
             for i, data in enumerate(images):
-                image = decode(data)
+                try:
+                    image = decode(data)
+                except (OSError, ValueError) as err:  # PIL: truncated or not an image
+                    where = f"row group {rg}, image {i}"
+                    raise DataError(_unreadable(self.files[fi], where, err)) from err
                 sample = self.transform(image) if self.transform is not None else image
                 if paths is not None:
                     yield sample, labels[i], paths[i]
                 else:
                     yield sample, labels[i]
+
+
+def _unreadable(path: str | Path, where: str, err: BaseException) -> str:
+    return (
+        f"{path}: {where} cannot be read ({type(err).__name__}: {err}); the file is damaged: "
+        "prepare the splits again (`dvc repro -f prepare`)"
+    )
 
 
 def _metadata(path: str) -> pq.FileMetaData:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -26,12 +27,15 @@ BAD_INPUT = (
     "sdlora.tracking.TrackingError",
     "sdlora.checkpoint.AdapterMismatchError",
     "builtins.FileExistsError",
+    "sdlora.distributed.TaskInputError",
 )
+# Failures whose message says it all (and where the full story is): exit 1, no traceback.
+FAILED = ("sdlora.distributed.TrainingFailed", "sdlora.ray_session.ClusterUnreachable")
 
 
-def is_bad_input(err: BaseException) -> bool:
-    """Whether ``err`` is one of :data:`BAD_INPUT` (or a subclass)."""
-    for name in BAD_INPUT:
+def is_one_of(err: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether ``err`` is of a class in ``names`` (such as :data:`BAD_INPUT`), or a subclass."""
+    for name in names:
         module, _, cls = name.rpartition(".")
         kind = getattr(sys.modules.get(module), cls, None)
         if isinstance(kind, type) and isinstance(err, kind):
@@ -68,17 +72,22 @@ def run_stage(
 ) -> int:
     """Parse ``argv``, load ``--params`` and call ``run(cfg, args)``; print ``show(result)``.
 
-    Bad input (:data:`BAD_INPUT`) exits with code 2 and one clear message on stderr; anything
-    else (a crashed worker, say) keeps its traceback.
+    Bad input (:data:`BAD_INPUT`) exits with code 2 and one clear message on stderr, a failure
+    of :data:`FAILED` with code 1 and its message; anything else keeps its traceback. MLflow's
+    informational messages are not shown.
     """
     args = parser.parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         result = run(load_config(args.params), args)
     except Exception as err:
-        if not is_bad_input(err):
-            raise
-        print(f"{stage}: error: {err}", file=sys.stderr)
-        return 2
+        if is_one_of(err, BAD_INPUT):
+            print(f"{stage}: error: {err}", file=sys.stderr)
+            return 2
+        if is_one_of(err, FAILED):
+            print(f"{stage}: failed: {err}", file=sys.stderr)
+            return 1
+        raise
     if show is not None:
         print(json.dumps(show(result), indent=2))
     return 0

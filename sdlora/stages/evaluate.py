@@ -1,29 +1,49 @@
-"""Stage ``evaluate``: the accuracy matrix, ``metrics.json``, the curve and the plots."""
+"""Stage ``evaluate``: the accuracy matrix, ``metrics.json``, the curve and the plots.
+
+``metrics.json`` and the curve's CSV go to ``results/`` (:data:`sdlora.plan.METRICS_FILE`,
+:data:`~sdlora.plan.CURVE_FILE`), outside DVC's cache: git keeps them with ``dvc.lock``, so the
+committed default is the baseline ``dvc metrics diff`` and ``dvc plots diff`` compare against.
+Everything else (matrix, images, every record) goes to the cached ``runs/pipeline/eval``.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sdlora import metrics, plots
-from sdlora.atomic import atomic_directory, write_json
+from sdlora.atomic import atomic_directory, atomic_path, write_json
 from sdlora.config import Config
-from sdlora.plan import EVAL_DIR
+from sdlora.plan import CURVE_FILE, EVAL_DIR, METRICS_FILE
 from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.records import RECORD, StageError, accuracy_matrix, read_record, require_plan
 
-METRICS = "metrics.json"  # the final scalars (dvc metrics show)
-CURVE = "accuracy_curve.csv"  # anytime accuracy per task (dvc plots show)
+MARKER = "results.json"  # every eval folder holds it (what atomic_directory may replace)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically, creating its folder (DVC creates no parent of an output)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def evaluate_stage(
-    cfg: Config, *, record: str | Path | None = None, out: str | Path = EVAL_DIR
+    cfg: Config,
+    *,
+    record: str | Path | None = None,
+    out: str | Path = EVAL_DIR,
+    metrics_file: str | Path = METRICS_FILE,
+    curve_file: str | Path = CURVE_FILE,
 ) -> dict[str, Any]:
     """Stage ``evaluate``: the accuracy matrix, ``metrics.json``, the curve and the plots.
 
-    ``record``: the last task's output (default ``final_task``); ``out``: ``runs/pipeline/eval``.
+    ``record``: the last task's output (default ``final_task``); ``out``: the cached folder
+    (``runs/pipeline/eval``); ``metrics_file``, ``curve_file``: the files git keeps
+    (``results/metrics.json``, ``results/accuracy_curve.csv``).
     """
     plan = require_plan(cfg)
     assert cfg.final_task is not None  # the config validator pairs it with tasks
@@ -45,11 +65,8 @@ def evaluate_stage(
         "stored_params": storage["stored_params"],
         "stored_bytes": storage["stored_bytes"],
     }
-    with atomic_directory(out, marker=METRICS) as tmp:
+    with atomic_directory(out, marker=MARKER) as tmp:
         metrics.write_matrix_csv(tmp / "accuracy_matrix.csv", R, counts)
-        write_json(tmp / METRICS, final)
-        rows = "".join(f"{i},{a:.4f}\n" for i, a in enumerate(summary["anytime_accuracy"]))
-        (tmp / CURVE).write_text("task,accuracy\n" + rows)
         plots.accuracy_heatmap(R, tmp / "accuracy_matrix.png")
         plots.accuracy_curve(summary["anytime_accuracy"], tmp / "accuracy_curve.png")
         plots.magnitude_trajectories(
@@ -59,18 +76,32 @@ def evaluate_stage(
             tmp / "results.json",
             {"summary": summary, "counts": counts, "key": rec["key"], "tasks": records},
         )
+    rows = "".join(f"{i},{a:.4f}\n" for i, a in enumerate(summary["anytime_accuracy"]))
+    _write_text(Path(curve_file), "task,accuracy\n" + rows)
+    _write_text(Path(metrics_file), json.dumps(final, indent=2) + "\n")
     return final
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pipelines/evaluate.py [--params P] [--record DIR] [--out DIR]``; prints the metrics."""
+    """``pipelines/evaluate.py [--params P] [--record DIR] [--out DIR] [--metrics FILE]
+    [--curve FILE]``; prints the metrics."""
     parser = stage_parser("evaluate", "Accuracy matrix, metrics.json and plots of the sequence.")
     add_dir(parser, "--record", "the last task's output", None, "final_task")
-    add_dir(parser, "--out", "output folder", EVAL_DIR)
+    add_dir(parser, "--out", "output folder (matrix, images, records)", EVAL_DIR)
+    parser.add_argument(
+        "--metrics", metavar="FILE", default=METRICS_FILE,
+        help=f"the final metrics, JSON (default: {METRICS_FILE})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curve", metavar="FILE", default=CURVE_FILE,
+        help=f"accuracy on all seen classes after each task, CSV (default: {CURVE_FILE})",
+    )  # fmt: skip
     return run_stage(
         "evaluate",
         parser,
         argv,
-        lambda cfg, args: evaluate_stage(cfg, record=args.record, out=args.out),
+        lambda cfg, args: evaluate_stage(
+            cfg, record=args.record, out=args.out, metrics_file=args.metrics, curve_file=args.curve
+        ),
         show=lambda final: final,
     )

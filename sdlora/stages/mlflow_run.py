@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +54,45 @@ def run_params(
     return params
 
 
+def run_name(cfg: Config, key: str) -> str:
+    """What the run list shows: method, dataset, tasks, seed, then the key's first 8 characters.
+
+    The key hashes everything else the sequence depends on (:func:`sequence_key`), so two runs
+    differing only in, say, ``train.lr`` or a task's rank get different names.
+    """
+    tasks = len(cfg.tasks or {})
+    return f"{cfg.model.method}-{cfg.data.dataset}-{tasks}tasks-s{cfg.seed}-{key[:8]}"
+
+
+def command_tag(stage: str) -> str:
+    """The run tag holding ``stage``'s command line, e.g. ``sdlora.command.train_3``."""
+    return "sdlora.command." + re.sub(r"[^A-Za-z0-9_.-]+", "_", stage)
+
+
 def open_run(
     cfg: Config,
     records: list[dict[str, Any]],
     backfill: int,
     *,
+    stage: str,
     prepared: str | Path = PREPARED_DIR,
     backbone: str | Path = BACKBONE_DIR,
 ) -> SequenceTracker:
     """Open (or reopen) the sequence's MLflow run; a new run gets tasks ``0..backfill-1``.
 
-    ``prepared`` and ``backbone``: the prepare and pretrain stages' outputs (manifest, record).
+    ``stage`` (``train@3``, ``report``): its command line (``sys.argv``, as DVC ran it) is
+    recorded in the tag :func:`command_tag` names. ``prepared`` and ``backbone``: the prepare
+    and pretrain stages' outputs (manifest, record).
     """
     manifest = read_manifest(prepared)
     record = read_backbone_record(backbone)
+    key = sequence_key(cfg, prepared=prepared, backbone=backbone)
     tracker = SequenceTracker()
     tracker.open(
         cfg.mlflow.tracking_uri,
         cfg.mlflow.experiment,
-        run_name=f"{cfg.model.method}-{cfg.data.dataset}-{len(cfg.tasks or {})}tasks-s{cfg.seed}",
-        key=sequence_key(cfg, prepared=prepared, backbone=backbone),
+        run_name=run_name(cfg, key),
+        key=key,
         params=run_params(cfg, prepared=prepared, backbone=backbone),
         tags={
             "sdlora.method": cfg.model.method,
@@ -78,6 +100,7 @@ def open_run(
             "sdlora.backbone": cfg.backbone.name,
             "sdlora.backbone_weights": record.get("weights"),
             "sdlora.num_tasks": len(cfg.tasks or {}),
+            command_tag(stage): shlex.join(sys.argv),
         },
     )
     if tracker.created:

@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 
 from sdlora.config import ConfigError
-from sdlora.stages.cli import BAD_INPUT, is_bad_input, run_stage, stage_parser
+from sdlora.distributed import TrainingFailed
+from sdlora.stages.cli import BAD_INPUT, FAILED, is_one_of, run_stage, stage_parser
 
 
-@pytest.mark.parametrize("name", BAD_INPUT)
-def test_bad_input_names_exception_classes(name: str) -> None:
+@pytest.mark.parametrize("name", BAD_INPUT + FAILED)
+def test_bad_input_and_failed_name_exception_classes(name: str) -> None:
     module, _, cls = name.rpartition(".")
     kind = getattr(importlib.import_module(module), cls)
     assert isinstance(kind, type) and issubclass(kind, Exception)
-    assert is_bad_input(kind("x"))
+    assert is_one_of(kind("x"), BAD_INPUT + FAILED)
+    assert is_one_of(kind("x"), BAD_INPUT) != (name in FAILED)
 
 
 def test_run_stage_reports_bad_input_and_keeps_other_tracebacks(
@@ -37,5 +39,13 @@ def test_run_stage_reports_bad_input_and_keeps_other_tracebacks(
     assert '"seed": 5' in capsys.readouterr().out
     with pytest.raises(ZeroDivisionError):
         run_stage("demo", stage_parser("demo", "d"), [], lambda c, a: 1 / 0)
+
+    def fails(cfg: object, args: object) -> dict:
+        raise TrainingFailed("task 1 failed on the Ray workers after 2 retries (...)")
+
+    assert run_stage("demo", stage_parser("demo", "d"), [], fails) == 1
+    assert capsys.readouterr().err == (
+        "demo: failed: task 1 failed on the Ray workers after 2 retries (...)\n"
+    )
     assert run_stage("demo", stage_parser("demo", "d"), ["--params", "missing.yaml"], run) == 2
     assert "missing.yaml: params file not found" in capsys.readouterr().err

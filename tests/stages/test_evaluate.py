@@ -1,4 +1,7 @@
-"""Stage evaluate: matrix, metrics.json, curve and plots from the last task's record."""
+"""Stage evaluate: matrix, metrics.json, curve and plots from the last task's record.
+
+metrics.json and the curve go to results/ (kept in git), the rest to the cached eval folder.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ import pytest
 
 from sdlora import metrics
 from sdlora.config import load_config
-from sdlora.plan import EVAL_DIR, task_output
-from sdlora.stages.evaluate import METRICS, evaluate_stage, main
+from sdlora.plan import CURVE_FILE, EVAL_DIR, METRICS_FILE, RESULTS_DIR, task_output
+from sdlora.stages.evaluate import evaluate_stage, main
 from sdlora.stages.records import RECORD, StageError
 
 
@@ -27,16 +30,25 @@ def test_evaluate_writes_matrix_metrics_curve_and_plots(
     ev = Path(EVAL_DIR)
     R = np.array([[90.0, np.nan], [60.0, 80.0]])
     want = metrics.summarize(R, [10, 30])
-    assert json.loads((ev / METRICS).read_text()) == final
+    assert json.loads(Path(METRICS_FILE).read_text()) == final
+    assert METRICS_FILE == "results/metrics.json" and CURVE_FILE == "results/accuracy_curve.csv"
     assert final["final_accuracy"] == want["final_accuracy"] == 75.0
     assert final["forgetting"] == want["forgetting"] and final["stored_params"] == 20
     matrix, counts = metrics.read_matrix_csv(ev / "accuracy_matrix.csv")
     np.testing.assert_array_equal(matrix, R)
     assert list(counts) == [10, 30]
-    curve = (ev / "accuracy_curve.csv").read_text().splitlines()
+    curve = Path(CURVE_FILE).read_text().splitlines()
     assert curve == ["task,accuracy", "0,90.0000", "1,75.0000"]
     for png in ("accuracy_matrix.png", "accuracy_curve.png", "magnitudes.png"):
         assert (ev / png).read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in ev.iterdir()) == [
+        "accuracy_curve.png", "accuracy_matrix.csv", "accuracy_matrix.png", "magnitudes.png",
+        "results.json",
+    ]  # fmt: skip
+    assert sorted(p.name for p in Path(RESULTS_DIR).iterdir()) == [
+        "accuracy_curve.csv", "metrics.json"
+    ]  # fmt: skip
+    assert evaluate_stage(cfg) == final  # a second run replaces both (DVC re-runs in place)
 
 
 def test_evaluate_refuses_an_incomplete_sequence(
@@ -50,7 +62,7 @@ def test_evaluate_refuses_an_incomplete_sequence(
     (out / RECORD).write_text(json.dumps({"key": "k", "tasks": records[:1]}))
     with pytest.raises(StageError, match="holds 1 tasks, not 2"):
         evaluate_stage(cfg)
-    assert not Path(EVAL_DIR).exists()
+    assert not Path(EVAL_DIR).exists() and not Path(RESULTS_DIR).exists()
 
 
 def test_evaluate_reads_and_writes_where_it_is_told(
@@ -60,7 +72,11 @@ def test_evaluate_reads_and_writes_where_it_is_told(
     rec = Path("somewhere/last")
     rec.mkdir(parents=True)
     (rec / RECORD).write_text(json.dumps({"key": "k", "tasks": records}))
-    assert main(["--record", str(rec), "--out", "ev"]) == 0
-    assert json.loads(Path("ev", METRICS).read_text())["final_accuracy"] == 75.0
-    assert not Path(EVAL_DIR).exists()
-    assert evaluate_stage(cfg, record=rec, out="ev2")["final_accuracy"] == 75.0
+    args = ["--record", str(rec), "--out", "ev", "--metrics", "m/final.json", "--curve", "c.csv"]
+    assert main(args) == 0
+    assert json.loads(Path("m/final.json").read_text())["final_accuracy"] == 75.0
+    assert Path("c.csv").read_text().startswith("task,accuracy\n")
+    assert (Path("ev") / "accuracy_matrix.csv").is_file()
+    assert not Path(EVAL_DIR).exists() and not Path(RESULTS_DIR).exists()
+    final = evaluate_stage(cfg, record=rec, out="ev2", metrics_file="ev2.json", curve_file="c2")
+    assert final["final_accuracy"] == 75.0 and Path("ev2.json").is_file()
