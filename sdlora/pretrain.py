@@ -24,7 +24,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sdlora.backbone import save_backbone
 from sdlora.config import Config, DataConfig
@@ -84,15 +83,23 @@ def pretrain_backbone(cfg: Config, output: str | Path, progress: bool = True) ->
         def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
             return F.cross_entropy(logits, y, label_smoothing=0.1, reduction="sum")
 
-        bar = tqdm(range(p.epochs), desc="pretrain", unit="epoch", disable=not progress)
-        for epoch in bar:
+        shown = ConsoleProgress(progress)  # a live bar on a terminal; a line per epoch anyway
+        for epoch in range(p.epochs):
             stream.set_epoch(epoch)
             stats = run_epoch(
                 model, stream, opt, loss_fn, World(device=device), scheduler=sched,
-                desc=f"epoch {epoch + 1}/{p.epochs}", progress=ConsoleProgress(progress),
+                desc=f"pretrain epoch {epoch + 1}/{p.epochs}",
+                progress=shown if shown.live else None,
             )  # fmt: skip
             acc = evaluate(model, prepared, [0], run_cfg, device)[0][0]
-            bar.set_postfix(loss=f"{stats.train_loss:.3f}", val_acc=f"{acc:.1f}")
+            if progress:
+                print(
+                    f"pretrain epoch {epoch + 1}/{p.epochs}: loss {stats.train_loss:.4f}, "
+                    f"{stats.samples_per_second:.0f} images/s, {stats.epoch_seconds:.1f} s, "
+                    f"validation accuracy {acc:.1f}%",
+                    file=shown.stream,
+                    flush=True,
+                )
     report = PretrainReport(
         path=str(output),
         num_classes=len(LATIN),

@@ -255,7 +255,8 @@ def prepare(
     with (
         atomic_directory(out) as tmp,
         ThreadPoolExecutor(max_workers=threads) as pool,
-        tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar,
+        # disable=None: tqdm draws only on a terminal (a log gets no carriage-return lines)
+        tqdm(total=total, desc=desc, unit="img", disable=None if progress else True) as bar,
     ):
         for t, classes in enumerate(tasks):
             (tmp / task_dir(t)).mkdir()

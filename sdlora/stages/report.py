@@ -205,5 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             backbone=args.backbone,
             out=args.out,
         ),
-        show=lambda payload: payload["metrics"],
+        show=lambda payload: {
+            k: payload[k]
+            for k in (
+                "mlflow_run_id",
+                "experiment",
+                "tracking_uri",
+                "ui",
+                "model_uri",
+                "timm_model",
+            )
+        },
     )
