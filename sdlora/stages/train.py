@@ -50,7 +50,8 @@ def _start_log(path: Path, stage: str) -> None:
 
 def _ray_run_note(run_folder: Path, epochs: int) -> str | None:
     """What Ray Train will do with what ``run_folder`` holds: resume, restore, or nothing (None)."""
-    checkpoints = sorted(run_folder.glob("checkpoint_*")) if run_folder.is_dir() else []
+    found = run_folder.glob("checkpoint_*") if run_folder.is_dir() else []
+    checkpoints = sorted(p for p in found if p.is_dir())  # not Ray's checkpoint_manager_*.json
     if not checkpoints:
         return None
     try:
