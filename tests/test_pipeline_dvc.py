@@ -21,6 +21,8 @@ from sdlora.metrics import read_matrix_csv
 from sdlora.plan import (
     CURVE_FILE,
     EVAL_DIR,
+    HEATMAP_FILE,
+    MAGNITUDES_FILE,
     METRICS_FILE,
     PREPARED_DIR,
     REPORT_DIR,
@@ -157,7 +159,7 @@ def test_repro_runs_every_stage_in_order(project: tuple[Path, str]) -> None:
     assert shown[""]["data"][METRICS_FILE]["data"] == final
     plots = json.loads(_dvc(root, "plots", "show", "--json"))["data"]
     assert set(plots) == {
-        CURVE_FILE, f"{EVAL_DIR}/accuracy_matrix.png", f"{EVAL_DIR}/magnitudes.png"
+        CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE
     }  # fmt: skip
     curve = plots[CURVE_FILE][0]["content"]
     assert curve["title"]["text"] == "Accuracy on all seen classes after each task"

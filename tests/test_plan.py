@@ -12,6 +12,8 @@ from sdlora.plan import (
     BACKBONE_DIR,
     CURVE_FILE,
     EVAL_DIR,
+    HEATMAP_FILE,
+    MAGNITUDES_FILE,
     METRICS_FILE,
     PREPARED_DIR,
     REPORT_DIR,
@@ -198,7 +200,8 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
     assert s["evaluate"]["outs"] == [EVAL_DIR] and "${final_task}" in s["evaluate"]["deps"]
     assert s["report"]["outs"] == [REPORT_DIR]
     assert [next(iter(m)) for m in s["evaluate"]["metrics"]] == [METRICS_FILE]
-    assert [next(iter(p)) for p in s["evaluate"]["plots"]] == [CURVE_FILE]
+    plotted = [CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE]
+    assert [next(iter(p)) for p in s["evaluate"]["plots"]] == plotted
     assert METRICS_FILE in s["report"]["deps"]
     cmd = {}  # each stage's options: the paths its entry script is given
     for name, stage in s.items():
@@ -214,7 +217,8 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
     }  # fmt: skip
     assert cmd["evaluate"] == {"--params": "params.yaml", "--record": "${final_task}",
                                "--out": EVAL_DIR, "--metrics": METRICS_FILE,
-                               "--curve": CURVE_FILE}  # fmt: skip
+                               "--curve": CURVE_FILE, "--heatmap": HEATMAP_FILE,
+                               "--magnitudes": MAGNITUDES_FILE}  # fmt: skip
     assert cmd["report"] == {
         "--params": "params.yaml", "--eval": EVAL_DIR, "--metrics": METRICS_FILE,
         "--record": "${final_task}",

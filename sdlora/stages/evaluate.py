@@ -1,14 +1,18 @@
 """Stage ``evaluate``: the accuracy matrix, ``metrics.json``, the curve and the plots.
 
-``metrics.json`` and the curve's CSV go to ``results/`` (:data:`sdlora.plan.METRICS_FILE`,
-:data:`~sdlora.plan.CURVE_FILE`), outside DVC's cache: git keeps them with ``dvc.lock``, so the
-committed default is the baseline ``dvc metrics diff`` and ``dvc plots diff`` compare against.
-Everything else (matrix, images, every record) goes to the cached ``runs/pipeline/eval``.
+``metrics.json``, the curve's CSV and the two images ``dvc plots`` shows (the accuracy heatmap
+and the magnitudes) go to ``results/`` (``METRICS_FILE``, ``CURVE_FILE``, ``HEATMAP_FILE``,
+``MAGNITUDES_FILE`` in :mod:`sdlora.plan`), outside DVC's cache: git keeps
+them with ``dvc.lock``, so the committed default is the baseline ``dvc metrics diff`` and ``dvc
+plots diff`` compare against, and a fresh clone shows its plots before anything has run.
+Everything else (matrix, records) goes to the cached ``runs/pipeline/eval``.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ import numpy as np
 from sdlora import metrics, plots
 from sdlora.atomic import atomic_directory, atomic_path, write_json
 from sdlora.config import Config
-from sdlora.plan import CURVE_FILE, EVAL_DIR, METRICS_FILE
+from sdlora.plan import CURVE_FILE, EVAL_DIR, HEATMAP_FILE, MAGNITUDES_FILE, METRICS_FILE
 from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.records import RECORD, StageError, accuracy_matrix, read_record, require_plan
 
@@ -31,6 +35,16 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _write_image(draw: Callable[[Path], Any], path: Path) -> None:
+    """``draw(file)`` into a scratch folder, then the image to ``path`` atomically."""
+    with tempfile.TemporaryDirectory() as scratch:
+        drawn = Path(scratch) / path.name  # matplotlib picks the format from the suffix
+        draw(drawn)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(drawn.read_bytes())
+
+
 def evaluate_stage(
     cfg: Config,
     *,
@@ -38,12 +52,15 @@ def evaluate_stage(
     out: str | Path = EVAL_DIR,
     metrics_file: str | Path = METRICS_FILE,
     curve_file: str | Path = CURVE_FILE,
+    heatmap_file: str | Path = HEATMAP_FILE,
+    magnitudes_file: str | Path = MAGNITUDES_FILE,
 ) -> dict[str, Any]:
     """Stage ``evaluate``: the accuracy matrix, ``metrics.json``, the curve and the plots.
 
     ``record``: the last task's output (default ``final_task``); ``out``: the cached folder
-    (``runs/pipeline/eval``); ``metrics_file``, ``curve_file``: the files git keeps
-    (``results/metrics.json``, ``results/accuracy_curve.csv``).
+    (``runs/pipeline/eval``); ``metrics_file``, ``curve_file``, ``heatmap_file``,
+    ``magnitudes_file``: what git keeps (``results/metrics.json``, ``accuracy_curve.csv``,
+    ``accuracy_matrix.png``, ``magnitudes.png``).
     """
     plan = require_plan(cfg)
     assert cfg.final_task is not None  # the config validator pairs it with tasks
@@ -67,11 +84,7 @@ def evaluate_stage(
     }
     with atomic_directory(out, marker=MARKER) as tmp:
         metrics.write_matrix_csv(tmp / "accuracy_matrix.csv", R, counts)
-        plots.accuracy_heatmap(R, tmp / "accuracy_matrix.png")
         plots.accuracy_curve(summary["anytime_accuracy"], tmp / "accuracy_curve.png")
-        plots.magnitude_trajectories(
-            [np.asarray(r["magnitudes"]) for r in records], tmp / "magnitudes.png"
-        )
         write_json(
             tmp / "results.json",
             {"summary": summary, "counts": counts, "key": rec["key"], "tasks": records},
@@ -79,12 +92,15 @@ def evaluate_stage(
     rows = "".join(f"{i},{a:.4f}\n" for i, a in enumerate(summary["anytime_accuracy"]))
     _write_text(Path(curve_file), "task,accuracy\n" + rows)
     _write_text(Path(metrics_file), json.dumps(final, indent=2) + "\n")
+    _write_image(lambda f: plots.accuracy_heatmap(R, f), Path(heatmap_file))
+    magnitude_rows = [np.asarray(r["magnitudes"]) for r in records]
+    _write_image(lambda f: plots.magnitude_trajectories(magnitude_rows, f), Path(magnitudes_file))
     return final
 
 
 def main(argv: list[str] | None = None) -> int:
     """``pipelines/evaluate.py [--params P] [--record DIR] [--out DIR] [--metrics FILE]
-    [--curve FILE]``; prints the metrics."""
+    [--curve FILE] [--heatmap FILE] [--magnitudes FILE]``; prints the metrics."""
     parser = stage_parser("evaluate", "Accuracy matrix, metrics.json and plots of the sequence.")
     add_dir(parser, "--record", "the last task's output", None, "final_task")
     add_dir(parser, "--out", "output folder (matrix, images, records)", EVAL_DIR)
@@ -96,12 +112,26 @@ def main(argv: list[str] | None = None) -> int:
         "--curve", metavar="FILE", default=CURVE_FILE,
         help=f"accuracy on all seen classes after each task, CSV (default: {CURVE_FILE})",
     )  # fmt: skip
+    parser.add_argument(
+        "--heatmap", metavar="FILE", default=HEATMAP_FILE,
+        help=f"accuracy on each task after each task, PNG (default: {HEATMAP_FILE})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--magnitudes", metavar="FILE", default=MAGNITUDES_FILE,
+        help=f"the magnitudes after each task, PNG (default: {MAGNITUDES_FILE})",
+    )  # fmt: skip
     return run_stage(
         "evaluate",
         parser,
         argv,
         lambda cfg, args: evaluate_stage(
-            cfg, record=args.record, out=args.out, metrics_file=args.metrics, curve_file=args.curve
+            cfg,
+            record=args.record,
+            out=args.out,
+            metrics_file=args.metrics,
+            curve_file=args.curve,
+            heatmap_file=args.heatmap,
+            magnitudes_file=args.magnitudes,
         ),
         show=lambda final: final,
     )

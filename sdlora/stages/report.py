@@ -21,7 +21,16 @@ from sdlora.config import Config
 from sdlora.data.prepare import read_manifest
 from sdlora.distributed import ADAPTER
 from sdlora.export import WEIGHTS, export_timm
-from sdlora.plan import BACKBONE_DIR, EVAL_DIR, METRICS_FILE, PREPARED_DIR, REPORT_DIR
+from sdlora.plan import (
+    BACKBONE_DIR,
+    CURVE_FILE,
+    EVAL_DIR,
+    HEATMAP_FILE,
+    MAGNITUDES_FILE,
+    METRICS_FILE,
+    PREPARED_DIR,
+    REPORT_DIR,
+)
 from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.mlflow_run import open_run
 from sdlora.stages.records import (
@@ -135,7 +144,8 @@ def report_stage(
         ) as tracker,
     ):  # fmt: skip
         tracker.log_task(last, final)
-        evaluated = [*(p for p in eval_dir.iterdir() if p.is_file()), Path(metrics_file)]
+        kept = [Path(f) for f in (metrics_file, CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE)]
+        evaluated = [*(p for p in eval_dir.iterdir() if p.is_file()), *kept]  # git keeps `kept`
         timm_files = _export_merged(cfg, merged, model.backbone, prepared, tmp / TIMM_DIR)
         with (tmp / TIMM_DIR / WEIGHTS).open("rb") as f:
             weights = {WEIGHTS_TAG: hashlib.file_digest(f, "sha256").hexdigest()}

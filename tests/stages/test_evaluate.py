@@ -14,7 +14,15 @@ import pytest
 
 from sdlora import metrics
 from sdlora.config import load_config
-from sdlora.plan import CURVE_FILE, EVAL_DIR, METRICS_FILE, RESULTS_DIR, task_output
+from sdlora.plan import (
+    CURVE_FILE,
+    EVAL_DIR,
+    HEATMAP_FILE,
+    MAGNITUDES_FILE,
+    METRICS_FILE,
+    RESULTS_DIR,
+    task_output,
+)
 from sdlora.stages.evaluate import evaluate_stage, main
 from sdlora.stages.records import RECORD, StageError
 
@@ -39,14 +47,13 @@ def test_evaluate_writes_matrix_metrics_curve_and_plots(
     assert list(counts) == [10, 30]
     curve = Path(CURVE_FILE).read_text().splitlines()
     assert curve == ["task,accuracy", "0,90.0000", "1,75.0000"]
-    for png in ("accuracy_matrix.png", "accuracy_curve.png", "magnitudes.png"):
-        assert (ev / png).read_bytes()[:4] == b"\x89PNG"
+    for png in (ev / "accuracy_curve.png", Path(HEATMAP_FILE), Path(MAGNITUDES_FILE)):
+        assert png.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in ev.iterdir()) == [
-        "accuracy_curve.png", "accuracy_matrix.csv", "accuracy_matrix.png", "magnitudes.png",
-        "results.json",
+        "accuracy_curve.png", "accuracy_matrix.csv", "results.json",
     ]  # fmt: skip
     assert sorted(p.name for p in Path(RESULTS_DIR).iterdir()) == [
-        "accuracy_curve.csv", "metrics.json"
+        "accuracy_curve.csv", "accuracy_matrix.png", "magnitudes.png", "metrics.json"
     ]  # fmt: skip
     assert evaluate_stage(cfg) == final  # a second run replaces both (DVC re-runs in place)
 
@@ -72,11 +79,16 @@ def test_evaluate_reads_and_writes_where_it_is_told(
     rec = Path("somewhere/last")
     rec.mkdir(parents=True)
     (rec / RECORD).write_text(json.dumps({"key": "k", "tasks": records}))
-    args = ["--record", str(rec), "--out", "ev", "--metrics", "m/final.json", "--curve", "c.csv"]
+    args = ["--record", str(rec), "--out", "ev", "--metrics", "m/final.json", "--curve", "c.csv",
+            "--heatmap", "i/h.png", "--magnitudes", "i/m.png"]  # fmt: skip
     assert main(args) == 0
+    assert sorted(p.name for p in Path("i").iterdir()) == ["h.png", "m.png"]
     assert json.loads(Path("m/final.json").read_text())["final_accuracy"] == 75.0
     assert Path("c.csv").read_text().startswith("task,accuracy\n")
     assert (Path("ev") / "accuracy_matrix.csv").is_file()
     assert not Path(EVAL_DIR).exists() and not Path(RESULTS_DIR).exists()
-    final = evaluate_stage(cfg, record=rec, out="ev2", metrics_file="ev2.json", curve_file="c2")
+    final = evaluate_stage(
+        cfg, record=rec, out="ev2", metrics_file="ev2.json", curve_file="c2",
+        heatmap_file="h2.png", magnitudes_file="m2.png",
+    )  # fmt: skip
     assert final["final_accuracy"] == 75.0 and Path("ev2.json").is_file()
