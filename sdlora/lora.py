@@ -138,6 +138,25 @@ class DecoupledLoRA(nn.Module):
         self.A_cur = self.B_cur = None
         self.cur_task.fill_(-1)
 
+    def stored(self, task: int) -> tuple[Tensor, Tensor] | None:
+        """Task ``task``'s stored direction as factors (B (d_out, r), A (r, d_in)); None if none."""
+        cols = self.col_task == task
+        if not bool(cols.any()):
+            return None
+        return self.B[:, cols], self.A[cols]
+
+    def stored_tasks(self) -> list[int]:
+        """The tasks whose direction is stored, in order."""
+        return sorted(set(self.col_task.tolist()))
+
+    @torch.no_grad()
+    def drop_stored(self, task: int) -> None:
+        """Forget task ``task``'s stored direction (SD-LoRA-KD folded it into older ones)."""
+        keep = self.col_task != task
+        self.A, self.B, self.col_task = self.A[keep], self.B[:, keep], self.col_task[keep]
+        if task < self.factor.numel():
+            self.factor[task] = 0.0
+
     def _factors(self, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """Stacked (A, s, B) of every component, stored and current; None if there is none."""
         # alpha (T,) for this matrix
