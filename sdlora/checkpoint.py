@@ -50,6 +50,7 @@ def header(model: SDLoRAViT) -> dict[str, Any]:
         "task_classes": model.task_classes,
         "task_ranks": model.task_ranks,
         "num_classes": model.head.num_classes,
+        **({"kd_log": model.kd_log} if model.kd_log else {}),  # sdlora_kd's decisions
     }
 
 
@@ -121,6 +122,7 @@ def load_adapter(model: SDLoRAViT, path: str | Path) -> dict[str, Any]:
         _assign(model, key, value)
     model.task_classes = list(head["task_classes"])
     model.task_ranks = list(head["task_ranks"])
+    model.kd_log = list(head.get("kd_log", []))
     model.set_trainable()
     return head
 

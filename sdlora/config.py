@@ -193,7 +193,7 @@ class PretrainConfig(_Section):
 class ModelConfig(_Section):
     """The SD-LoRA adapter and its baselines (SPEC §2, §4)."""
 
-    method: Literal["sdlora", "seq_lora", "frozen", "prototype"] = "sdlora"
+    method: Literal["sdlora", "sdlora_kd", "seq_lora", "frozen", "prototype"] = "sdlora"
     rank: int = Field(10, ge=1)
     rank_schedule: list[tuple[int, int]] | None = Field(
         None, description="[[first_task, rank], ...] for SD-LoRA-RR; null = `rank` for every task"
@@ -203,6 +203,12 @@ class ModelConfig(_Section):
     magnitude_scope: Literal["task", "matrix"] = "task"
     magnitude_init: float = 1.0
     compat: Literal["paper", "reference_code"] = "paper"
+    kd_tau: float = Field(
+        0.1, ge=0, description="sdlora_kd: fold a new direction when its relative residual <= this"
+    )
+    kd_fold: Literal["scaled", "paper"] = (
+        "scaled"  # sdlora_kd: alpha_k += alpha_t delta_k | + delta_k
+    )
 
     @field_validator("rank_schedule")
     @classmethod

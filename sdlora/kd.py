@@ -16,13 +16,15 @@ from d_out x d_in products, and the solve runs in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from sdlora.lora import DecoupledLoRA, lowrank_inner
-from sdlora.model import SDLoRAViT
+
+if TYPE_CHECKING:
+    from sdlora.model import SDLoRAViT
 
 Fold = Literal["scaled", "paper"]
 
@@ -56,6 +58,18 @@ class KDDecision:
     def rho(self) -> float:
         """The largest relative residual over the groups (the one that decided last)."""
         return max((g.rho for g in self.groups), default=float("nan"))
+
+    def summary(self) -> dict[str, object]:
+        """What the task's record and MLflow get: rho, residual, how many groups folded."""
+        return {
+            "task": self.task,
+            "tau": self.tau,
+            "rho": self.rho,
+            "residual": max((g.residual for g in self.groups), default=float("nan")),
+            "folded": self.folded,
+            "groups_folded": sum(g.folded for g in self.groups),
+            "groups": len(self.groups),
+        }
 
 
 def _factor(layer: DecoupledLoRA, task: int) -> Tensor:

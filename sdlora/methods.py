@@ -147,6 +147,24 @@ class SDLoRA(Method):
             m.freeze_current(n, c)
 
 
+class SDLoRAKD(SDLoRA):
+    """SD-LoRA-KD (SPEC §3): SD-LoRA, then the new direction folds into the old ones when least
+    squares explains it (relative residual <= ``tau``); the decision joins ``model.kd_log``."""
+
+    name = "sdlora_kd"
+
+    def __init__(self, tau: float = 0.0, fold: str = "scaled") -> None:
+        self.tau, self.fold = float(tau), fold
+
+    @torch.no_grad()
+    def end_task(self, model: SDLoRAViT) -> None:
+        super().end_task(model)
+        if model.num_tasks > 1:  # task 0 has nothing to fold into
+            from sdlora.kd import distill  # kd reads the model's layers: imported when used
+
+            model.kd_log.append(distill(model, self.tau, self.fold).summary())  # type: ignore[arg-type]
+
+
 class SDLoRAReference(SDLoRA):
     """SD-LoRA as the public research code runs it (``compat: reference_code``, SPEC §2).
 
@@ -177,17 +195,25 @@ def _in_progress(model: SDLoRAViT) -> list:
     return mats
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SDLoRA, SeqLoRA, Frozen, Prototype)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (SDLoRA, SDLoRAKD, SeqLoRA, Frozen, Prototype)
+}
 
 
-def build_method(name: str, compat: str = "paper") -> Method:
-    """The policy of ``model.method`` under ``model.compat``."""
+def build_method(
+    name: str, compat: str = "paper", kd_tau: float = 0.0, kd_fold: str = "scaled"
+) -> Method:
+    """The policy of ``model.method`` under ``model.compat`` (``kd_*``: ``sdlora_kd`` only)."""
     if name not in METHODS:
         raise ValueError(f"model.method = {name!r}: use one of {tuple(METHODS)}")
     if compat not in COMPATS:
         raise ValueError(f"model.compat = {compat!r}: use one of {COMPATS}")
     if name == "sdlora" and compat == "reference_code":
         return SDLoRAReference()
+    if name == "sdlora_kd":
+        if compat != "paper":
+            raise ValueError("model.method sdlora_kd follows the paper: use model.compat: paper")
+        return SDLoRAKD(kd_tau, kd_fold)
     method = METHODS[name]()
     if compat == "reference_code":
         method.head_init = "kaiming_linear"  # the public code's head, whatever the method

@@ -34,9 +34,11 @@ class SDLoRAViT(nn.Module):
         magnitude_scope: str = "task",
         magnitude_init: float = 1.0,
         compat: str = "paper",
+        kd_tau: float = 0.0,
+        kd_fold: str = "scaled",
     ) -> None:
         super().__init__()
-        self.policy: Method = build_method(method, compat)
+        self.policy: Method = build_method(method, compat, kd_tau, kd_fold)
         depth = len(backbone.blocks)
         blocks = list(range(depth)) if blocks is None else list(blocks)
         bad = [b for b in blocks if not 0 <= b < depth] or len(set(blocks)) != len(blocks)
@@ -57,6 +59,7 @@ class SDLoRAViT(nn.Module):
         self.head = IncrementalHead(int(backbone.num_features))
         self.task_classes: list[int] = []  # classes per task, in order
         self.task_ranks: list[int] = []  # rank of the component each task added (0: none)
+        self.kd_log: list[dict] = []  # sdlora_kd: each task's fit and decision (sdlora.kd)
 
     @classmethod
     def from_config(cls, backbone: nn.Module, backbone_name: str, cfg: ModelConfig) -> SDLoRAViT:
@@ -70,6 +73,8 @@ class SDLoRAViT(nn.Module):
             magnitude_scope=cfg.magnitude_scope,
             magnitude_init=cfg.magnitude_init,
             compat=cfg.compat,
+            kd_tau=cfg.kd_tau,
+            kd_fold=cfg.kd_fold,
         )
 
     # ---- structure -------------------------------------------------------------------------

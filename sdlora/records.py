@@ -21,7 +21,7 @@ def task_record(
     epochs: list[dict[str, float]],
 ) -> dict[str, Any]:
     """Accuracy row, test counts, rank, epoch log, storage and magnitudes after ``task``."""
-    return {
+    record = {
         "task": task,
         "num_classes": int(num_classes),
         "rank": model.task_ranks[task],  # 0 when the method added no component
@@ -31,3 +31,7 @@ def task_record(
         "storage": model.storage(),
         "magnitudes": model.magnitudes.alpha.detach().cpu().tolist(),
     }
+    kd = next((e for e in model.kd_log if e["task"] == task), None)
+    if kd is not None:  # sdlora_kd: the fit and the decision (sdlora.kd)
+        record["kd"] = kd
+    return record

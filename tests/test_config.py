@@ -53,6 +53,8 @@ def test_task_overrides_apply_to_their_task_only() -> None:
         ({"model": {"rank": "ten"}}, "model.rank = 'ten': Input should be a valid integer"),
         ({"train": {"lr": -1}}, "train.lr = -1: Input should be greater than 0"),
         ({"model": {"magnitude_scope": "block"}}, "model.magnitude_scope = 'block': Input should"),
+        ({"model": {"kd_tau": -0.1}}, "model.kd_tau = -0.1: Input should be greater than or equal"),
+        ({"model": {"kd_fold": "exact"}}, "model.kd_fold = 'exact': Input should be 'scaled'"),
         ({"data": {"init_cls": 11}}, "data.init_cls = 11 but dataset 'digits' has only 10"),
         ({"device": "gpu"}, "device = 'gpu': must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
         ({"model": {"rank_schedule": [[1, 10]]}}, "must start with an entry for task 0"),

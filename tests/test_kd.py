@@ -136,3 +136,36 @@ def test_the_first_task_and_the_paper_fold(tiny_backbone: Callable[..., nn.Modul
     assert alpha_t != pytest.approx(1.0)  # so "scaled" would have given another value
     with pytest.raises(ValueError, match="kd fold"):
         distill(model, tau=0.1, fold="other")  # type: ignore[arg-type]
+
+
+def test_the_sdlora_kd_method_folds_at_the_end_of_a_task_and_remembers_it(
+    tiny_backbone: Callable[..., nn.Module], images: torch.Tensor, tmp_path
+) -> None:
+    """``model.method: sdlora_kd``: end_task freezes, then distils; the decision is in kd_log,
+    the task's record and the adapter file, which loads back into the same function."""
+    from sdlora.checkpoint import load_adapter, save_adapter
+    from sdlora.records import task_record
+    from sdlora.stages.records import task_metrics
+
+    def build() -> SDLoRAViT:
+        return SDLoRAViT(tiny_backbone(), "tiny", method="sdlora_kd", kd_tau=1.0).eval()
+
+    model = build()
+    _random_tasks(model, [2])
+    assert model.kd_log == []  # task 0: nothing to fold into
+    sizes = _adapter_sizes(model)
+    _random_tasks(model, [2], seed=1)  # any direction has rho <= 1: tau 1 always folds
+    (entry,) = model.kd_log
+    assert entry["task"] == 1 and entry["folded"] and 0 < entry["rho"] <= 1
+    assert _adapter_sizes(model) == sizes
+    record = task_record(model, 1, 3, [50.0, 50.0], [4, 4], [])
+    assert record["kd"] == entry
+    assert task_metrics([task_record(model, 0, 3, [50.0], [4], []), record], 1)["kd_folded"] == 1
+    save_adapter(model, tmp_path / "a.safetensors")
+    again = build()
+    load_adapter(again, tmp_path / "a.safetensors")
+    assert again.kd_log == model.kd_log
+    with torch.no_grad():
+        torch.testing.assert_close(again(images), model(images))
+    with pytest.raises(ValueError, match="sdlora_kd follows the paper"):
+        SDLoRAViT(tiny_backbone(), "tiny", method="sdlora_kd", compat="reference_code")

@@ -97,4 +97,10 @@ def task_metrics(records: list[dict[str, Any]], task: int) -> dict[str, float]:
         ),
         "rank": float(rec["rank"]),
     }
+    if "kd" in rec:  # sdlora_kd: the least-squares fit of the task's direction and the decision
+        out |= {
+            "kd_rho": float(rec["kd"]["rho"]),
+            "kd_residual": float(rec["kd"]["residual"]),
+            "kd_folded": float(rec["kd"]["folded"]),
+        }
     return out
