@@ -301,7 +301,8 @@ def train_task_distributed(
         started = not ray.is_initialized()
         try:
             ensure_ray(address)
-            with ProgressRelay(out_dir / PROGRESS, ConsoleProgress(progress, shown)):
+            relay = ProgressRelay(out_dir / PROGRESS, ConsoleProgress(progress, shown))
+            with relay if progress else nullcontext():  # no thread polling a file never written
                 result = trainer.fit()
         except ray.train.TrainingFailedError as err:
             failed: BaseException | None = err
@@ -344,10 +345,11 @@ def _first_line(err: BaseException) -> str:
 
 def _raise_setup_error(out_dir: Path, task: int, log_path: str | Path | None) -> None:
     """Raise :class:`TaskInputError` with what the ranks that failed to set up wrote."""
-    errors = [json.loads(p.read_text()) for p in sorted(out_dir.glob(SETUP_ERROR.format(rank="*")))]
-    if not errors:
+    files = list(out_dir.glob(SETUP_ERROR.format(rank="*")))
+    if not files:
         return
-    for p in out_dir.glob(SETUP_ERROR.format(rank="*")):
+    errors = sorted((json.loads(p.read_text()) for p in files), key=lambda e: e["rank"])
+    for p in files:
         p.unlink()
     first = errors[0]
     ranks = ", ".join(str(e["rank"]) for e in errors)
