@@ -40,6 +40,7 @@ import torch
 from sdlora.atomic import atomic_path
 from sdlora.checkpoint import load_adapter, save_adapter
 from sdlora.config import Config
+from sdlora.evaluate import finish_task
 from sdlora.logfile import redirect_output
 from sdlora.model import SDLoRAViT
 from sdlora.progress import ConsoleProgress, FileProgress, ProgressRelay
@@ -95,7 +96,7 @@ def load_task_model(cfg: Config, task: int, prev_adapter: str | Path | None) -> 
 
 # Settings a checkpoint need not share with the run resuming it: where and how wide it runs,
 # where it is tracked, and the other tasks' entries.
-_NOT_FINGERPRINTED = {"progress", "ray", "mlflow", "tasks", "final_task"}
+_NOT_FINGERPRINTED = {"progress", "ray", "mlflow", "compare", "tasks", "final_task"}
 
 
 def _fingerprint(cfg: Config, task: int) -> dict[str, Any]:
@@ -213,7 +214,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )  # fmt: skip
 
     if world.rank == 0:
-        model.cpu().end_task()
+        finish_task(model, config["prepared"], task, cfg, world.device)  # KD: + fold accuracy
+        model.cpu()
         save_adapter(model, out_dir / ADAPTER, extra={"task": task})  # atomic
         log = {"task": task, "epochs": epoch_log}  # the same bytes when Ray restores the run
         with atomic_path(out_dir / TRAIN_LOG) as tmp_log:

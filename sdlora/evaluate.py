@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 from sdlora.config import Config
 from sdlora.data.stream import ParquetStream
 from sdlora.train import task_stream
+
+if TYPE_CHECKING:
+    from sdlora.model import SDLoRAViT
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -59,3 +63,20 @@ def evaluate(
         accs.append(100.0 * (logits.argmax(1) == y).double().mean().item())
         counts.append(int(y.numel()))
     return accs, counts
+
+
+def finish_task(
+    model: SDLoRAViT, prepared: str | Path, task: int, cfg: Config, device: torch.device
+) -> None:
+    """``model.end_task()`` in every entry point; when the method's end may change the function
+    (SD-LoRA-KD's fold, SPEC §3) the current task's test accuracy just before and just after it
+    goes to the method's log (evaluated only when needed: no fold, no second pass)."""
+    policy = model.policy
+    if not policy.end_may_change_function:
+        model.end_task()
+        return
+    before = evaluate(model, prepared, [task], cfg, device)[0][0]
+    model.end_task()
+    changed = policy.end_changed_function(model)
+    after = evaluate(model, prepared, [task], cfg, device)[0][0] if changed else before
+    policy.note_end_accuracy(model, before, after)

@@ -9,7 +9,13 @@ A method is the short list of things it does differently at the moments of the t
 - ``end_task(model)``: what happens once the task is trained, before it is evaluated;
 - ``fit_head(model, means)``: for methods with ``head_from_features``, set the task's
   classifier rows from its class means of the current features (the loop computes them, with
-  an all-reduce of the class sums under DDP).
+  an all-reduce of the class sums under DDP);
+- ``end_changed_function(model)``: for methods with ``end_may_change_function`` (SD-LoRA-KD's
+  fold), whether this ``end_task`` did; :func:`sdlora.evaluate.finish_task` then records the
+  current task's accuracy just before and after it (``note_end_accuracy``).
+
+``trains_jointly`` marks the joint upper reference: the sequence runner gives it every task's
+data as one task (:func:`sdlora.sequence.run_sequence`).
 
 :class:`sdlora.model.SDLoRAViT` calls these hooks from its public lifecycle (``begin_task``,
 ``set_trainable``, ``end_task``); :func:`sdlora.train.fit_task` never looks at the method. A new
@@ -37,6 +43,8 @@ class Method:
     name: ClassVar[str] = ""
     head_init: ClassVar[str] = "torch"  # how new classifier rows start (sdlora.head)
     head_from_features: ClassVar[bool] = False  # the loop calls fit_head after the epochs
+    end_may_change_function: ClassVar[bool] = False  # end_task may change the logits (KD fold)
+    trains_jointly: ClassVar[bool] = False  # every task's data at once, as one task (joint)
 
     def adds_component(self, task: int) -> bool:
         return False
@@ -57,6 +65,13 @@ class Method:
     def fit_head(self, model: SDLoRAViT, means: Tensor) -> None:
         """Set the current task's head rows from its class means (C_task, d) of the features."""
         raise NotImplementedError(f"{self.name} trains its head by gradient descent")
+
+    def end_changed_function(self, model: SDLoRAViT) -> bool:
+        """Whether the last ``end_task`` changed the function (only asked when it may)."""
+        return False
+
+    def note_end_accuracy(self, model: SDLoRAViT, before: float, after: float) -> None:
+        """The current task's test accuracy just before and just after ``end_task``."""
 
 
 def _current_pairs(model: SDLoRAViT) -> Iterator[Tensor]:
@@ -152,6 +167,7 @@ class SDLoRAKD(SDLoRA):
     squares explains it (relative residual <= ``tau``); the decision joins ``model.kd_log``."""
 
     name = "sdlora_kd"
+    end_may_change_function = True
 
     def __init__(self, tau: float = 0.0, fold: str = "scaled") -> None:
         self.tau, self.fold = float(tau), fold
@@ -163,6 +179,42 @@ class SDLoRAKD(SDLoRA):
             from sdlora.kd import distill  # kd reads the model's layers: imported when used
 
             model.kd_log.append(distill(model, self.tau, self.fold).summary())  # type: ignore[arg-type]
+
+    def _entry(self, model: SDLoRAViT) -> dict | None:
+        t = model.num_tasks - 1
+        return next((e for e in model.kd_log if e["task"] == t), None)
+
+    def end_changed_function(self, model: SDLoRAViT) -> bool:
+        entry = self._entry(model)
+        return entry is not None and entry["groups_folded"] > 0
+
+    def note_end_accuracy(self, model: SDLoRAViT, before: float, after: float) -> None:
+        entry = self._entry(model)
+        if entry is not None:  # SPEC §3: "report accuracy before and after" the fold
+            entry["accuracy_before_fold"], entry["accuracy_after_fold"] = before, after
+
+
+class MagnitudeOnly(SDLoRA):
+    """Magnitude-only ablation (SPEC §4, the paper's Finding 1): task 0 trains as SD-LoRA; its
+    direction then stays fixed and later tasks train only its magnitude(s) and their head rows."""
+
+    name = "magnitude_only"
+
+    def adds_component(self, task: int) -> bool:
+        return task == 0
+
+    @torch.no_grad()
+    def end_task(self, model: SDLoRAViT) -> None:
+        if model.num_tasks == 1:  # only task 0 has a pair to freeze
+            super().end_task(model)
+
+
+class Joint(SDLoRA):
+    """Joint training (SPEC §4, the upper reference): every task's data at once, as one task with
+    SD-LoRA's single component; the accuracy matrix has one row."""
+
+    name = "joint"
+    trains_jointly = True
 
 
 class SDLoRAReference(SDLoRA):
@@ -196,7 +248,7 @@ def _in_progress(model: SDLoRAViT) -> list:
 
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (SDLoRA, SDLoRAKD, SeqLoRA, Frozen, Prototype)
+    m.name: m for m in (SDLoRA, SDLoRAKD, MagnitudeOnly, SeqLoRA, Frozen, Prototype, Joint)
 }
 
 

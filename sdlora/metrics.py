@@ -189,6 +189,26 @@ def summarize(
     }
 
 
+def summarize_joint(
+    row: ArrayLike, counts: ArrayLike | None = None
+) -> dict[str, float | int | list[float] | None]:
+    """The metrics of joint training's one row (every task learned at once): final accuracy
+    and AAA are its sample-weighted accuracy; forgetting and backward transfer do not apply."""
+    acc = np.asarray(row, dtype=np.float64)
+    if acc.ndim != 1 or not acc.size or not np.all((acc >= 0) & (acc <= 100)):
+        raise ValueError(f"joint accuracy row must be T values in [0, 100], got {row!r}")
+    w = validate_counts(counts, acc.size)
+    final = float((acc * w).sum() / w.sum())
+    return {
+        "final_accuracy": final,
+        "average_anytime_accuracy": final,
+        "forgetting": None,
+        "backward_transfer": None,
+        "num_tasks": int(acc.size),
+        "anytime_accuracy": [final],
+    }
+
+
 Rows: TypeAlias = list[tuple[int, list[str]]]
 """Non-blank lines of a file as (1-based line number, cells)."""
 
@@ -362,6 +382,7 @@ __all__ = [
     "parse_counts_arg",
     "read_matrix_csv",
     "summarize",
+    "summarize_joint",
     "validate_counts",
     "validate_matrix",
     "write_matrix_csv",

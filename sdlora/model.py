@@ -156,9 +156,16 @@ class SDLoRAViT(nn.Module):
 
     def storage(self) -> dict[str, int]:
         """What must be kept to run the model after this task (SPEC §5, "Storage")."""
-        tensors: list[Tensor] = [self.magnitudes.alpha, *self.head.full_weight()]
-        for m in self.matrices():
-            tensors += [m.A, m.B, m.factor]
+        # Only tasks with a direction (stored or training) need their magnitude and factors:
+        # a direction SD-LoRA-KD folded away leaves nothing that must be kept.
+        mats = self.matrices()
+        live = {t for m in mats for t in m.stored_tasks()}
+        live |= {int(m.cur_task) for m in mats if m.A_cur is not None}
+        alpha = self.magnitudes.alpha[[t for t in range(self.magnitudes.num_tasks) if t in live]]
+        tensors: list[Tensor] = [alpha, *self.head.full_weight()]
+        for m in mats:
+            stored = [t for t in m.stored_tasks() if t < m.factor.numel()]
+            tensors += [m.A, m.B, m.factor[stored]]
             if m.A_cur is not None:
                 tensors += [m.A_cur, m.B_cur]
         params = sum(t.numel() for t in tensors)

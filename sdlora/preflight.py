@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError
 
 from sdlora.checkpoint import AdapterMismatchError, load_adapter, read_header
-from sdlora.config import Config, ConfigError
+from sdlora.config import Config, ConfigError, check_pipeline_method
 from sdlora.data.prepare import MANIFEST, PARQUET_SCHEMA, read_manifest
 from sdlora.data.source import DataError
 from sdlora.model import SDLoRAViT
@@ -60,7 +60,8 @@ def check_task_inputs(
 
 
 def check_run_params(cfg: Config) -> None:
-    """The device exists here and the global batch splits over the Ray workers."""
+    """A per-task method, the device exists here and the global batch splits over the workers."""
+    check_pipeline_method(cfg)
     try:
         resolve_device(cfg.device)
         local_batch_size(cfg.train.batch_size, cfg.ray.num_workers)

@@ -21,23 +21,38 @@ from sdlora import metrics
 from sdlora.config import Config, ConfigError
 from sdlora.data.prepare import read_manifest
 from sdlora.diagnostics import task_known_accuracy
-from sdlora.evaluate import evaluate
+from sdlora.evaluate import evaluate, finish_task
 from sdlora.model import SDLoRAViT
 from sdlora.progress import ConsoleProgress
 from sdlora.records import task_record
-from sdlora.train import World, begin_task, build_model, fit_task, resolve_device, torch_threads
+from sdlora.train import (
+    World,
+    begin_task,
+    build_model,
+    fit_task,
+    resolve_device,
+    task_classes,
+    torch_threads,
+)
 
 
 @dataclass
 class SequenceResult:
-    """Every task's record; with ``ncm``, the task-known diagnostics' rows too."""
+    """Every task's record; with ``ncm``, the task-known diagnostics' rows too.
+
+    ``joint``: one record, trained on every task at once, whose accuracy row covers every task.
+    """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     ncm_rows: list[list[float]] = field(default_factory=list)
     head_known_rows: list[list[float]] = field(default_factory=list)
+    joint: bool = False
 
     @property
     def matrix(self) -> np.ndarray:
+        """T x T lower-triangular accuracy matrix; joint training: its one row, 1 x T."""
+        if self.joint:
+            return np.asarray([self.records[0]["accuracy"]], dtype=np.float64)
         return metrics.lower_triangular([r["accuracy"] for r in self.records])
 
     @property
@@ -46,6 +61,8 @@ class SequenceResult:
 
     @property
     def summary(self) -> dict[str, Any]:
+        if self.joint:
+            return metrics.summarize_joint(self.records[0]["accuracy"], self.counts)
         return metrics.summarize(self.matrix, self.counts)
 
 
@@ -80,15 +97,17 @@ def run_sequence(
     device = resolve_device(cfg.device)
     model = build_model(cfg, device)
     world = World(device=device)
-    result = SequenceResult()
     num_tasks = len(manifest["tasks"])
     progress = ConsoleProgress(enabled=cfg.progress)
+    if model.policy.trains_jointly:
+        return _run_joint(model, cfg, prepared, num_tasks, world, progress, on_task_end)
+    result = SequenceResult()
     for t in tqdm(range(num_tasks), desc="tasks", unit="task", disable=not cfg.progress):
         num_classes = int(manifest["tasks"][t]["num_classes"])
         begin_task(model, cfg, t, num_classes)
         with torch_threads(cfg.train.threads):  # as a Ray worker trains: the same floats
             epochs = fit_task(model, prepared, t, cfg.for_task(t), world, progress=progress)
-        model.end_task()
+            finish_task(model, prepared, t, cfg, device)
         accs, counts = evaluate(model, prepared, range(t + 1), cfg, device)
         result.records.append(task_record(model, t, num_classes, accs, counts, epochs))
         if ncm:
@@ -97,4 +116,28 @@ def run_sequence(
             result.head_known_rows.append(head_row)
         if on_task_end is not None:
             on_task_end(t, model, result)
+    return result
+
+
+def _run_joint(
+    model: SDLoRAViT,
+    cfg: Config,
+    prepared: str | Path,
+    num_tasks: int,
+    world: World,
+    progress: ConsoleProgress,
+    on_task_end: Callable[[int, SDLoRAViT, SequenceResult], None] | None,
+) -> SequenceResult:
+    """Joint training (SPEC §4): every task's data as one task (task 0's settings), then one
+    evaluation of each task's test split: the matrix's one row."""
+    tasks = list(range(num_tasks))
+    begin_task(model, cfg, 0, task_classes(prepared, tasks)[1])
+    with torch_threads(cfg.train.threads):
+        epochs = fit_task(model, prepared, tasks, cfg.for_task(0), world, progress=progress)
+        finish_task(model, prepared, 0, cfg, world.device)
+    accs, counts = evaluate(model, prepared, tasks, cfg, world.device)
+    result = SequenceResult(joint=True)
+    result.records.append(task_record(model, 0, model.task_classes[0], accs, counts, epochs))
+    if on_task_end is not None:
+        on_task_end(0, model, result)
     return result

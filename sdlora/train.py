@@ -115,8 +115,10 @@ def task_stream(
 
     Training streams shuffle with ``(seed, task, epoch)``, augment per ``data.augment`` and are
     cut into global batches of ``train.batch_size`` shared over ``world``; test streams keep
-    the file order. ``plain``: training images as test images are read (no augmentation, file
-    order), for statistics of their features.
+    the file order. Training on a list of tasks (joint) shuffles all their rows together, so
+    batches mix every task's classes (a reader then holds the whole split's encoded images).
+    ``plain``: training images as test images are read (no augmentation, file order), for
+    statistics of their features.
     """
     world = world or World()
     mean, std = input_norm(cfg, backbone)
@@ -127,15 +129,22 @@ def task_stream(
         augment=train and cfg.data.augment == "crop_flip", shuffle=train,
         seed=[cfg.seed, first], rank=world.rank, world_size=world.size,
         batch_size=cfg.train.batch_size if train else None,
+        mix_groups=None if train and isinstance(task, list) else 1,  # joint: one shuffle
     )  # fmt: skip
 
 
-def task_classes(prepared: str | Path, task: int) -> tuple[int, int]:
-    """``(label_offset, num_classes)`` of ``task`` in a prepared folder."""
+def task_classes(prepared: str | Path, task: int | list[int]) -> tuple[int, int]:
+    """``(label_offset, num_classes)`` of ``task`` in a prepared folder; for a list of
+    consecutive tasks (joint training), of their classes together."""
     entries = read_manifest(prepared)["tasks"]
-    if not 0 <= task < len(entries):
-        raise ValueError(f"{prepared} has tasks 0..{len(entries) - 1}, not task {task}")
-    return int(entries[task]["label_offset"]), int(entries[task]["num_classes"])
+    tasks = [task] if isinstance(task, int) else list(task)
+    for t in tasks:
+        if not 0 <= t < len(entries):
+            raise ValueError(f"{prepared} has tasks 0..{len(entries) - 1}, not task {t}")
+    if not tasks or tasks != list(range(tasks[0], tasks[0] + len(tasks))):
+        raise ValueError(f"tasks {tasks}: give one task or consecutive tasks")
+    num_classes = sum(int(entries[t]["num_classes"]) for t in tasks)
+    return int(entries[tasks[0]]["label_offset"]), num_classes
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -234,7 +243,7 @@ def run_epoch(
 def fit_task(
     model: SDLoRAViT,
     prepared: str | Path,
-    task: int,
+    task: int | list[int],
     cfg: Config,
     world: World | None = None,
     *,
@@ -247,6 +256,7 @@ def fit_task(
 ) -> list[dict[str, float]]:
     """Train task ``task`` (already begun) for ``cfg.train.epochs``; return the epoch log.
 
+    ``task`` may list consecutive tasks: joint training reads their data as one task.
     The loss is cross-entropy on the task's own logits with targets shifted to its local class
     index (SPEC §2). Only what the method leaves trainable trains; a method whose head comes
     from features (``head_from_features``) then gets the task's class means
@@ -273,7 +283,7 @@ def fit_task(
             stream.set_epoch(epoch)
             stats = run_epoch(
                 forward or model, stream, optimizer, loss_fn, world,
-                desc=f"task {task} epoch {epoch + 1}/{cfg.train.epochs}", progress=progress,
+                desc=f"{_name(task)} epoch {epoch + 1}/{cfg.train.epochs}", progress=progress,
             )  # fmt: skip
             log.append(asdict(stats))
             if on_epoch is not None:
@@ -284,9 +294,18 @@ def fit_task(
     return log
 
 
+def _name(task: int | list[int]) -> str:
+    """``task 3``, or ``tasks 0-4`` for joint training."""
+    return f"task {task}" if isinstance(task, int) else f"tasks {task[0]}-{task[-1]}"
+
+
 @torch.no_grad()
 def class_means(
-    model: SDLoRAViT, prepared: str | Path, task: int, cfg: Config, world: World | None = None
+    model: SDLoRAViT,
+    prepared: str | Path,
+    task: int | list[int],
+    cfg: Config,
+    world: World | None = None,
 ) -> Tensor:
     """(C_task, d) mean pooled feature of each of the task's classes over its training images.
 

@@ -144,7 +144,7 @@ def test_closure_sees_imports_in_functions_and_skips_libraries(tmp_path: Path) -
         ),
         (
             "cfg.model_dump(exclude=EXCLUDED)",
-            {"seed", "device", "data", "backbone", "model", "train"},
+            {"seed", "device", "data", "backbone", "model", "train", "compare"},
         ),
         ("cfg.rank_for_task(0)", {"model.rank"}),
         ("from sdlora.lib import callback\n    list(map(callback, [cfg]))", {"device"}),

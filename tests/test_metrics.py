@@ -566,3 +566,13 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
 def test_lower_triangular_from_rows() -> None:
     R = lower_triangular([[90.0], [85.0, 80.0]])
     np.testing.assert_array_equal(R, np.array([[90.0, np.nan], [85.0, 80.0]]))
+
+
+def test_joint_row_gives_its_weighted_accuracy_and_no_forgetting() -> None:
+    from sdlora.metrics import summarize_joint
+
+    s = summarize_joint([80.0, 60.0], [30, 10])
+    assert s["final_accuracy"] == s["average_anytime_accuracy"] == 75.0
+    assert s["forgetting"] is None and s["backward_transfer"] is None and s["num_tasks"] == 2
+    with pytest.raises(ValueError, match="joint accuracy row"):
+        summarize_joint([120.0])

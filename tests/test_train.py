@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -92,6 +93,75 @@ def test_run_sequence_on_the_default(weights: str, prepared: Path, method: str) 
         assert epochs == [[], [], []] and grows == [4 * 33, 7 * 33, 10 * 33]
     else:
         assert all(len(e) == 4 and e[-1]["samples_per_second"] > 0 for e in epochs)
+
+
+def test_magnitude_only_keeps_task_0s_direction_and_trains_its_magnitude(
+    weights: str, prepared: Path
+) -> None:
+    """SPEC §4 ablation: one component (task 0's); later tasks train its magnitude and head."""
+    cfg = parse_config(_raw(weights, method="magnitude_only"))
+    seen: list[dict] = []
+
+    def keep(task: int, model, result) -> None:
+        mats = model.matrices()
+        seen.append({
+            "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+            "A": [m.A.clone() for m in mats],
+            "alpha": model.magnitudes.alpha.detach().clone(),
+        })  # fmt: skip
+
+    result = run_sequence(cfg, prepared, on_task_end=keep)
+    assert [r["rank"] for r in result.records] == [4, 0, 0]
+    assert seen[0]["A"][0].shape[0] == 4  # task 0's pair frozen as a stored direction
+    for later in seen[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(later["A"], seen[0]["A"], strict=True))
+        assert later["alpha"].shape == seen[0]["alpha"].shape  # no new magnitude
+    assert not torch.equal(seen[1]["alpha"], seen[0]["alpha"])  # alpha_0 trained in task 1
+    assert seen[2]["trainable"] == ["head.bias", "head.weight", "magnitudes.alpha"]
+    stored = [r["storage"]["stored_params"] for r in result.records]
+    assert [b - a for a, b in itertools.pairwise(stored)] == [3 * 33, 3 * 33]  # head rows only
+
+
+def test_joint_trains_every_task_at_once_into_one_row(weights: str, prepared: Path) -> None:
+    """SPEC §4 upper reference: one task of all 10 classes; the matrix is one row of 3 tasks."""
+    cfg = parse_config(_raw(weights, method="joint"))
+    result = run_sequence(cfg, prepared)
+    (record,) = result.records
+    assert record["num_classes"] == 10 and record["rank"] == 4 and len(record["epochs"]) == 4
+    assert result.matrix.shape == (1, 3) and sum(result.counts) == 360
+    s = result.summary
+    weighted = np.average(result.matrix[0], weights=result.counts)
+    assert s["final_accuracy"] == s["average_anytime_accuracy"] == pytest.approx(weighted)
+    assert s["forgetting"] is None and s["backward_transfer"] is None
+    # its data: every task's training rows, shuffled together (a batch mixes the tasks)
+    from sdlora.train import task_classes, task_stream
+
+    model = build_model(cfg)
+    stream = task_stream(prepared, [0, 1, 2], "train", cfg, model.backbone)
+    singles = [task_stream(prepared, t, "train", cfg, model.backbone) for t in range(3)]
+    assert stream.num_rows == sum(x.num_rows for x in singles) and task_classes(prepared, [1, 2])
+    _, y = next(iter(torch.utils.data.DataLoader(stream, batch_size=64)))
+    tasks_in_batch = {0 if c < 4 else 1 if c < 7 else 2 for c in y.tolist()}
+    assert tasks_in_batch == {0, 1, 2}
+
+
+def test_sdlora_kd_records_the_current_tasks_accuracy_around_a_fold(
+    weights: str, prepared: Path
+) -> None:
+    """tau 1 folds every task >= 1; each fold's record holds accuracy before and after it, and
+    the accuracy after is the one the matrix reports for that task."""
+    cfg = parse_config(_raw(weights, method="sdlora_kd", kd_tau=1.0))
+    result = run_sequence(cfg, prepared)
+    for t, rec in enumerate(result.records[1:], 1):
+        kd = rec["kd"]
+        assert kd["folded"] and 0 <= kd["accuracy_before_fold"] <= 100
+        assert kd["accuracy_after_fold"] == pytest.approx(rec["accuracy"][t])
+    stored = [r["storage"]["stored_params"] for r in result.records]
+    assert [b - a for a, b in itertools.pairwise(stored)] == [3 * 33, 3 * 33]  # folds: head only
+    none = run_sequence(parse_config(_raw(weights, method="sdlora_kd", kd_tau=0.0)), prepared)
+    for r in none.records[1:]:  # nothing folded: the function is the one evaluated before
+        assert not r["kd"]["folded"]
+        assert r["kd"]["accuracy_before_fold"] == r["kd"]["accuracy_after_fold"]
 
 
 def test_prototype_head_is_the_cosine_class_mean(weights: str, prepared: Path) -> None:

@@ -7,8 +7,13 @@ pre-training, ``sdlora run`` and the pipeline's stages all read prepared splits 
 
 Epoch order: the row groups are put in one order (shuffled with ``(seed, epoch)`` when
 ``shuffle``), the rows of each group permuted with ``(seed, epoch, group)`` (identically on every
-reader), and the rows concatenated: positions ``0 .. N-1``. Sharding over readers (the
-``world_size`` distributed ranks, times the DataLoader workers of each):
+reader), and the rows concatenated: positions ``0 .. N-1``. With ``mix_groups=k`` the rows of
+every ``k`` consecutive groups of that order are permuted together instead (a reader then holds
+``k`` groups at a time); ``None``: all of them, one shuffle of every row (joint training over
+several tasks' files, whose groups each hold one task's classes: every batch mixes tasks).
+
+Sharding over readers (the ``world_size`` distributed ranks, times the DataLoader workers of
+each):
 
 - ``batch_size=B`` (training): global batch ``i`` is positions ``[i B, (i + 1) B)``; rank ``r``
   takes its contiguous :func:`shard_bounds` part of every global batch, and DataLoader worker
@@ -117,8 +122,11 @@ class ParquetStream(IterableDataset):
         world_size: int | None = None,
         batch_size: int | None = None,
         return_path: bool = False,
+        mix_groups: int | None = 1,
     ) -> None:
         super().__init__()
+        if mix_groups is not None and mix_groups < 1:
+            raise ValueError(f"mix_groups must be >= 1 or None (all), got {mix_groups}")
         if not files:
             raise ValueError("give at least one Parquet file")
         if (rank is None) != (world_size is None):
@@ -139,6 +147,7 @@ class ParquetStream(IterableDataset):
         self.world_size = world_size
         self.batch_size = batch_size
         self.return_path = return_path
+        self.mix_groups = mix_groups
         self.epoch = 0
         # (file index, row group index, rows) for every row group, in file order
         self.groups: list[tuple[int, int, int]] = []
@@ -186,21 +195,24 @@ class ParquetStream(IterableDataset):
                     out.append((start + lo, start + hi))
         return out
 
-    def plan(self, worker: int = 0, workers: int = 1) -> list[tuple[int, np.ndarray]]:
-        """``(group index, rows of the group)`` this reader reads this epoch, in epoch order.
+    def plan(self, worker: int = 0, workers: int = 1) -> list[tuple[tuple[int, ...], np.ndarray]]:
+        """``(group indices, rows)`` this reader reads this epoch, in epoch order.
 
-        Rows are physical row indices inside the group, already in the epoch's order.
+        ``group indices``: one group, or ``mix_groups`` read together; rows index their rows
+        concatenated in that order, already in the epoch's order.
         """
         mine = np.zeros(self.num_rows, dtype=bool)
         for a, b in self._ranges(worker, workers):
             mine[a:b] = True
+        order = self._group_order()
+        k = (self.mix_groups or len(order)) if self.shuffle else 1
         out, offset = [], 0
-        for g in self._group_order():
-            n = self.groups[g][2]
+        for window in (tuple(order[i : i + k]) for i in range(0, len(order), k)):
+            n = sum(self.groups[g][2] for g in window)
             picked = np.flatnonzero(mine[offset : offset + n])
             if picked.size:
-                order = self._rng(g).permutation(n) if self.shuffle else np.arange(n)
-                out.append((g, order[picked]))
+                rows = self._rng(*window).permutation(n) if self.shuffle else np.arange(n)
+                out.append((window, rows[picked]))
             offset += n
         return out
 
@@ -210,14 +222,18 @@ class ParquetStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         columns = ["image", "label"] + (["path"] if self.return_path else [])
         handles: dict[int, pq.ParquetFile] = {}
-        for g, rows in self.plan(worker, workers):
-            fi, rg, _ = self.groups[g]
-            if fi not in handles:
-                handles[fi] = pq.ParquetFile(self.files[fi])
-            try:
-                table = handles[fi].read_row_group(rg, columns=columns).take(rows)
-            except (OSError, pa.ArrowException) as err:
-                raise DataError(_unreadable(self.files[fi], f"row group {rg}", err)) from err
+        for window, rows in self.plan(worker, workers):
+            parts = []
+            for g in window:
+                fi, rg, _ = self.groups[g]
+                if fi not in handles:
+                    handles[fi] = pq.ParquetFile(self.files[fi])
+                try:
+                    parts.append(handles[fi].read_row_group(rg, columns=columns))
+                except (OSError, pa.ArrowException) as err:
+                    raise DataError(_unreadable(self.files[fi], f"row group {rg}", err)) from err
+            table = (parts[0] if len(parts) == 1 else pa.concat_tables(parts)).take(rows)
+            source = np.repeat(window, [self.groups[g][2] for g in window])[rows]  # row -> group
             images = table.column("image").to_pylist()
             labels = table.column("label").to_pylist()
             paths = table.column("path").to_pylist() if self.return_path else None
@@ -226,6 +242,7 @@ class ParquetStream(IterableDataset):
                 try:
                     image = decode(data)
                 except (OSError, ValueError) as err:  # PIL: truncated or not an image
+                    fi, rg, _ = self.groups[source[i]]
                     where = f"row group {rg}, image {i}"
                     raise DataError(_unreadable(self.files[fi], where, err)) from err
                 sample = self.transform(image) if self.transform is not None else image

@@ -28,9 +28,12 @@ def sequence_key(
 
     The data and weights hashes come from ``prepared``'s manifest and ``backbone``'s record.
     Not included: where and how wide it runs (``ray``), where it is tracked (``mlflow``),
-    progress bars, and the entries of later tasks. ``device`` is included: results may differ.
+    progress bars, the compare stage's list, and the entries of later tasks. ``device`` is
+    included: results may differ.
     """
-    raw = cfg.model_dump(mode="json", exclude={"progress", "ray", "mlflow", "final_task"})
+    raw = cfg.model_dump(
+        mode="json", exclude={"progress", "ray", "mlflow", "compare", "final_task"}
+    )
     if upto is not None:
         raw["tasks"] = {k: v for k, v in (raw["tasks"] or {}).items() if int(k) <= upto}
     raw["data_hash"] = read_manifest(prepared)["content_hash"]
@@ -43,7 +46,9 @@ def run_params(
     cfg: Config, *, prepared: str | Path = PREPARED_DIR, backbone: str | Path = BACKBONE_DIR
 ) -> dict[str, str]:
     """The MLflow run's params: the config (flat keys), task overrides, data and weights hashes."""
-    raw = cfg.model_dump(mode="json", exclude={"progress", "ray", "mlflow", "tasks", "final_task"})
+    raw = cfg.model_dump(
+        mode="json", exclude={"progress", "ray", "mlflow", "compare", "tasks", "final_task"}
+    )
     params = flatten_params(raw)
     for k, entry in (cfg.tasks or {}).items():
         for name in OVERRIDES:

@@ -103,4 +103,7 @@ def task_metrics(records: list[dict[str, Any]], task: int) -> dict[str, float]:
             "kd_residual": float(rec["kd"]["residual"]),
             "kd_folded": float(rec["kd"]["folded"]),
         }
+        for key in ("accuracy_before_fold", "accuracy_after_fold"):  # the current task's
+            if key in rec["kd"]:
+                out[f"kd_{key}"] = float(rec["kd"][key])
     return out

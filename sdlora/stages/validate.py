@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.atomic import atomic_path
-from sdlora.config import Config
+from sdlora.config import Config, check_pipeline_method
 from sdlora.plan import VALIDATED
 from sdlora.stages.cli import run_stage, stage_parser
 
@@ -26,7 +26,7 @@ def validate_stage(
     cfg: Config, *, params: str | Path = "params.yaml", out: str | Path = VALIDATED
 ) -> dict[str, Any]:
     """Write ``out`` for the already validated ``cfg``: the same bytes whatever its values."""
-    del cfg  # load_config validated it; nothing of its content may reach the output
+    check_pipeline_method(cfg)  # load_config validated the rest
     payload = {"params": str(params), "valid": True}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # DVC creates no parent of an output

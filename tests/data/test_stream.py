@@ -37,10 +37,11 @@ def _collect(stream: ParquetStream) -> list[str]:
     return [path for _, _, path in stream]
 
 
+@pytest.mark.parametrize("mix_groups", [1, 3, None])
 @pytest.mark.parametrize("batch_size", [None, 10])
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_two_ranks_read_every_sample_once(
-    prepared: Path, shuffle: bool, batch_size: int | None
+    prepared: Path, shuffle: bool, batch_size: int | None, mix_groups: int | None
 ) -> None:
     files = task_files(prepared, [0, 1], "train")
     expected = Counter(_all_paths(files))
@@ -57,6 +58,7 @@ def test_two_ranks_read_every_sample_once(
                 world_size=2,
                 batch_size=batch_size,
                 return_path=True,
+                mix_groups=mix_groups,
             )
             stream.set_epoch(epoch)
             got = _collect(stream)
@@ -126,6 +128,24 @@ def test_dataloader_workers_read_every_sample_once(
     assert seen == expected
 
 
+def test_mixing_all_groups_puts_both_tasks_in_every_batch(prepared: Path) -> None:
+    """Joint training (``mix_groups=None``): one shuffle over both tasks' files, so each batch
+    holds classes of both; per-group shuffling (the default) leaves most batches one task's."""
+    files = task_files(prepared, [0, 1], "train")
+
+    def tasks_per_batch(mix: int | None) -> list[int]:
+        stream = ParquetStream(
+            files, _first_pixel, shuffle=True, seed=1, batch_size=30, mix_groups=mix
+        )
+        loader = DataLoader(stream, batch_size=30)
+        return [len({int(c) // 5 for c in y}) for _, y in loader]
+
+    assert set(tasks_per_batch(None)) == {2}
+    assert tasks_per_batch(1).count(1) > len(tasks_per_batch(1)) // 2
+    with pytest.raises(ValueError, match="mix_groups must be >= 1"):
+        ParquetStream(files, mix_groups=0)
+
+
 def test_plan_reads_only_overlapping_groups(prepared: Path) -> None:
     files = task_files(prepared, 0, "train")
     stream = ParquetStream(files, shuffle=False, rank=1, world_size=4)
@@ -134,7 +154,7 @@ def test_plan_reads_only_overlapping_groups(prepared: Path) -> None:
     plan = stream.plan()
     start, stop = shard_bounds(stream.num_rows, 1, 4)
     assert sum(rows.size for _, rows in plan) == stop - start
-    assert [g for g, _ in plan] == list(range(start // 37, (stop - 1) // 37 + 1))
+    assert [w for w, _ in plan] == [(g,) for g in range(start // 37, (stop - 1) // 37 + 1)]
 
 
 def _share(n: int, shard: int, num_shards: int) -> int:

@@ -32,3 +32,13 @@ def test_a_misspelt_key_exits_2_naming_it_and_writes_nothing(
     assert err.startswith("validate: error: params.yaml: invalid configuration\n")
     assert "progres: unknown key (check the spelling" in err
     assert not Path("out").exists()
+
+
+def test_joint_training_is_refused_by_the_per_task_pipeline(
+    capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    write_params("model: {method: joint}\n", tasks=None)
+    assert main(["--params", "params.yaml", "--out", "out/ok.json"]) == 2
+    err = capsys.readouterr().err
+    assert "model.method = 'joint' trains every task at once" in err
+    assert "python -m sdlora run" in err and not Path("out").exists()
