@@ -161,3 +161,76 @@ def magnitude_figure(history: Sequence[np.ndarray], title: str | None = None) ->
     elif num_tasks <= 20:
         fig.legend(title="task k", fontsize=8, ncols=1 + num_tasks // 11, loc="outside right upper")
     return fig
+
+
+def comparison_curve(
+    curves: Mapping[str, Sequence[float]],
+    references: Mapping[str, float],
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Accuracy on all seen classes after each task, one line per method (mean over seeds),
+    and each reference trained on everything at once (joint) as a dashed horizontal line."""
+    fig = curve_figure(curves, title or "Accuracy on all seen classes")
+    ax = fig.axes[0]
+    for i, (name, value) in enumerate(references.items()):
+        ax.axhline(value, ls="--", c=f"C{(len(curves) + i) % 10}", label=f"{name} (all at once)")
+    if references:
+        ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def kd_residual_plot(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
+    """SD-LoRA-KD's relative residual rho per task (one line per method and seed) against its
+    threshold tau: below the line the new direction was folded into the old ones."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    series: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    taus: dict[str, float] = {}
+    for r in rows:
+        series.setdefault((str(r["method"]), int(r["seed"])), []).append(
+            (int(r["task"]), float(r["rho"]))
+        )
+        taus[str(r["method"])] = float(r["tau"])
+    methods = sorted(taus)
+    for (method, seed), points in sorted(series.items()):
+        x, y = zip(*sorted(points), strict=True)
+        c = f"C{methods.index(method) % 10}"
+        ax.plot(x, y, marker="o", markersize=4, c=c, alpha=0.8, label=f"{method} seed {seed}")
+    for method in methods:
+        c = f"C{methods.index(method) % 10}"
+        ax.axhline(taus[method], ls="--", c=c, label=f"{method}: τ = {taus[method]:g}")
+    values = [float(r["rho"]) for r in rows] + list(taus.values())
+    low = min((v for v in values if v > 0), default=0.1)
+    ax.set_yscale("log")  # rho near 1 and tau far below both readable
+    ax.set_ylim(low / 2, 1.5)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_xlabel("task t")
+    ax.set_ylabel("relative residual ρ of D_t on earlier directions")
+    ax.set_title("SD-LoRA-KD: least-squares fit of each new direction")
+    if not rows:
+        ax.text(0.5, 0.5, "no SD-LoRA-KD run in this comparison", ha="center", va="center",
+                transform=ax.transAxes)  # fmt: skip
+    else:
+        ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def drift_plot(drift: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+    """Feature drift per method: after task i, how far the task-known nearest-class-mean
+    accuracy of the earlier tasks fell since each was learned (mean over them; no head)."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for name, values in drift.items():
+        y = np.asarray(values, dtype=float)
+        ax.plot(np.arange(1, len(y) + 1), y, marker="o", markersize=4, label=name)
+    ax.axhline(0, c="0.5", lw=0.8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("after task i")
+    ax.set_ylabel("drop of task-known NCM accuracy on old tasks (points)")
+    ax.set_title("Feature drift: old tasks' NCM accuracy, head excluded")
+    if drift:
+        ax.legend(fontsize=8)
+    return _save(fig, path)

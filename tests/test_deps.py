@@ -26,10 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = dvc_stages(REPO / "dvc.yaml")
 
 
+COMPARE = dvc_stages(REPO / "compare" / "dvc.yaml")  # its own file: not in `dvc repro`
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_dvc_yaml_stage_matches_its_code(stage: str) -> None:
     problems = check_stage(stage, STAGES[stage], REPO)
     assert not problems, f"stage {stage}:\n" + "\n".join(problems)
+
+
+def test_the_compare_stage_matches_its_code_and_tracks_the_whole_params_file() -> None:
+    assert set(COMPARE) == {"compare"}
+    problems = check_stage("compare", COMPARE["compare"], REPO)
+    assert not problems, "compare/dvc.yaml:\n" + "\n".join(problems)
+    assert COMPARE["compare"]["whole_params"] == ["params.yaml"]  # each method: file + changes
 
 
 def test_every_stage_lists_params_and_evaluate_what_it_reads() -> None:

@@ -82,12 +82,15 @@ def open_run(
     stage: str,
     prepared: str | Path = PREPARED_DIR,
     backbone: str | Path = BACKBONE_DIR,
+    name: str | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> SequenceTracker:
     """Open (or reopen) the sequence's MLflow run; a new run gets tasks ``0..backfill-1``.
 
     ``stage`` (``train@3``, ``report``): its command line (``sys.argv``, as DVC ran it) is
     recorded in the tag :func:`command_tag` names. ``prepared`` and ``backbone``: the prepare
-    and pretrain stages' outputs (manifest, record).
+    and pretrain stages' outputs (manifest, record). ``name``: the run's name when it is
+    created (default :func:`run_name`); ``tags``: more tags.
     """
     manifest = read_manifest(prepared)
     record = read_backbone_record(backbone)
@@ -96,7 +99,7 @@ def open_run(
     tracker.open(
         cfg.mlflow.tracking_uri,
         cfg.mlflow.experiment,
-        run_name=run_name(cfg, key),
+        run_name=name or run_name(cfg, key),
         key=key,
         params=run_params(cfg, prepared=prepared, backbone=backbone),
         tags={
@@ -106,6 +109,7 @@ def open_run(
             "sdlora.backbone_weights": record.get("weights"),
             "sdlora.num_tasks": len(cfg.tasks or {}),
             command_tag(stage): shlex.join(sys.argv),
+            **(tags or {}),
         },
     )
     if tracker.created:
