@@ -252,8 +252,8 @@ def check_stage(stage: str, spec: Mapping[str, Any], root: Path = REPO) -> list[
         if flag == "--out":
             if value not in spec["outs"]:
                 problems.append(f"{where}.outs: lacks {value} (the cmd's --out)")
-        elif value in spec["outs"]:
-            continue  # another output (evaluate's --metrics, --curve)
+        elif value in spec["outs"] or any(covers(value, o) for o in spec["outs"]):
+            continue  # another output (evaluate's --metrics), or a folder of them (--results)
         elif not any(covers(d, value) or covers(value, d) for d in spec["deps"]):
             problems.append(f"{where}.deps: lacks {value} (the cmd's {flag})")
     return problems
