@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdlora.atomic import write_json
+from sdlora.atomic import atomic_path, write_json
 from sdlora.metrics import write_matrix_csv
 from sdlora.plots import accuracy_curve, accuracy_heatmap
 from sdlora.sequence import SequenceResult
@@ -29,12 +29,24 @@ def result_payload(result: SequenceResult) -> dict:
 
 
 def write_sequence_outputs(result: SequenceResult, out_dir: str | Path) -> dict[str, Path]:
-    """``accuracy_matrix.csv`` (with counts), ``metrics.json`` and two plots under ``out_dir``."""
+    """``accuracy_matrix.csv`` (with counts), ``metrics.json`` and two plots under ``out_dir``;
+    joint training: ``metrics.json`` and ``accuracy_row.csv`` (its one row, with counts)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"matrix": out / "accuracy_matrix.csv", "metrics": out / "metrics.json"}
-    write_matrix_csv(paths["matrix"], result.matrix, result.counts)
+    paths = {"metrics": out / "metrics.json"}
     write_json(paths["metrics"], result_payload(result))
+    if result.joint:
+        paths["row"] = out / "accuracy_row.csv"
+        row = result.matrix[0]
+        header = ",".join(f"task_{j}" for j in range(row.size))
+        with atomic_path(paths["row"]) as tmp:
+            tmp.write_text(
+                f"trained,{header}\nall_at_once,{','.join(repr(float(v)) for v in row)}\n"
+                f"count,{','.join(str(c) for c in result.counts)}\n"
+            )
+        return paths
+    paths["matrix"] = out / "accuracy_matrix.csv"
+    write_matrix_csv(paths["matrix"], result.matrix, result.counts)
     paths["heatmap"] = accuracy_heatmap(result.matrix, out / "accuracy_matrix.png")
     paths["curve"] = accuracy_curve(result.summary["anytime_accuracy"], out / "accuracy_curve.png")
     return paths
@@ -42,8 +54,8 @@ def write_sequence_outputs(result: SequenceResult, out_dir: str | Path) -> dict[
 
 def format_matrix(matrix: np.ndarray) -> str:
     """The accuracy matrix as aligned text, one row per task trained."""
-    t = matrix.shape[0]
-    lines = ["after  " + " ".join(f"task{j:<3d}" for j in range(t))]
+    t = matrix.shape[0]  # joint training: one row over every task
+    lines = ["after  " + " ".join(f"task{j:<3d}" for j in range(matrix.shape[1]))]
     for i in range(t):
         cells = " ".join("   -   " if np.isnan(v) else f"{v:7.2f}" for v in matrix[i])
         lines.append(f"{i:5d}  {cells}")

@@ -122,7 +122,9 @@ def test_magnitude_only_keeps_task_0s_direction_and_trains_its_magnitude(
     assert [b - a for a, b in itertools.pairwise(stored)] == [3 * 33, 3 * 33]  # head rows only
 
 
-def test_joint_trains_every_task_at_once_into_one_row(weights: str, prepared: Path) -> None:
+def test_joint_trains_every_task_at_once_into_one_row(
+    weights: str, prepared: Path, tmp_path: Path
+) -> None:
     """SPEC §4 upper reference: one task of all 10 classes; the matrix is one row of 3 tasks."""
     cfg = parse_config(_raw(weights, method="joint"))
     result = run_sequence(cfg, prepared)
@@ -143,6 +145,14 @@ def test_joint_trains_every_task_at_once_into_one_row(weights: str, prepared: Pa
     _, y = next(iter(torch.utils.data.DataLoader(stream, batch_size=64)))
     tasks_in_batch = {0 if c < 4 else 1 if c < 7 else 2 for c in y.tolist()}
     assert tasks_in_batch == {0, 1, 2}
+    # `sdlora run`'s files: the one row with its counts, no square matrix
+    from sdlora.report import write_sequence_outputs
+
+    paths = write_sequence_outputs(result, tmp_path)
+    lines = paths["row"].read_text().splitlines()
+    assert lines[0] == "trained,task_0,task_1,task_2" and lines[2].startswith("count,")
+    assert [float(v) for v in lines[1].split(",")[1:]] == list(result.matrix[0])
+    assert not (tmp_path / "accuracy_matrix.csv").exists()
 
 
 def test_sdlora_kd_records_the_current_tasks_accuracy_around_a_fold(
