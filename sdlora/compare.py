@@ -189,7 +189,7 @@ def _fmt(stat: tuple[float, float] | None, digits: int = 2, n: int = 2) -> str:
 
 TABLE_HEADER = (
     "method", "seeds", "final acc", "AAA", "forgetting", "BWT", "NCM drop", "stored params",
-    "stored bytes", "inference params (extra)", "inference img/s", "KD folds", "train s/run",
+    "stored bytes", "inference params (extra)", "inference img/s", "KD folds", "s/run",
 )  # fmt: skip
 
 

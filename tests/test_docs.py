@@ -90,7 +90,7 @@ RULES = [
         "reads `sdlora run`'s output; tests/test_metrics.py runs it",
     ),
     Rule(("python", "pipelines/"), "help", "a stage of `dvc repro`; tests/stages/ run each"),
-    Rule(("python", "benchmarks/"), "help", "trains for minutes (the comparison: 14.5 min)"),
+    Rule(("python", "benchmarks/"), "help", "trains for minutes (the protocol sweep: 1 min a run)"),
     Rule((".venv/bin/pytest",), "help", "the test suite, which this test is part of"),
     Rule(("mlflow", "ui"), "help", "a server that runs until stopped"),
     Rule(("mlflow", "server"), "help", "a server that runs until stopped"),
