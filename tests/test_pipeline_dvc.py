@@ -19,6 +19,7 @@ import yaml
 
 from sdlora.metrics import read_matrix_csv
 from sdlora.plan import (
+    COMPARE_RESULTS,
     CURVE_FILE,
     EVAL_DIR,
     HEATMAP_FILE,
@@ -158,9 +159,9 @@ def test_repro_runs_every_stage_in_order(project: tuple[Path, str]) -> None:
     final = json.loads((root / METRICS_FILE).read_text())
     assert shown[""]["data"][METRICS_FILE]["data"] == final
     plots = json.loads(_dvc(root, "plots", "show", "--json"))["data"]
-    assert set(plots) == {
-        CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE
-    }  # fmt: skip
+    compare = {f"{COMPARE_RESULTS}/{n}.png" for n in ("accuracy_curve", "kd_residual", "ncm_drift")}
+    assert set(plots) == {CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE} | compare  # + the committed
+    # comparison's (compare/dvc.yaml: `dvc plots show` reads every dvc.yaml of the project)
     curve = plots[CURVE_FILE][0]["content"]
     assert curve["title"]["text"] == "Accuracy on all seen classes after each task"
     assert [v["task"] for v in curve["data"]["values"]] == ["0", "1"]
