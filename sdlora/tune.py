@@ -1,0 +1,126 @@
+"""Ray Tune over whole task sequences (issue 11, first step: the library, no stage yet).
+
+A trial is one :func:`sdlora.sequence.run_sequence` (the pipeline's loop, data path and
+evaluator, world size 1 in the trial's own process) on the pipeline's prepared splits, with
+params changed by the sampled values. It reports after every task, with ``task`` (1..T) as
+Tune's time attribute, so :class:`ray.tune.schedulers.ASHAScheduler` stops weak trials after
+early tasks. Metric names are the pipeline's (``accuracy`` on all seen classes, ``forgetting``
+so far, ``stored_params``, ``stored_bytes``).
+
+The search space is plain data, ``{dotted params key: {kind: arguments}}`` with the kinds of
+:data:`SPACE_KINDS`, e.g. ``{"train.lr": {"loguniform": [1e-4, 1e-2]}, "model.rank_schedule":
+{"choice": [[[0, 10]], [[0, 10], [2, 6]]]}}``: any params key can be searched without code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from sdlora import metrics
+from sdlora.config import ConfigError, load_config
+from sdlora.data.prepare import read_manifest
+from sdlora.model import SDLoRAViT
+from sdlora.sequence import SequenceResult, run_sequence
+
+SPACE_KINDS = {
+    "loguniform": (tune.loguniform, 2),
+    "uniform": (tune.uniform, 2),
+    "choice": (tune.choice, 1),
+}
+_FIXED = ("params", "prepared")  # what every trial gets besides the sampled keys
+
+
+def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Tune's ``param_space`` from ``{key: {kind: arguments}}``; a bad entry names its key."""
+    space: dict[str, Any] = {}
+    for key, entry in spec.items():
+        if not isinstance(entry, Mapping) or len(entry) != 1:
+            raise ConfigError(
+                f"tune space {key!r}: give one of {sorted(SPACE_KINDS)} as "
+                f"{{kind: arguments}}, e.g. {{loguniform: [0.0001, 0.01]}}; got {entry!r}"
+            )
+        ((kind, args),) = entry.items()
+        if kind not in SPACE_KINDS:
+            raise ConfigError(
+                f"tune space {key!r}: unknown kind {kind!r}; use {sorted(SPACE_KINDS)}"
+            )
+        make, arity = SPACE_KINDS[kind]
+        if not isinstance(args, list) or (arity == 2 and len(args) != 2) or not args:
+            shape = "[low, high]" if arity == 2 else "[value, value, ...]"
+            raise ConfigError(f"tune space {key!r}: {kind} takes a list {shape}, got {args!r}")
+        space[key] = make(*args) if arity == 2 else make(args)
+    return space
+
+
+def task_report(result: SequenceResult, task: int) -> dict[str, float]:
+    """What a trial reports after ``task``: the pipeline's metric names, ``task`` counted from 1."""
+    R = result.matrix[: task + 1, : task + 1]
+    rec = result.records[task]
+    return {
+        "task": task + 1,
+        "accuracy": float(metrics.anytime_accuracy(R, rec["counts"])[-1]),
+        "forgetting": metrics.forgetting_so_far(R, task),
+        "stored_params": float(rec["storage"]["stored_params"]),
+        "stored_bytes": float(rec["storage"]["stored_bytes"]),
+    }
+
+
+def sequence_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: one whole sequence with the sampled params, a report per task."""
+    changes = {k: v for k, v in config.items() if k not in _FIXED}
+    cfg = load_config(config["params"], {**changes, "progress": False})
+
+    def report(task: int, model: SDLoRAViT, result: SequenceResult) -> None:
+        tune.report(task_report(result, task))
+
+    run_sequence(cfg, config["prepared"], on_task_end=report)
+
+
+def run_sweep(
+    params: str | Path,
+    prepared: str | Path,
+    space: Mapping[str, Any],
+    *,
+    num_samples: int,
+    storage_path: str | Path,
+    name: str,
+    metric: str = "accuracy",
+    grace_period: int = 1,
+    cpus_per_trial: float = 1.0,
+    seed: int = 0,
+) -> tune.ResultGrid:
+    """Sample ``num_samples`` trials of ``space`` over the sequence in ``prepared``; ASHA on
+    ``metric`` (maximised) at every task. Paths are made absolute: trials run in their own
+    folders, possibly on other nodes (which then need them on a shared file system)."""
+    params, prepared = Path(params).resolve(), Path(prepared).resolve()
+    base = load_config(params)
+    changes: dict[str, Any] = {}
+    weights = base.backbone.weights
+    if weights not in (None, "timm") and not Path(weights).is_absolute():
+        changes["backbone.weights"] = str(Path(weights).resolve())
+    num_tasks = len(read_manifest(prepared)["tasks"])
+    scheduler = ASHAScheduler(time_attr="task", max_t=num_tasks, grace_period=grace_period)
+    tuner = tune.Tuner(
+        tune.with_resources(sequence_trial, {"cpu": cpus_per_trial}),
+        param_space={
+            "params": str(params),
+            "prepared": str(prepared),
+            **changes,
+            **search_space(space),
+        },
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            num_samples=num_samples,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=seed),  # the same samples per seed
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
+    )
+    return tuner.fit()

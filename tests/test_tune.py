@@ -1,0 +1,71 @@
+"""Ray Tune over whole sequences (sdlora.tune): the search space from plain data, a report per
+task with the pipeline's metric names, and a real two-trial sweep on Ray in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdlora.config import ConfigError, parse_config
+from sdlora.data.prepare import prepare
+from sdlora.pretrain import pretrain_backbone
+from sdlora.tune import run_sweep, search_space
+
+
+def _raw(weights: str | None) -> dict:
+    """Digits in 3 tasks (4 + 3 + 3 classes) on a tiny ViT, one epoch a task."""
+    return {
+        "progress": False,
+        "data": {"dataset": "digits", "init_cls": 4, "increment": 3, "image_size": 16,
+                 "augment": "none"},
+        "backbone": {"name": "vit_tiny_patch16_224", "weights": weights,
+                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                                "num_heads": 2}},
+        "pretrain": {"per_class": 6, "epochs": 1, "batch_size": 64},
+        "model": {"rank": 4},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
+    }  # fmt: skip
+
+
+def test_search_space_is_plain_data_and_a_bad_entry_names_its_key() -> None:
+    from ray import tune
+
+    space = search_space({
+        "train.lr": {"loguniform": [1e-4, 1e-2]},
+        "model.rank_schedule": {"choice": [[[0, 4]], [[0, 4], [1, 2]]]},
+    })  # fmt: skip
+    assert isinstance(space["train.lr"], tune.search.sample.Float)
+    assert space["model.rank_schedule"].categories == [[[0, 4]], [[0, 4], [1, 2]]]
+    with pytest.raises(ConfigError, match=r"'train.lr': unknown kind 'logunif'"):
+        search_space({"train.lr": {"logunif": [1e-4, 1e-2]}})
+    with pytest.raises(ConfigError, match=r"'model.kd_tau': loguniform takes a list \[low, high\]"):
+        search_space({"model.kd_tau": {"loguniform": [0.1]}})
+    with pytest.raises(ConfigError, match=r"'seed': give one of"):
+        search_space({"seed": 3})
+
+
+@pytest.mark.slow
+def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> None:
+    weights = tmp_path / "tiny.safetensors"
+    pretrain_backbone(parse_config(_raw(None)), weights, progress=False)
+    raw = _raw(str(weights))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    prepared = tmp_path / "prepared"
+    prepare(parse_config(raw).data, seed=0, out=prepared)
+    grid = run_sweep(
+        params, prepared, {"train.lr": {"choice": [0.01, 0.001]}}, num_samples=2,
+        storage_path=tmp_path / "tune", name="sweep", grace_period=3,
+    )  # fmt: skip
+    assert len(grid) == 2 and not grid.errors
+    lrs = sorted(r.config["train.lr"] for r in grid)
+    assert len(lrs) == 2
+    for r in grid:
+        history = r.metrics_dataframe
+        assert list(history["task"]) == [1, 2, 3]  # grace 3 of 3 tasks: nobody stopped early
+        assert (history["stored_params"].diff().dropna() > 0).all()  # a pair and rows per task
+        assert 0 <= history["accuracy"].iloc[-1] <= 100 and "forgetting" in history
+    best = grid.get_best_result()
+    assert best.metrics["accuracy"] == max(r.metrics["accuracy"] for r in grid)
