@@ -32,6 +32,7 @@ SPACE_KINDS = {
     "loguniform": (tune.loguniform, 2),
     "uniform": (tune.uniform, 2),
     "choice": (tune.choice, 1),
+    "grid": (tune.grid_search, 1),  # every value, times num_samples
 }
 _FIXED = ("params", "prepared")  # what every trial gets besides the sampled keys
 
@@ -124,3 +125,41 @@ def run_sweep(
         run_config=tune.RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
     )
     return tuner.fit()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (stored parameters, accuracy) that no other point beats: none has
+    at most the storage and at least the accuracy with one of them strictly better. Sorted by
+    storage."""
+    front = []
+    for i, (s_i, a_i) in enumerate(points):
+        dominated = any(
+            s_j <= s_i and a_j >= a_i and (s_j < s_i or a_j > a_i)
+            for j, (s_j, a_j) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def trial_rows(grid: tune.ResultGrid, num_tasks: int) -> list[dict[str, Any]]:
+    """One row per trial: its sampled params, the tasks it reached (ASHA may stop it early),
+    accuracy on all seen classes and stored parameters at its last report, and its AAA when
+    it ran every task."""
+    rows = []
+    for r in grid:
+        history = r.metrics_dataframe
+        reached = int(history["task"].iloc[-1]) if history is not None and len(history) else 0
+        done = reached == num_tasks
+        rows.append({
+            "trial": r.metrics.get("trial_id", Path(r.path).name),
+            "params": {k: v for k, v in r.config.items() if k not in _FIXED
+                       and k != "backbone.weights"},
+            "tasks": reached,
+            "stopped_early": not done,
+            "accuracy": float(history["accuracy"].iloc[-1]) if reached else None,
+            "average_anytime_accuracy": float(history["accuracy"].mean()) if done else None,
+            "stored_params": float(history["stored_params"].iloc[-1]) if reached else None,
+        })  # fmt: skip
+    return rows

@@ -11,7 +11,7 @@ import yaml
 from sdlora.config import ConfigError, parse_config
 from sdlora.data.prepare import prepare
 from sdlora.pretrain import pretrain_backbone
-from sdlora.tune import run_sweep, search_space
+from sdlora.tune import pareto_front, run_sweep, search_space, trial_rows
 
 
 def _raw(weights: str | None) -> dict:
@@ -56,12 +56,10 @@ def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> No
     prepared = tmp_path / "prepared"
     prepare(parse_config(raw).data, seed=0, out=prepared)
     grid = run_sweep(
-        params, prepared, {"train.lr": {"choice": [0.01, 0.001]}}, num_samples=2,
+        params, prepared, {"train.lr": {"grid": [0.01, 0.001]}}, num_samples=1,
         storage_path=tmp_path / "tune", name="sweep", grace_period=3,
     )  # fmt: skip
     assert len(grid) == 2 and not grid.errors
-    lrs = sorted(r.config["train.lr"] for r in grid)
-    assert len(lrs) == 2
     for r in grid:
         history = r.metrics_dataframe
         assert list(history["task"]) == [1, 2, 3]  # grace 3 of 3 tasks: nobody stopped early
@@ -69,3 +67,19 @@ def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> No
         assert 0 <= history["accuracy"].iloc[-1] <= 100 and "forgetting" in history
     best = grid.get_best_result()
     assert best.metrics["accuracy"] == max(r.metrics["accuracy"] for r in grid)
+    rows = trial_rows(grid, 3)
+    assert sorted(r["params"]["train.lr"] for r in rows) == [0.001, 0.01]
+    assert all(r["tasks"] == 3 and not r["stopped_early"] for r in rows)
+    for row, r in zip(sorted(rows, key=lambda x: x["accuracy"]),
+                      sorted(grid, key=lambda x: x.metrics["accuracy"]), strict=True):  # fmt: skip
+        assert row["accuracy"] == r.metrics["accuracy"]
+        assert row["average_anytime_accuracy"] == r.metrics_dataframe["accuracy"].mean()
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_storage_and_accuracy() -> None:
+    points = [(100.0, 60.0), (50.0, 60.0), (50.0, 55.0), (200.0, 70.0), (150.0, 65.0),
+              (150.0, 64.0), (300.0, 70.0)]  # fmt: skip
+    # (100, 60) loses to (50, 60); (50, 55) to (50, 60); (150, 64) to (150, 65); (300, 70)
+    # to (200, 70)
+    assert pareto_front(points) == [1, 4, 3]
+    assert pareto_front([(1.0, 1.0)]) == [0] and pareto_front([]) == []
