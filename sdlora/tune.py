@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
+from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -27,6 +30,7 @@ from sdlora.config import ConfigError, load_config
 from sdlora.data.prepare import read_manifest
 from sdlora.model import SDLoRAViT
 from sdlora.sequence import SequenceResult, run_sequence
+from sdlora.tracking import resolve_tracking_uri
 
 SPACE_KINDS = {
     "loguniform": (tune.loguniform, 2),
@@ -95,10 +99,18 @@ def run_sweep(
     grace_period: int = 1,
     cpus_per_trial: float = 1.0,
     seed: int = 0,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
 ) -> tune.ResultGrid:
     """Sample ``num_samples`` trials of ``space`` over the sequence in ``prepared``; ASHA on
     ``metric`` (maximised) at every task. Paths are made absolute: trials run in their own
-    folders, possibly on other nodes (which then need them on a shared file system)."""
+    folders, possibly on other nodes (which then need them on a shared file system).
+
+    With ``experiment``, MLflow gets one parent run named ``name`` and each trial as its child
+    run (params, metrics at step = task), all written by this driver process through Ray's
+    ``MLflowLoggerCallback``: one writer, so the default SQLite store is safe whatever process
+    or node a trial runs in. ``tracking_uri`` as ``mlflow.tracking_uri`` (None: the project's
+    SQLite file). The parent's id is in the returned grid's ``parent_run_id`` attribute."""
     params, prepared = Path(params).resolve(), Path(prepared).resolve()
     base = load_config(params)
     changes: dict[str, Any] = {}
@@ -106,6 +118,17 @@ def run_sweep(
     if weights not in (None, "timm") and not Path(weights).is_absolute():
         changes["backbone.weights"] = str(Path(weights).resolve())
     num_tasks = len(read_manifest(prepared)["tasks"])
+    callbacks, parent = [], None
+    if experiment is not None:
+        uri = resolve_tracking_uri(tracking_uri)
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        parent = client.create_run(exp_id, run_name=name, tags={"sdlora.tune": "sweep"})
+        children = {MLFLOW_PARENT_RUN_ID: parent.info.run_id, "sdlora.tune": "trial"}
+        callbacks.append(
+            MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment, tags=children)
+        )
     scheduler = ASHAScheduler(time_attr="task", max_t=num_tasks, grace_period=grace_period)
     tuner = tune.Tuner(
         tune.with_resources(sequence_trial, {"cpu": cpus_per_trial}),
@@ -122,9 +145,17 @@ def run_sweep(
             scheduler=scheduler,
             search_alg=BasicVariantGenerator(random_state=seed),  # the same samples per seed
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(Path(storage_path).resolve()), callbacks=callbacks
+        ),
     )
-    return tuner.fit()
+    grid = tuner.fit()
+    if parent is not None:
+        best = grid.get_best_result()
+        client.log_metric(parent.info.run_id, f"best_{metric}", float(best.metrics[metric]))
+        client.set_terminated(parent.info.run_id)
+    grid.parent_run_id = parent.info.run_id if parent is not None else None
+    return grid
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -57,7 +57,8 @@ def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> No
     prepare(parse_config(raw).data, seed=0, out=prepared)
     grid = run_sweep(
         params, prepared, {"train.lr": {"grid": [0.01, 0.001]}}, num_samples=1,
-        storage_path=tmp_path / "tune", name="sweep", grace_period=3,
+        storage_path=tmp_path / "tune", name="sweep", grace_period=3, experiment="tune-test",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
     )  # fmt: skip
     assert len(grid) == 2 and not grid.errors
     for r in grid:
@@ -67,6 +68,20 @@ def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> No
         assert 0 <= history["accuracy"].iloc[-1] <= 100 and "forgetting" in history
     best = grid.get_best_result()
     assert best.metrics["accuracy"] == max(r.metrics["accuracy"] for r in grid)
+    # MLflow: one parent run, each trial a child with its params and one point per task
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tune-test")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("sdlora.tune") == "sweep"]
+    assert parent.info.run_id == grid.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_accuracy"] == best.metrics["accuracy"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and {c.data.params["train.lr"] for c in children} == {"0.01", "0.001"}
+    for c in children:
+        history = client.get_metric_history(c.info.run_id, "accuracy")
+        assert [m.step for m in history] == [1, 2, 3]
     rows = trial_rows(grid, 3)
     assert sorted(r["params"]["train.lr"] for r in rows) == [0.001, 0.01]
     assert all(r["tasks"] == 3 and not r["stopped_early"] for r in rows)
