@@ -70,6 +70,14 @@ def atomic_directory(out: str | os.PathLike[str], marker: str) -> Iterator[Path]
         raise
 
 
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` atomically, creating the file's folder (DVC creates no parent of an
+    output)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     with atomic_path(path) as tmp:

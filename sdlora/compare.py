@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sdlora import metrics, plots
-from sdlora.atomic import atomic_path, write_json
+from sdlora.atomic import write_json, write_text
 from sdlora.config import Config, ConfigError, load_config
 from sdlora.evaluate import evaluate
 from sdlora.model import SDLoRAViT
@@ -80,13 +80,15 @@ def old_task_drift(rows: list[list[float]]) -> list[float]:
 
 
 @torch.no_grad()
-def inference_cost(model: SDLoRAViT, prepared: str | Path, cfg: Config) -> dict[str, float]:
+def inference_cost(
+    model: SDLoRAViT, prepared: str | Path, cfg: Config, num_tasks: int
+) -> dict[str, float]:
     """The merged model at inference (SPEC §5): its parameters, those beyond the backbone and
-    head (0 after a merge), and images per second over every test split, against the unmerged
-    model's."""
+    head (0 after a merge), and images per second over the test splits of tasks
+    ``0..num_tasks-1``, against the unmerged model's."""
     device = resolve_device(cfg.device)
     merged = model.merge()
-    tasks = range(model.num_tasks if not model.policy.trains_jointly else _num_tasks(prepared))
+    tasks = range(num_tasks)
     rates = {}
     for name, net in (("merged", merged), ("unmerged", model)):
         start = time.perf_counter()
@@ -101,12 +103,6 @@ def inference_cost(model: SDLoRAViT, prepared: str | Path, cfg: Config) -> dict[
         "images_per_second": rates["merged"],
         "unmerged_images_per_second": rates["unmerged"],
     }
-
-
-def _num_tasks(prepared: str | Path) -> int:
-    from sdlora.data.prepare import read_manifest
-
-    return len(read_manifest(prepared)["tasks"])
 
 
 def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
@@ -126,7 +122,7 @@ def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
     result = run_sequence(cfg, prepared, ncm=not joint, on_task_end=keep)
     seconds = time.perf_counter() - start
     with torch_threads(cfg.train.threads):
-        inference = inference_cost(last["model"], prepared, cfg)
+        inference = inference_cost(last["model"], prepared, cfg, len(result.counts))
     drift = old_task_drift(result.ncm_rows) if result.ncm_rows else []
     return {
         "label": variant.label,
@@ -257,12 +253,6 @@ def kd_residuals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def write_outputs(
     runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: str | Path, title: str
 ) -> dict[str, Path]:
@@ -274,8 +264,8 @@ def write_outputs(
         "kd": out / "kd_residuals.csv", "curve": out / "accuracy_curve.png",
         "kd_plot": out / "kd_residual.png", "drift_plot": out / "ncm_drift.png",
     }  # fmt: skip
-    _write_text(paths["table"], f"# {title}\n\n" + markdown_table(rows))
-    _write_text(paths["csv"], csv_table(rows))
+    write_text(paths["table"], f"# {title}\n\n" + markdown_table(rows))
+    write_text(paths["csv"], csv_table(rows))
     write_json(paths["metrics"], {
         r["label"]: {k: (None if r[k] is None else r[k][0]) for k in
                      ("final_accuracy", "average_anytime_accuracy", "forgetting",
@@ -289,7 +279,7 @@ def write_outputs(
     w = csv.DictWriter(buf, fields, lineterminator="\n")
     w.writeheader()
     w.writerows(kd)
-    _write_text(paths["kd"], buf.getvalue())
+    write_text(paths["kd"], buf.getvalue())
     curves = {r["label"]: r["anytime_accuracy"] for r in rows if r["method"] != "joint"}
     joint = {r["label"]: r["final_accuracy"][0] for r in rows if r["method"] == "joint"}
     plots.comparison_curve(curves, joint, paths["curve"], title=title)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdlora.atomic import atomic_path, write_json
+from sdlora.atomic import write_json, write_text
 from sdlora.metrics import write_matrix_csv
 from sdlora.plots import accuracy_curve, accuracy_heatmap
 from sdlora.sequence import SequenceResult
@@ -39,11 +39,11 @@ def write_sequence_outputs(result: SequenceResult, out_dir: str | Path) -> dict[
         paths["row"] = out / "accuracy_row.csv"
         row = result.matrix[0]
         header = ",".join(f"task_{j}" for j in range(row.size))
-        with atomic_path(paths["row"]) as tmp:
-            tmp.write_text(
-                f"trained,{header}\nall_at_once,{','.join(repr(float(v)) for v in row)}\n"
-                f"count,{','.join(str(c) for c in result.counts)}\n"
-            )
+        write_text(
+            paths["row"],
+            f"trained,{header}\nall_at_once,{','.join(repr(float(v)) for v in row)}\n"
+            f"count,{','.join(str(c) for c in result.counts)}\n",
+        )
         return paths
     paths["matrix"] = out / "accuracy_matrix.csv"
     write_matrix_csv(paths["matrix"], result.matrix, result.counts)

@@ -4,8 +4,8 @@ A trial is one :func:`sdlora.sequence.run_sequence` (the pipeline's loop, data p
 evaluator, world size 1 in the trial's own process) on the pipeline's prepared splits, with
 params changed by the sampled values. It reports after every task, with ``task`` (1..T) as
 Tune's time attribute, so :class:`ray.tune.schedulers.ASHAScheduler` stops weak trials after
-early tasks. Metric names are the pipeline's (``accuracy`` on all seen classes, ``forgetting``
-so far, ``stored_params``, ``stored_bytes``).
+early tasks. The metrics are the pipeline's own (``accuracy`` on all seen classes,
+``forgetting`` so far, ``stored_params``, ``stored_bytes``, ...).
 
 The search space is plain data, ``{dotted params key: {kind: arguments}}`` with the kinds of
 :data:`SPACE_KINDS`, e.g. ``{"train.lr": {"loguniform": [1e-4, 1e-2]}, "model.rank_schedule":
@@ -25,11 +25,11 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from sdlora import metrics
 from sdlora.config import ConfigError, load_config
 from sdlora.data.prepare import read_manifest
 from sdlora.model import SDLoRAViT
 from sdlora.sequence import SequenceResult, run_sequence
+from sdlora.stages.records import task_metrics
 from sdlora.tracking import resolve_tracking_uri
 
 SPACE_KINDS = {
@@ -64,16 +64,9 @@ def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def task_report(result: SequenceResult, task: int) -> dict[str, float]:
-    """What a trial reports after ``task``: the pipeline's metric names, ``task`` counted from 1."""
-    R = result.matrix[: task + 1, : task + 1]
-    rec = result.records[task]
-    return {
-        "task": task + 1,
-        "accuracy": float(metrics.anytime_accuracy(R, rec["counts"])[-1]),
-        "forgetting": metrics.forgetting_so_far(R, task),
-        "stored_params": float(rec["storage"]["stored_params"]),
-        "stored_bytes": float(rec["storage"]["stored_bytes"]),
-    }
+    """What a trial reports after ``task``: what a ``train@k`` stage logs to MLflow
+    (:func:`sdlora.stages.records.task_metrics`), with ``task`` counted from 1."""
+    return {"task": task + 1, **task_metrics(result.records, task)}
 
 
 def sequence_trial(config: dict[str, Any]) -> None:
@@ -110,7 +103,9 @@ def run_sweep(
     run (params, metrics at step = task), all written by this driver process through Ray's
     ``MLflowLoggerCallback``: one writer, so the default SQLite store is safe whatever process
     or node a trial runs in. ``tracking_uri`` as ``mlflow.tracking_uri`` (None: the project's
-    SQLite file). The parent's id is in the returned grid's ``parent_run_id`` attribute."""
+    SQLite file). The parent's id is in the returned grid's ``parent_run_id`` attribute. Like
+    :meth:`sdlora.tracking.SequenceTracker.open`, the callback sets the process-wide tracking
+    URI (``mlflow.set_tracking_uri``, which exports ``MLFLOW_TRACKING_URI``)."""
     params, prepared = Path(params).resolve(), Path(prepared).resolve()
     base = load_config(params)
     changes: dict[str, Any] = {}

@@ -19,20 +19,13 @@ from typing import Any
 import numpy as np
 
 from sdlora import metrics, plots
-from sdlora.atomic import atomic_directory, atomic_path, write_json
+from sdlora.atomic import atomic_directory, atomic_path, write_json, write_text
 from sdlora.config import Config
 from sdlora.plan import CURVE_FILE, EVAL_DIR, HEATMAP_FILE, MAGNITUDES_FILE, METRICS_FILE
 from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.records import RECORD, StageError, accuracy_matrix, read_record, require_plan
 
 MARKER = "results.json"  # every eval folder holds it (what atomic_directory may replace)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``path`` atomically, creating its folder (DVC creates no parent of an output)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def _write_image(draw: Callable[[Path], Any], path: Path) -> None:
@@ -90,8 +83,8 @@ def evaluate_stage(
             {"summary": summary, "counts": counts, "key": rec["key"], "tasks": records},
         )
     rows = "".join(f"{i},{a:.4f}\n" for i, a in enumerate(summary["anytime_accuracy"]))
-    _write_text(Path(curve_file), "task,accuracy\n" + rows)
-    _write_text(Path(metrics_file), json.dumps(final, indent=2) + "\n")
+    write_text(curve_file, "task,accuracy\n" + rows)
+    write_text(metrics_file, json.dumps(final, indent=2) + "\n")
     _write_image(lambda f: plots.accuracy_heatmap(R, f), Path(heatmap_file))
     magnitude_rows = [np.asarray(r["magnitudes"]) for r in records]
     _write_image(lambda f: plots.magnitude_trajectories(magnitude_rows, f), Path(magnitudes_file))

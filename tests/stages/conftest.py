@@ -12,8 +12,11 @@ from sdlora.plan import write_tasks
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stages read and write relative to the project root: run each test in its own."""
+    """Stages read and write relative to the project root: run each test in its own, with the
+    project's default MLflow store (an earlier test in this process may have set
+    MLFLOW_TRACKING_URI: ``mlflow.set_tracking_uri`` exports it)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def _write_params(text: str, tasks: int | None) -> Path:
