@@ -353,6 +353,98 @@ class CompareConfig(_Section):
         return v
 
 
+# The tune stage's search space kinds: Ray Tune's sampler and how many arguments it takes
+# (None: a list of values). sdlora.tune turns them into Tune's objects.
+SPACE_KINDS: dict[str, int | None] = {"loguniform": 2, "uniform": 2, "choice": None, "grid": None}
+# What every trial shares with the pipeline (the splits, the backbone, where it runs and is
+# tracked): a sweep cannot search or fix them
+TUNE_SHARED = (
+    "seed", "data", "backbone", "pretrain", "tasks", "final_task", "ray", "mlflow", "compare",
+    "tune", "progress",
+)  # fmt: skip
+
+
+def _check_tune_key(key: str) -> None:
+    if key.split(".")[0] in TUNE_SHARED:
+        raise ValueError(
+            f"{key}: every trial shares it with the pipeline (splits, backbone, cluster, "
+            "tracking); set it at the top level of params.yaml"
+        )
+
+
+class TuneSettings(_Section):
+    """The tune stage (``dvc repro tune/dvc.yaml``): a Ray Tune sweep of whole task sequences
+    on the pipeline's splits and backbone, ASHA stopping weak trials after early tasks."""
+
+    space: dict[str, Any] = Field(
+        min_length=1,
+        description="dotted params key: {kind: arguments}, kinds loguniform/uniform [low, high],"
+        " choice/grid [values]",
+    )
+    fixed: dict[str, Any] = Field(
+        default_factory=dict, description="dotted params key: value, the same in every trial"
+    )
+    num_samples: int = Field(8, ge=1, description="trials (times every grid's values)")
+    objective: Literal["final_accuracy", "average_anytime_accuracy"] = "final_accuracy"
+    storage_budget: int | None = Field(
+        None, ge=1, description="the best trial stores at most this many parameters; null: any"
+    )
+    grace_period: int = Field(2, ge=1, description="tasks every trial runs before ASHA may stop it")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/this of a rung's trials")
+    trial_mode: Literal["process", "ray_train"] = Field(
+        "process",
+        description="process: the sequence in the trial's own process (world size 1); "
+        "ray_train: a TorchTrainer per task with ray.num_workers workers (the train stages')",
+    )
+    cpus_per_trial: float = Field(
+        1.0, gt=0, description="CPUs a trial holds (ray_train: its driver, besides the workers')"
+    )
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="null: as many as the cluster's CPUs hold"
+    )
+    seed: int = Field(0, description="the search's random state: the same trials for one seed")
+    storage_path: str = Field(
+        "runs/tune/ray", min_length=1, description="Ray Tune's experiment folders (restored)"
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, entry in v.items():
+            _check_tune_key(key)
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ValueError(
+                    f"{key}: give one of {sorted(SPACE_KINDS)} as {{kind: arguments}}, e.g. "
+                    f"{{loguniform: [0.0001, 0.01]}}; got {entry!r}"
+                )
+            ((kind, args),) = entry.items()
+            if kind not in SPACE_KINDS:
+                raise ValueError(f"{key}: unknown kind {kind!r}; use {sorted(SPACE_KINDS)}")
+            arity = SPACE_KINDS[kind]
+            if not isinstance(args, list) or not args or (arity and len(args) != arity):
+                shape = "[low, high]" if arity else "[value, value, ...]"
+                raise ValueError(f"{key}: {kind} takes a list {shape}, got {args!r}")
+            positive = kind == "loguniform"
+            if arity and not (args[0] < args[1] and (args[0] > 0 or not positive)):
+                need = "0 < low < high" if positive else "low < high"
+                raise ValueError(f"{key}: {kind} needs {need}, got {args!r}")
+        return v
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            _check_tune_key(key)
+        return v
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> TuneSettings:
+        both = sorted(set(self.space) & set(self.fixed))
+        if both:
+            raise ValueError(f"{both} are both searched (space) and fixed; keep one")
+        return self
+
+
 class TaskEntry(_Section):
     """One ``train@k`` stage: its split, what it starts from, and optional overrides."""
 
@@ -377,6 +469,7 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    tune: TuneSettings | None = Field(None, description="the tune stage's sweep")
     tasks: dict[int, TaskEntry] | None = Field(
         None, description="the pipeline's train@k stages; generated by `sdlora tasks --write`"
     )

@@ -40,12 +40,21 @@ import torch
 from sdlora.atomic import atomic_path
 from sdlora.checkpoint import load_adapter, save_adapter
 from sdlora.config import Config
-from sdlora.evaluate import finish_task
+from sdlora.evaluate import evaluate, finish_task
 from sdlora.logfile import redirect_output
 from sdlora.model import SDLoRAViT
 from sdlora.progress import ConsoleProgress, FileProgress, ProgressRelay
 from sdlora.ray_session import ensure_ray
-from sdlora.train import World, begin_task, build_model, fit_task, local_batch_size, task_classes
+from sdlora.records import task_record
+from sdlora.train import (
+    World,
+    begin_task,
+    build_model,
+    fit_task,
+    local_batch_size,
+    resolve_device,
+    task_classes,
+)
 
 ADAPTER = "adapter.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -96,7 +105,7 @@ def load_task_model(cfg: Config, task: int, prev_adapter: str | Path | None) -> 
 
 # Settings a checkpoint need not share with the run resuming it: where and how wide it runs,
 # where it is tracked, and the other tasks' entries.
-_NOT_FINGERPRINTED = {"progress", "ray", "mlflow", "compare", "tasks", "final_task"}
+_NOT_FINGERPRINTED = {"progress", "ray", "mlflow", "compare", "tune", "tasks", "final_task"}
 
 
 def _fingerprint(cfg: Config, task: int) -> dict[str, Any]:
@@ -333,6 +342,18 @@ def train_task_distributed(
         start_epoch=start_epoch,
         restored=bool(epochs) and start_epoch >= len(epochs),
     )
+
+
+def evaluated_record(
+    cfg: Config, task: int, adapter: str | Path, prepared: str | Path, epochs: list[dict]
+) -> dict[str, Any]:
+    """Task ``task``'s record from the adapter its workers wrote: the driver's evaluation of
+    every task seen so far on ``cfg.device`` (what ``train@k`` and a tune trial record)."""
+    model = build_model(cfg)
+    load_adapter(model, adapter)
+    accs, counts = evaluate(model, prepared, range(task + 1), cfg, resolve_device(cfg.device))
+    num_classes = task_classes(prepared, task)[1]
+    return task_record(model, task, num_classes, accs, counts, epochs)
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,156 +1,391 @@
-"""Ray Tune over whole task sequences (issue 11, first step: the library, no stage yet).
+"""Ray Tune over whole task sequences: the tune stage's library (issue 11).
 
-A trial is one :func:`sdlora.sequence.run_sequence` (the pipeline's loop, data path and
-evaluator, world size 1 in the trial's own process) on the pipeline's prepared splits, with
-params changed by the sampled values. It reports after every task, with ``task`` (1..T) as
-Tune's time attribute, so :class:`ray.tune.schedulers.ASHAScheduler` stops weak trials after
-early tasks. The metrics are the pipeline's own (``accuracy`` on all seen classes,
-``forgetting`` so far, ``stored_params``, ``stored_bytes``, ...).
+A trial is one task sequence on the pipeline's prepared splits and backbone, with params
+changed by the sampled values (``tune.space``) and the fixed ones (``tune.fixed``). It reports
+after every task, with ``task`` (1..T) as Tune's time attribute, so
+:class:`ray.tune.schedulers.ASHAScheduler` stops weak trials after early tasks. The metrics are
+the pipeline's own (:func:`sdlora.stages.records.task_metrics`: ``accuracy`` on all seen
+classes, ``forgetting`` so far, ``stored_params``, ...) plus the running
+``average_anytime_accuracy``.
 
-The search space is plain data, ``{dotted params key: {kind: arguments}}`` with the kinds of
-:data:`SPACE_KINDS`, e.g. ``{"train.lr": {"loguniform": [1e-4, 1e-2]}, "model.rank_schedule":
-{"choice": [[[0, 10]], [[0, 10], [2, 6]]]}}``: any params key can be searched without code.
+Two trial modes (``tune.trial_mode``), both through the pipeline's functions:
+
+- ``process``: :func:`sdlora.sequence.run_sequence` in the trial's own process, world size 1
+  (``sdlora run``'s loop; one trial holds ``tune.cpus_per_trial`` CPUs);
+- ``ray_train``: the trial is a driver that runs each task as the ``train@k`` stages do, with a
+  ``TorchTrainer`` of ``ray.num_workers`` workers
+  (:func:`sdlora.distributed.train_task_distributed`), under a deterministic run name per
+  trial and task, so a restored trial finds its finished tasks and resumes the cut one from
+  its last epoch checkpoint. The driver reports to Tune itself after evaluating each task:
+  Ray's ``TuneReportCallback`` would forward the workers' per-epoch reports, which carry no
+  task and so no time attribute for ASHA.
+
+The deadlock rule (:func:`concurrency`): Train workers ask for their CPUs after their trial
+has started, so trials running at once must leave room for all their workers, or every trial
+waits forever for CPUs the others hold. A trial's need is its own CPUs plus its workers'; the
+sweep runs at most floor(cluster CPUs / need) trials at once and refuses to start when one
+trial does not fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from pydantic import ValidationError
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from sdlora.config import ConfigError, load_config
+from sdlora import metrics
+from sdlora.config import SPACE_KINDS, Config, ConfigError, RayConfig, TuneSettings, load_config
 from sdlora.data.prepare import read_manifest
-from sdlora.model import SDLoRAViT
-from sdlora.sequence import SequenceResult, run_sequence
-from sdlora.stages.records import task_metrics
+from sdlora.distributed import ADAPTER, evaluated_record, train_task_distributed
+from sdlora.sequence import run_sequence
+from sdlora.stages.records import accuracy_matrix, task_metrics
 from sdlora.tracking import resolve_tracking_uri
 
-SPACE_KINDS = {
-    "loguniform": (tune.loguniform, 2),
-    "uniform": (tune.uniform, 2),
-    "choice": (tune.choice, 1),
-    "grid": (tune.grid_search, 1),  # every value, times num_samples
+_SAMPLERS = {
+    "loguniform": tune.loguniform,
+    "uniform": tune.uniform,
+    "choice": tune.choice,
+    "grid": tune.grid_search,  # every value, times num_samples
 }
-_FIXED = ("params", "prepared")  # what every trial gets besides the sampled keys
+SWEEP_TAG = "sdlora.tune"  # MLflow tag: "sweep" on the parent run, "trial" on its children
+NAME_TAG = "sdlora.tune.name"  # MLflow tag: the sweep's name, found again on restore
 
 
 def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Tune's ``param_space`` from ``{key: {kind: arguments}}``; a bad entry names its key."""
-    space: dict[str, Any] = {}
+    """Tune's ``param_space`` from ``{key: {kind: arguments}}`` (``tune.space``); a bad entry
+    raises :class:`ConfigError` naming its key."""
+    try:
+        TuneSettings(space=dict(spec))
+    except ValidationError as err:
+        raise ConfigError(
+            "tune.space: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        ) from None
+    space = {}
     for key, entry in spec.items():
-        if not isinstance(entry, Mapping) or len(entry) != 1:
-            raise ConfigError(
-                f"tune space {key!r}: give one of {sorted(SPACE_KINDS)} as "
-                f"{{kind: arguments}}, e.g. {{loguniform: [0.0001, 0.01]}}; got {entry!r}"
-            )
         ((kind, args),) = entry.items()
-        if kind not in SPACE_KINDS:
-            raise ConfigError(
-                f"tune space {key!r}: unknown kind {kind!r}; use {sorted(SPACE_KINDS)}"
-            )
-        make, arity = SPACE_KINDS[kind]
-        if not isinstance(args, list) or (arity == 2 and len(args) != 2) or not args:
-            shape = "[low, high]" if arity == 2 else "[value, value, ...]"
-            raise ConfigError(f"tune space {key!r}: {kind} takes a list {shape}, got {args!r}")
-        space[key] = make(*args) if arity == 2 else make(args)
+        space[key] = _SAMPLERS[kind](*args) if SPACE_KINDS[kind] else _SAMPLERS[kind](args)
     return space
 
 
-def task_report(result: SequenceResult, task: int) -> dict[str, float]:
+def check_trials(params: str | Path, settings: TuneSettings) -> None:
+    """Refuse, before anything starts, a value some trial could get that params.yaml would
+    not accept: every choice/grid value and both ends of every range, with ``tune.fixed``.
+    The message names the ``tune.space`` key and the value."""
+    fixed = dict(settings.fixed)
+    for key, entry in [(None, None), *settings.space.items()]:
+        values = [None] if entry is None else next(iter(entry.values()))
+        for value in values:
+            change = {} if key is None else {key: value}
+            where = "tune.fixed" if key is None else f"tune.space.{key} = {value!r}"
+            try:
+                cfg = load_config(params, {**fixed, **change})
+            except ConfigError as err:
+                lines = str(err).splitlines()  # "<params>: invalid configuration", then the keys
+                why = "; ".join(ln.strip() for ln in lines[1:]) or lines[0]
+                raise ConfigError(f"{where} gives an invalid trial: {why}") from None
+            if cfg.model.method == "joint":
+                raise ConfigError(
+                    f"{where}: joint training reports once, not after every task, and "
+                    "cannot be applied to the per-task pipeline; tune a per-task method"
+                )
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares: the params file, the splits, the fixed changes, and where a
+    ``ray_train`` trial runs its tasks (``work``: per-trial adapters and Ray Train runs)."""
+
+    params: str
+    prepared: str
+    changes: dict[str, Any]
+    mode: str
+    ray: RayConfig
+    work: str
+
+
+def task_report(records: list[dict[str, Any]], task: int) -> dict[str, float]:
     """What a trial reports after ``task``: what a ``train@k`` stage logs to MLflow
-    (:func:`sdlora.stages.records.task_metrics`), with ``task`` counted from 1."""
-    return {"task": task + 1, **task_metrics(result.records, task)}
+    (:func:`sdlora.stages.records.task_metrics`), the running AAA, and ``task`` counted from
+    1 (Tune's time attribute: tasks done); ``task_train_seconds``: the task's epochs' time."""
+    R = accuracy_matrix(records[: task + 1])
+    return {
+        "task": task + 1,
+        **task_metrics(records, task),
+        "average_anytime_accuracy": metrics.average_anytime_accuracy(R, records[task]["counts"]),
+        "task_train_seconds": sum(e["epoch_seconds"] for e in records[task]["epochs"]),
+    }
 
 
-def sequence_trial(config: dict[str, Any]) -> None:
+def sequence_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one whole sequence with the sampled params, a report per task."""
-    changes = {k: v for k, v in config.items() if k not in _FIXED}
-    cfg = load_config(config["params"], {**changes, "progress": False})
+    cfg = load_config(setup.params, {**setup.changes, **config, "progress": False})
+    if setup.mode == "process":
+        run_sequence(
+            cfg,
+            setup.prepared,
+            on_task_end=lambda t, _model, result: tune.report(task_report(result.records, t)),
+        )
+    else:
+        train_tasks_on_ray(cfg, setup, lambda records, t: tune.report(task_report(records, t)))
 
-    def report(task: int, model: SDLoRAViT, result: SequenceResult) -> None:
-        tune.report(task_report(result, task))
 
-    run_sequence(cfg, config["prepared"], on_task_end=report)
+def train_tasks_on_ray(
+    cfg: Config, setup: TrialSetup, report: Callable[[list[dict[str, Any]], int], None]
+) -> list[dict[str, Any]]:
+    """Every task as the ``train@k`` stages run it: a TorchTrainer per task, then the driver's
+    evaluation; ``report(records, task)`` after each. Run names are deterministic (the trial id
+    and the task), so a restored trial restores its finished tasks instead of training them."""
+    folder = Path(setup.work) / tune.get_context().get_trial_id()
+    ray, records, prev = setup.ray, [], None
+    for t in range(len(read_manifest(setup.prepared)["tasks"])):
+        out = folder / f"task_{t}"
+        result = train_task_distributed(
+            cfg,
+            t,
+            prev,
+            setup.prepared,
+            out,
+            num_workers=ray.num_workers,
+            use_gpu=ray.use_gpu,
+            cpus_per_worker=ray.cpus_per_worker,
+            max_failures=ray.max_failures,
+            storage_path=folder / "ray",
+            name=f"task{t}",
+            poll_interval_s=ray.poll_interval_s,
+        )
+        records.append(evaluated_record(cfg, t, out / ADAPTER, setup.prepared, result.epochs))
+        report(records, t)
+        prev = out / ADAPTER
+    return records
+
+
+def trial_need(settings: TuneSettings, ray: RayConfig) -> dict[str, float]:
+    """CPUs (and GPUs) one trial holds while it runs: its own, plus its Train workers'."""
+    need = {"CPU": settings.cpus_per_trial, "GPU": 0.0}
+    if settings.trial_mode == "ray_train":
+        need["CPU"] += ray.num_workers * ray.cpus_per_worker
+        need["GPU"] += ray.num_workers if ray.use_gpu else 0
+    return need
+
+
+def concurrency(settings: TuneSettings, ray: RayConfig, cluster: Mapping[str, float]) -> int:
+    """How many trials may run at once on ``cluster`` (``ray.cluster_resources()``) without the
+    Train workers of running trials waiting forever for CPUs other trials hold (module
+    docstring). Raises :class:`ConfigError` when one trial does not fit, or when
+    ``tune.max_concurrent_trials`` asks for more than fit."""
+    need = trial_need(settings, ray)
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    fit = min(fits)
+    workers = (
+        f" + {ray.num_workers} Train worker(s) x {ray.cpus_per_worker} (ray.num_workers x "
+        "ray.cpus_per_worker)"
+        if settings.trial_mode == "ray_train"
+        else ""
+    )
+    what = f"{settings.cpus_per_trial} (tune.cpus_per_trial){workers}"
+    if fit < 1:
+        gpus = f" and {need['GPU']:g} GPU(s)" if need["GPU"] else ""
+        raise ConfigError(
+            f"one trial needs {need['CPU']:g} CPUs{gpus} = {what}, but the Ray cluster has "
+            f"{cluster.get('CPU', 0.0):g} CPUs{' and ' if gpus else ''}"
+            f"{str(cluster.get('GPU', 0.0)) + ' GPUs' if gpus else ''}: its Train workers would "
+            "wait forever. Lower ray.cpus_per_worker (fractions such as 0.5 are fine), "
+            "ray.num_workers or tune.cpus_per_trial, use tune.trial_mode: process, or add nodes"
+        )
+    wanted = settings.max_concurrent_trials
+    if settings.trial_mode == "ray_train" and wanted is not None and wanted > fit:
+        raise ConfigError(
+            f"tune.max_concurrent_trials = {wanted}, but {fit} trial(s) of {need['CPU']:g} CPUs "
+            f"({what}) fit the cluster's {cluster.get('CPU', 0.0):g}: more would leave Train "
+            f"workers waiting forever for CPUs; set it to {fit} or less, or null"
+        )
+    return min(fit, wanted) if wanted is not None else fit
+
+
+class TaskStepMLflowLogger(MLflowLoggerCallback):
+    """Ray's MLflow callback, logging each report at step = task index (0-based, as the
+    pipeline's runs do) and only the trial's own metrics (not Tune's timestamps and pids)."""
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        ours = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k != "task"}
+        step = int(result["task"]) - 1
+        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=ours, step=step)
+
+
+class ConsoleLines(tune.Callback):
+    """One line per trial event on stderr: a task's result, ASHA's stop, the end, an error."""
+
+    def __init__(self, num_tasks: int, keys: list[str]) -> None:
+        self.num_tasks, self.keys = num_tasks, keys
+
+    def _name(self, trial: Any) -> str:
+        sampled = ", ".join(f"{k}={_short(trial.config.get(k))}" for k in self.keys)
+        return f"trial {trial.trial_id} ({sampled})"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _say(f"{self._name(trial)} started")
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        _say(
+            f"trial {trial.trial_id} task {int(result['task'])}/{self.num_tasks}: accuracy "
+            f"{result['accuracy']:.2f}%, {int(result['stored_params']):,} stored params"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = int((trial.last_result or {}).get("task", 0))
+        if done < self.num_tasks:
+            _say(f"trial {trial.trial_id} stopped by ASHA after task {done} of {self.num_tasks}")
+        else:
+            _say(f"trial {trial.trial_id} finished all {self.num_tasks} tasks")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _say(f"trial {trial.trial_id} FAILED: see {Path(trial.local_path) / 'error.txt'}")
+
+
+def _say(text: str) -> None:
+    import sys
+
+    print(f"tune: {text}", file=sys.stderr, flush=True)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class Sweep:
+    """A finished sweep: Tune's results, the MLflow parent run (None without tracking), and
+    whether it continued an earlier, cut sweep of the same name."""
+
+    grid: tune.ResultGrid
+    parent_run_id: str | None
+    restored: bool
+
+
+def _parent_run(client: MlflowClient, experiment: str, name: str, fixed: dict) -> tuple[str, bool]:
+    """The sweep's parent run: the one a cut sweep of this name left (its children that were
+    still running are marked KILLED: their trials start again), else a new one."""
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    found = client.search_runs(
+        [exp_id], f"tags.`{NAME_TAG}` = '{name}' and tags.`{SWEEP_TAG}` = 'sweep'"
+    )
+    if found:
+        parent = found[0].info.run_id
+        children = client.search_runs(
+            [exp_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'RUNNING'",
+        )
+        for child in children:
+            client.set_terminated(child.info.run_id, "KILLED")
+        client.update_run(parent, "RUNNING")
+        return parent, True
+    run = client.create_run(exp_id, run_name=name, tags={SWEEP_TAG: "sweep", NAME_TAG: name})
+    for key, value in fixed.items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id, False
 
 
 def run_sweep(
     params: str | Path,
     prepared: str | Path,
-    space: Mapping[str, Any],
+    settings: TuneSettings,
     *,
-    num_samples: int,
-    storage_path: str | Path,
     name: str,
-    metric: str = "accuracy",
-    grace_period: int = 1,
-    cpus_per_trial: float = 1.0,
-    seed: int = 0,
+    ray: RayConfig | None = None,
     experiment: str | None = None,
     tracking_uri: str | None = None,
-) -> tune.ResultGrid:
-    """Sample ``num_samples`` trials of ``space`` over the sequence in ``prepared``; ASHA on
-    ``metric`` (maximised) at every task. Paths are made absolute: trials run in their own
-    folders, possibly on other nodes (which then need them on a shared file system).
+) -> Sweep:
+    """Run (or, when ``settings.storage_path/name`` holds a cut sweep, restore with
+    ``Tuner.restore``) the sweep of ``settings`` over the sequence in ``prepared``.
+
+    Ray must be initialised (:func:`sdlora.ray_session.ensure_ray`). Paths are made absolute:
+    trials run in their own folders, possibly on other nodes (which then need them, and the
+    storage path, on a shared file system). ASHA maximises the objective's per-task metric
+    (``accuracy`` for ``final_accuracy``, the running AAA for ``average_anytime_accuracy``).
 
     With ``experiment``, MLflow gets one parent run named ``name`` and each trial as its child
-    run (params, metrics at step = task), all written by this driver process through Ray's
-    ``MLflowLoggerCallback``: one writer, so the default SQLite store is safe whatever process
-    or node a trial runs in. ``tracking_uri`` as ``mlflow.tracking_uri`` (None: the project's
-    SQLite file). The parent's id is in the returned grid's ``parent_run_id`` attribute. Like
-    :meth:`sdlora.tracking.SequenceTracker.open`, the callback sets the process-wide tracking
-    URI (``mlflow.set_tracking_uri``, which exports ``MLFLOW_TRACKING_URI``)."""
+    run (params, metrics at step = task index), all written by this driver process through
+    :class:`TaskStepMLflowLogger`: one writer, so the default SQLite store is safe whatever
+    process or node a trial runs in. ``tracking_uri`` as ``mlflow.tracking_uri`` (None: the
+    project's SQLite file); the callback sets the process-wide tracking URI, as
+    :meth:`sdlora.tracking.SequenceTracker.open` does.
+    """
+    import ray as ray_module
+
+    ray = ray or RayConfig()
     params, prepared = Path(params).resolve(), Path(prepared).resolve()
-    base = load_config(params)
-    changes: dict[str, Any] = {}
+    check_trials(params, settings)
+    base = load_config(params, settings.fixed)
+    changes = dict(settings.fixed)
     weights = base.backbone.weights
     if weights not in (None, "timm") and not Path(weights).is_absolute():
         changes["backbone.weights"] = str(Path(weights).resolve())
     num_tasks = len(read_manifest(prepared)["tasks"])
-    callbacks, parent = [], None
+    storage = Path(settings.storage_path).resolve()
+    setup = TrialSetup(
+        str(params), str(prepared), changes, settings.trial_mode, ray, str(storage / name / "work")
+    )
+    metric = "accuracy" if settings.objective == "final_accuracy" else settings.objective
+    trainable = tune.with_resources(
+        tune.with_parameters(sequence_trial, setup=setup), {"cpu": settings.cpus_per_trial}
+    )
+    restored = tune.Tuner.can_restore(storage / name)
+    callbacks: list[tune.Callback] = [ConsoleLines(num_tasks, sorted(settings.space))]
+    parent = None
     if experiment is not None:
         uri = resolve_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-        parent = client.create_run(exp_id, run_name=name, tags={"sdlora.tune": "sweep"})
-        children = {MLFLOW_PARENT_RUN_ID: parent.info.run_id, "sdlora.tune": "trial"}
+        parent, _ = _parent_run(client, experiment, name, settings.fixed)
+        children = {MLFLOW_PARENT_RUN_ID: parent, SWEEP_TAG: "trial", NAME_TAG: name}
         callbacks.append(
-            MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment, tags=children)
+            TaskStepMLflowLogger(tracking_uri=uri, experiment_name=experiment, tags=children)
         )
-    scheduler = ASHAScheduler(time_attr="task", max_t=num_tasks, grace_period=grace_period)
-    tuner = tune.Tuner(
-        tune.with_resources(sequence_trial, {"cpu": cpus_per_trial}),
-        param_space={
-            "params": str(params),
-            "prepared": str(prepared),
-            **changes,
-            **search_space(space),
-        },
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode="max",
-            num_samples=num_samples,
-            scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=seed),  # the same samples per seed
-        ),
-        run_config=tune.RunConfig(
-            name=name, storage_path=str(Path(storage_path).resolve()), callbacks=callbacks
-        ),
-    )
+    limit = concurrency(settings, ray, ray_module.cluster_resources())
+    if restored:
+        tuner = tune.Tuner.restore(str(storage / name), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(settings.space),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode="max",
+                num_samples=settings.num_samples,
+                max_concurrent_trials=limit,
+                scheduler=ASHAScheduler(
+                    time_attr="task",
+                    max_t=num_tasks,
+                    grace_period=min(settings.grace_period, num_tasks),
+                    reduction_factor=settings.reduction_factor,
+                ),
+                search_alg=BasicVariantGenerator(random_state=settings.seed),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), callbacks=callbacks, verbose=0
+            ),
+        )
     grid = tuner.fit()
     if parent is not None:
-        best = grid.get_best_result()
-        client.log_metric(parent.info.run_id, f"best_{metric}", float(best.metrics[metric]))
-        client.set_terminated(parent.info.run_id)
-    grid.parent_run_id = parent.info.run_id if parent is not None else None
-    return grid
+        ok = [r for r in grid if r.error is None and r.metrics]
+        if ok:
+            best = max(float(r.metrics[metric]) for r in ok if metric in r.metrics)
+            client.log_metric(parent, f"best_{metric}", best)
+        client.set_terminated(parent, "FAILED" if grid.errors else "FINISHED")
+    return Sweep(grid, parent, restored)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -169,23 +404,33 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
-def trial_rows(grid: tune.ResultGrid, num_tasks: int) -> list[dict[str, Any]]:
-    """One row per trial: its sampled params, the tasks it reached (ASHA may stop it early),
-    accuracy on all seen classes and stored parameters at its last report, and its AAA when
-    it ran every task."""
+def trial_rows(grid: tune.ResultGrid, num_tasks: int, keys: list[str]) -> list[dict[str, Any]]:
+    """One row per trial, sorted by trial id: its sampled params (``keys``), how it ended
+    (``finished``, ``stopped`` by ASHA, ``error``), the tasks it reached, and at its last
+    report accuracy on all seen classes, AAA so far, forgetting and stored parameters; with
+    the time from its start to its first report, and how much of that was not task 0's
+    training (``overhead_s``: set-up, evaluation, Ray Train's start in ``ray_train`` mode)."""
     rows = []
     for r in grid:
         history = r.metrics_dataframe
-        reached = int(history["task"].iloc[-1]) if history is not None and len(history) else 0
-        done = reached == num_tasks
-        rows.append({
-            "trial": r.metrics.get("trial_id", Path(r.path).name),
-            "params": {k: v for k, v in r.config.items() if k not in _FIXED
-                       and k != "backbone.weights"},
-            "tasks": reached,
-            "stopped_early": not done,
-            "accuracy": float(history["accuracy"].iloc[-1]) if reached else None,
-            "average_anytime_accuracy": float(history["accuracy"].mean()) if done else None,
-            "stored_params": float(history["stored_params"].iloc[-1]) if reached else None,
-        })  # fmt: skip
-    return rows
+        n = 0 if history is None or "task" not in history else int(history["task"].iloc[-1])
+        last = history.iloc[-1] if n else {}
+        first = history.iloc[0] if n else {}
+        status = "error" if r.error is not None else "finished" if n == num_tasks else "stopped"
+        row: dict[str, Any] = {
+            "trial": str((r.metrics or {}).get("trial_id") or Path(r.path).name),
+            **{k: r.config.get(k) for k in keys},
+            "status": status,
+            "tasks": n,
+            "accuracy": float(last["accuracy"]) if n else None,
+            "average_anytime_accuracy": float(last["average_anytime_accuracy"]) if n else None,
+            "forgetting": float(last["forgetting"]) if n else None,
+            "stored_params": int(last["stored_params"]) if n else None,
+            "first_report_s": float(first["time_total_s"]) if n else None,
+            "overhead_s": None,
+            "seconds": float(last["time_total_s"]) if n else None,
+        }
+        if n:
+            row["overhead_s"] = row["first_report_s"] - float(first["task_train_seconds"])
+        rows.append(row)
+    return sorted(rows, key=lambda row: row["trial"])

@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdlora.config import ConfigError, parse_config
+from sdlora.config import ConfigError, RayConfig, TuneSettings, parse_config
 from sdlora.data.prepare import prepare
 from sdlora.pretrain import pretrain_backbone
-from sdlora.tune import pareto_front, run_sweep, search_space, trial_rows
+from sdlora.tune import (
+    check_trials,
+    concurrency,
+    pareto_front,
+    run_sweep,
+    search_space,
+    trial_rows,
+)
 
 
 def _raw(weights: str | None) -> dict:
@@ -38,12 +45,55 @@ def test_search_space_is_plain_data_and_a_bad_entry_names_its_key() -> None:
     })  # fmt: skip
     assert isinstance(space["train.lr"], tune.search.sample.Float)
     assert space["model.rank_schedule"].categories == [[[0, 4]], [[0, 4], [1, 2]]]
-    with pytest.raises(ConfigError, match=r"'train.lr': unknown kind 'logunif'"):
+    with pytest.raises(ConfigError, match=r"tune.space: train.lr: unknown kind 'logunif'"):
         search_space({"train.lr": {"logunif": [1e-4, 1e-2]}})
-    with pytest.raises(ConfigError, match=r"'model.kd_tau': loguniform takes a list \[low, high\]"):
+    with pytest.raises(ConfigError, match=r"model.kd_tau: loguniform takes a list \[low, high\]"):
         search_space({"model.kd_tau": {"loguniform": [0.1]}})
-    with pytest.raises(ConfigError, match=r"'seed': give one of"):
-        search_space({"seed": 3})
+    with pytest.raises(ConfigError, match=r"train.lr: loguniform needs 0 < low < high"):
+        search_space({"train.lr": {"loguniform": [0, 0.1]}})
+    with pytest.raises(ConfigError, match=r"model.rank: give one of"):
+        search_space({"model.rank": 3})
+    with pytest.raises(ConfigError, match=r"data.init_cls: every trial shares it with the pipel"):
+        search_space({"data.init_cls": {"choice": [2, 4]}})
+
+
+def test_a_value_params_would_refuse_stops_the_sweep_before_it_starts(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(_raw(None)))
+    ok = TuneSettings(space={"model.rank": {"choice": [2, 4]}}, fixed={"model.method": "sdlora_kd"})
+    check_trials(params, ok)
+    bad = TuneSettings(space={"model.rank": {"choice": [2, 0]}})
+    with pytest.raises(ConfigError, match=r"tune.space.model.rank = 0 gives an invalid trial: .*"
+                       r"model.rank = 0: Input should be greater than or equal to 1"):  # fmt: skip
+        check_trials(params, bad)
+    typo = TuneSettings(space={"model.rnak": {"choice": [2]}})
+    with pytest.raises(ConfigError, match=r"model.rnak: unknown key"):
+        check_trials(params, typo)
+    joint = TuneSettings(space={"train.lr": {"choice": [0.1]}}, fixed={"model.method": "joint"})
+    with pytest.raises(ConfigError, match=r"tune.fixed: joint training reports once"):
+        check_trials(params, joint)
+
+
+def test_trials_never_hold_the_cpus_their_train_workers_wait_for() -> None:
+    """The deadlock rule: at most floor(CPUs / (trial + its workers)) trials at once, and a
+    trial that cannot fit at all is an error naming the keys, not a hang."""
+    space = {"train.lr": {"choice": [0.1]}}
+    ray2 = RayConfig(num_workers=2, cpus_per_worker=0.5)
+    in_process = TuneSettings(space=space)
+    on_train = TuneSettings(space=space, trial_mode="ray_train")
+    assert concurrency(in_process, ray2, {"CPU": 2.0}) == 2  # workers unused in process mode
+    assert concurrency(on_train, ray2, {"CPU": 2.0}) == 1  # 1 + 2 x 0.5
+    assert concurrency(on_train, ray2, {"CPU": 8.0}) == 4
+    with pytest.raises(ConfigError, match=r"one trial needs 3 CPUs = 1.0 \(tune.cpus_per_trial\) "
+                       r"\+ 2 Train worker\(s\) x 1.0 .* the Ray cluster has 2 CPUs: its Train "
+                       r"workers would wait forever"):  # fmt: skip
+        concurrency(on_train, RayConfig(num_workers=2), {"CPU": 2.0})
+    capped = TuneSettings(space=space, trial_mode="ray_train", max_concurrent_trials=3)
+    with pytest.raises(ConfigError, match=r"tune.max_concurrent_trials = 3, but 1 trial"):
+        concurrency(capped, ray2, {"CPU": 2.0})
+    gpu = RayConfig(num_workers=1, use_gpu=True)
+    with pytest.raises(ConfigError, match=r"and 1 GPU\(s\)"):
+        concurrency(on_train, gpu, {"CPU": 4.0})
 
 
 @pytest.mark.slow
@@ -55,12 +105,16 @@ def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> No
     params.write_text(yaml.safe_dump(raw))
     prepared = tmp_path / "prepared"
     prepare(parse_config(raw).data, seed=0, out=prepared)
-    grid = run_sweep(
-        params, prepared, {"train.lr": {"grid": [0.01, 0.001]}}, num_samples=1,
-        storage_path=tmp_path / "tune", name="sweep", grace_period=3, experiment="tune-test",
+    settings = TuneSettings(
+        space={"train.lr": {"grid": [0.01, 0.001]}}, num_samples=1, grace_period=3,
+        storage_path=str(tmp_path / "tune"),
+    )  # fmt: skip
+    sweep = run_sweep(
+        params, prepared, settings, name="sweep", experiment="tune-test",
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
     )  # fmt: skip
-    assert len(grid) == 2 and not grid.errors
+    grid = sweep.grid
+    assert len(grid) == 2 and not grid.errors and not sweep.restored
     for r in grid:
         history = r.metrics_dataframe
         assert list(history["task"]) == [1, 2, 3]  # grace 3 of 3 tasks: nobody stopped early
@@ -75,16 +129,18 @@ def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> No
     exp = client.get_experiment_by_name("tune-test")
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("sdlora.tune") == "sweep"]
-    assert parent.info.run_id == grid.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.info.run_id == sweep.parent_run_id and parent.info.status == "FINISHED"
     assert parent.data.metrics["best_accuracy"] == best.metrics["accuracy"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 and {c.data.params["train.lr"] for c in children} == {"0.01", "0.001"}
     for c in children:
         history = client.get_metric_history(c.info.run_id, "accuracy")
-        assert [m.step for m in history] == [1, 2, 3]
-    rows = trial_rows(grid, 3)
-    assert sorted(r["params"]["train.lr"] for r in rows) == [0.001, 0.01]
-    assert all(r["tasks"] == 3 and not r["stopped_early"] for r in rows)
+        assert [m.step for m in history] == [0, 1, 2]  # step = task, as the pipeline's
+        assert "timestamp" not in c.data.metrics and "stored_params" in c.data.metrics
+    rows = trial_rows(grid, 3, ["train.lr"])
+    assert sorted(r["train.lr"] for r in rows) == [0.001, 0.01]
+    assert all(r["tasks"] == 3 and r["status"] == "finished" for r in rows)
+    assert all(0 < r["overhead_s"] < r["first_report_s"] for r in rows)
     for row, r in zip(sorted(rows, key=lambda x: x["accuracy"]),
                       sorted(grid, key=lambda x: x.metrics["accuracy"]), strict=True):  # fmt: skip
         assert row["accuracy"] == r.metrics["accuracy"]

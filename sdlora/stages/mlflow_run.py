@@ -28,11 +28,11 @@ def sequence_key(
 
     The data and weights hashes come from ``prepared``'s manifest and ``backbone``'s record.
     Not included: where and how wide it runs (``ray``), where it is tracked (``mlflow``),
-    progress bars, the compare stage's list, and the entries of later tasks. ``device`` is
-    included: results may differ.
+    progress bars, the compare and tune stages' settings, and the entries of later tasks.
+    ``device`` is included: results may differ.
     """
     raw = cfg.model_dump(
-        mode="json", exclude={"progress", "ray", "mlflow", "compare", "final_task"}
+        mode="json", exclude={"progress", "ray", "mlflow", "compare", "tune", "final_task"}
     )
     if upto is not None:
         raw["tasks"] = {k: v for k, v in (raw["tasks"] or {}).items() if int(k) <= upto}
@@ -47,7 +47,7 @@ def run_params(
 ) -> dict[str, str]:
     """The MLflow run's params: the config (flat keys), task overrides, data and weights hashes."""
     raw = cfg.model_dump(
-        mode="json", exclude={"progress", "ray", "mlflow", "compare", "tasks", "final_task"}
+        mode="json", exclude={"progress", "ray", "mlflow", "compare", "tune", "tasks", "final_task"}
     )
     params = flatten_params(raw)
     for k, entry in (cfg.tasks or {}).items():

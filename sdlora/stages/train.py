@@ -19,19 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.atomic import atomic_directory, write_json
-from sdlora.checkpoint import load_adapter
 from sdlora.config import Config, ConfigError
 from sdlora.data.prepare import read_manifest
-from sdlora.distributed import ADAPTER, STATE, TrainingFailed, train_task_distributed
-from sdlora.evaluate import evaluate
+from sdlora.distributed import (
+    ADAPTER,
+    STATE,
+    TrainingFailed,
+    evaluated_record,
+    train_task_distributed,
+)
 from sdlora.logfile import tail
 from sdlora.plan import BACKBONE_DIR, PREPARED_DIR, task_output
 from sdlora.preflight import check_task_inputs
-from sdlora.records import task_record
 from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.mlflow_run import open_run, sequence_key
 from sdlora.stages.records import RECORD, StageError, read_record, require_plan, task_metrics
-from sdlora.train import build_model, resolve_device
+from sdlora.train import resolve_device
 
 LOG = "runs/logs/train@{task}.log"  # everything Ray prints while task k trains (appended)
 VERBOSE_ENV = "SDLORA_VERBOSE"  # 1: Ray's output on the console, as --verbose
@@ -98,7 +101,7 @@ def train_stage(
             raise StageError(f"{prev}/{RECORD} holds {len(records)} tasks, expected {task}")
         prev_adapter = prev / ADAPTER
     check_task_inputs(cfg, task, prepared, prev_adapter)  # before Ray or any write
-    device = resolve_device(cfg.device)
+    resolve_device(cfg.device)  # a device this machine lacks fails here, before Ray starts
     ray = cfg.ray
     key = sequence_key(cfg, upto=task, prepared=prepared, backbone=backbone)
     stage = f"train@{task}"
@@ -137,11 +140,7 @@ def train_stage(
                 print(f"--- the end of {log_path} ---\n{tail(log_path)}\n---", file=sys.stderr)
             raise
         train_seconds = time.perf_counter() - start
-        model = build_model(cfg)
-        load_adapter(model, tmp / ADAPTER)
-        accs, counts = evaluate(model, prepared, range(task + 1), cfg, device)
-        num_classes = int(manifest["tasks"][task]["num_classes"])
-        records.append(task_record(model, task, num_classes, accs, counts, result.epochs))
+        records.append(evaluated_record(cfg, task, tmp / ADAPTER, prepared, result.epochs))
         with open_run(
             cfg, records, backfill=task, stage=f"train@{task}", prepared=prepared, backbone=backbone
         ) as tracker:
