@@ -257,6 +257,37 @@ def _add_plots(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(func=_run_plots)
 
 
+def _run_exp_run(args: argparse.Namespace) -> int:
+    """Run ``dvc exp run -S key=value ...`` with the changes in a best-params file."""
+    import shlex
+    import subprocess
+
+    from sdlora.tune_results import exp_run_args, read_best
+
+    extra = [a for a in args.dvc_args if a != "--"]
+    command = ["dvc", "exp", "run", *exp_run_args(read_best(args.file)), *extra]
+    print(f"sdlora exp-run: {shlex.join(command)}", file=sys.stderr, flush=True)
+    return subprocess.run([sys.executable, "-m", *command], check=False).returncode
+
+
+def _add_exp_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``exp-run FILE [-- DVC_ARGS ...]``."""
+    parser = subparsers.add_parser(
+        "exp-run",
+        help="apply a params file of dotted keys (the tune stage's best_params.yaml) to the "
+        "pipeline as a DVC experiment",
+        description=(
+            "Run `dvc exp run` with one `-S key=value` per entry of FILE (dotted params keys, "
+            "as the tune stage writes them in results/tune/best_params.yaml), so the pipeline "
+            "runs with those params in an experiment; params.yaml in git is left alone. "
+            "Arguments after `--` go to `dvc exp run` (e.g. -- --name best-trial)."
+        ),
+    )
+    parser.add_argument("file", help="params changes: a YAML mapping of dotted keys")
+    parser.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc exp run` options")
+    parser.set_defaults(func=_run_exp_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="sdlora", description="SD-LoRA continual-learning tools.")
@@ -267,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tasks(subparsers)
     _add_deps(subparsers)
     _add_plots(subparsers)
+    _add_exp_run(subparsers)
     return parser
 
 

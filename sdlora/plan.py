@@ -38,6 +38,7 @@ HEATMAP_FILE = f"{RESULTS_DIR}/accuracy_matrix.png"  # accuracy on each task aft
 MAGNITUDES_FILE = f"{RESULTS_DIR}/magnitudes.png"  # the magnitudes' trajectories (dvc plots)
 COMPARE_DIR = "runs/compare"  # compare: each seed's splits and each run's JSON (cached)
 COMPARE_RESULTS = f"{RESULTS_DIR}/compare"  # compare: table, CSV, plots (in git, like results/)
+TUNE_RESULTS = f"{RESULTS_DIR}/tune"  # tune: trials, Pareto front, best params (in git)
 OVERRIDES = ("rank", "epochs", "lr")  # what a tasks entry may set for its task alone
 WRITE_COMMAND = "python -m sdlora tasks --write"
 TASKS_COMMENT = (

@@ -234,3 +234,49 @@ def drift_plot(drift: Mapping[str, Sequence[float]], path: str | Path) -> Path:
     if drift:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def pareto_plot(
+    rows: Sequence[Mapping[str, object]],
+    front: Sequence[int],
+    path: str | Path,
+    title: str,
+    objective: str = "accuracy",
+    budget: float | None = None,
+) -> Path:
+    """Every trial of a sweep at (stored parameters, ``objective``): the finished ones filled,
+    those ASHA stopped hollow at their last report (fewer tasks, so not comparable), the
+    front (indices into ``rows``) joined by a line and labelled; the storage budget dashed."""
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    done = [r for r in rows if r["status"] == "finished"]
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    if done:
+        ax.scatter([r["stored_params"] for r in done], [r[objective] for r in done], s=36,
+                   c="C0", label=f"finished ({len(done)})", zorder=3)  # fmt: skip
+    if stopped:
+        ax.scatter([r["stored_params"] for r in stopped], [r[objective] for r in stopped],
+                   s=36, facecolors="none", edgecolors="C7", zorder=2,
+                   label=f"stopped by ASHA ({len(stopped)}), at its last task")  # fmt: skip
+    points = [rows[i] for i in front]
+    if points:
+        ax.plot([r["stored_params"] for r in points], [r[objective] for r in points], c="C3",
+                marker="*", markersize=13, lw=1.2, drawstyle="steps-post", zorder=4,
+                label="Pareto front: nothing stores less and scores more")  # fmt: skip
+        for r in points:
+            ax.annotate(str(r["trial"]).split("_")[-1], (r["stored_params"], r[objective]),
+                        textcoords="offset points", xytext=(6, 4), fontsize=7)  # fmt: skip
+    if budget is not None:
+        ax.axvline(budget, ls="--", c="0.4", label=f"storage budget {budget:,.0f}")
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")
+    ax.margins(x=0.1, y=0.1)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("stored parameters (LoRA pairs, magnitudes, head)")
+    what = "final accuracy" if objective == "accuracy" else objective.replace("_", " ")
+    ax.set_ylabel(f"{what} on all seen classes (%)")
+    ax.set_title(title)
+    if rows:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no trial reported", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)

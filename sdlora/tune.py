@@ -29,7 +29,10 @@ trial does not fit.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,7 @@ _SAMPLERS = {
 }
 SWEEP_TAG = "sdlora.tune"  # MLflow tag: "sweep" on the parent run, "trial" on its children
 NAME_TAG = "sdlora.tune.name"  # MLflow tag: the sweep's name, found again on restore
+QUIET_ENV = "RAY_AIR_NEW_OUTPUT"  # "0" (with verbose=0): Tune prints no tables of its own
 
 
 def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,7 +266,7 @@ def _say(text: str) -> None:
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
 
 
 @dataclass
@@ -355,6 +359,8 @@ def run_sweep(
             TaskStepMLflowLogger(tracking_uri=uri, experiment_name=experiment, tags=children)
         )
     limit = concurrency(settings, ray, ray_module.cluster_resources())
+    os.environ.setdefault(QUIET_ENV, "0")  # Tune's tables off: ConsoleLines says what happens
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # "Wrote the latest version ..."
     if restored:
         tuner = tune.Tuner.restore(str(storage / name), trainable, resume_errored=True)
     else:
@@ -365,14 +371,14 @@ def run_sweep(
                 metric=metric,
                 mode="max",
                 num_samples=settings.num_samples,
-                max_concurrent_trials=limit,
                 scheduler=ASHAScheduler(
                     time_attr="task",
                     max_t=num_tasks,
                     grace_period=min(settings.grace_period, num_tasks),
                     reduction_factor=settings.reduction_factor,
                 ),
-                search_alg=BasicVariantGenerator(random_state=settings.seed),
+                # the same trials for the same seed; at most `limit` at once (the deadlock rule)
+                search_alg=BasicVariantGenerator(max_concurrent=limit, random_state=settings.seed),
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage), callbacks=callbacks, verbose=0
@@ -419,6 +425,7 @@ def trial_rows(grid: tune.ResultGrid, num_tasks: int, keys: list[str]) -> list[d
         status = "error" if r.error is not None else "finished" if n == num_tasks else "stopped"
         row: dict[str, Any] = {
             "trial": str((r.metrics or {}).get("trial_id") or Path(r.path).name),
+            "path": r.path,
             **{k: r.config.get(k) for k in keys},
             "status": status,
             "tasks": n,

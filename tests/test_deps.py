@@ -27,6 +27,7 @@ STAGES = dvc_stages(REPO / "dvc.yaml")
 
 
 COMPARE = dvc_stages(REPO / "compare" / "dvc.yaml")  # its own file: not in `dvc repro`
+TUNE = dvc_stages(REPO / "tune" / "dvc.yaml")  # likewise
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -40,6 +41,13 @@ def test_the_compare_stage_matches_its_code_and_tracks_the_whole_params_file() -
     problems = check_stage("compare", COMPARE["compare"], REPO)
     assert not problems, "compare/dvc.yaml:\n" + "\n".join(problems)
     assert COMPARE["compare"]["whole_params"] == ["params.yaml"]  # each method: file + changes
+
+
+def test_the_tune_stage_matches_its_code_and_tracks_the_whole_params_file() -> None:
+    assert set(TUNE) == {"tune"}
+    problems = check_stage("tune", TUNE["tune"], REPO)
+    assert not problems, "tune/dvc.yaml:\n" + "\n".join(problems)
+    assert TUNE["tune"]["whole_params"] == ["params.yaml"]  # each trial: file + changes
 
 
 def test_every_stage_lists_params_and_evaluate_what_it_reads() -> None:
@@ -154,7 +162,7 @@ def test_closure_sees_imports_in_functions_and_skips_libraries(tmp_path: Path) -
         ),
         (
             "cfg.model_dump(exclude=EXCLUDED)",
-            {"seed", "device", "data", "backbone", "model", "train", "compare"},
+            {"seed", "device", "data", "backbone", "model", "train", "compare", "tune"},
         ),
         ("cfg.rank_for_task(0)", {"model.rank"}),
         ("from sdlora.lib import callback\n    list(map(callback, [cfg]))", {"device"}),

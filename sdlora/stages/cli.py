@@ -30,7 +30,11 @@ BAD_INPUT = (
     "sdlora.distributed.TaskInputError",
 )
 # Failures whose message says it all (and where the full story is): exit 1, no traceback.
-FAILED = ("sdlora.distributed.TrainingFailed", "sdlora.ray_session.ClusterUnreachable")
+FAILED = (
+    "sdlora.distributed.TrainingFailed",
+    "sdlora.ray_session.ClusterUnreachable",
+    "sdlora.tune_results.SweepError",
+)
 
 
 def is_one_of(err: BaseException, names: tuple[str, ...]) -> bool:
