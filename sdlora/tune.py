@@ -64,6 +64,8 @@ _SAMPLERS = {
 SWEEP_TAG = "sdlora.tune"  # MLflow tag: "sweep" on the parent run, "trial" on its children
 NAME_TAG = "sdlora.tune.name"  # MLflow tag: the sweep's name, found again on restore
 QUIET_ENV = "RAY_AIR_NEW_OUTPUT"  # "0" (with verbose=0): Tune prints no tables of its own
+STATE_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # how often Tune saves the experiment's state
+STATE_PERIOD_S = 1  # ... and (SyncConfig.sync_period) copies it to storage_path
 
 
 def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,15 +135,18 @@ def task_report(records: list[dict[str, Any]], task: int) -> dict[str, float]:
 
 def sequence_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one whole sequence with the sampled params, a report per task."""
+    import ray
+
     cfg = load_config(setup.params, {**setup.changes, **config, "progress": False})
+    node = ray.get_runtime_context().get_node_id()  # where it ran (not an MLflow metric)
+
+    def report(records: list[dict[str, Any]], task: int) -> None:
+        tune.report({**task_report(records, task), "node": node})
+
     if setup.mode == "process":
-        run_sequence(
-            cfg,
-            setup.prepared,
-            on_task_end=lambda t, _model, result: tune.report(task_report(result.records, t)),
-        )
+        run_sequence(cfg, setup.prepared, on_task_end=lambda t, _, res: report(res.records, t))
     else:
-        train_tasks_on_ray(cfg, setup, lambda records, t: tune.report(task_report(records, t)))
+        train_tasks_on_ray(cfg, setup, report)
 
 
 def train_tasks_on_ray(
@@ -228,7 +233,7 @@ class TaskStepMLflowLogger(MLflowLoggerCallback):
 
 
 class ConsoleLines(tune.Callback):
-    """One line per trial event on stderr: a task's result, ASHA's stop, the end, an error."""
+    """One line per trial event on stdout: a task's result, ASHA's stop, the end, an error."""
 
     def __init__(self, num_tasks: int, keys: list[str]) -> None:
         self.num_tasks, self.keys = num_tasks, keys
@@ -260,9 +265,7 @@ class ConsoleLines(tune.Callback):
 
 
 def _say(text: str) -> None:
-    import sys
-
-    print(f"tune: {text}", file=sys.stderr, flush=True)
+    print(f"tune: {text}", flush=True)
 
 
 def _short(value: Any) -> str:
@@ -360,6 +363,9 @@ def run_sweep(
         )
     limit = concurrency(settings, ray, ray_module.cluster_resources())
     os.environ.setdefault(QUIET_ENV, "0")  # Tune's tables off: ConsoleLines says what happens
+    # the experiment's state (which trials finished) reaches storage_path within seconds, so a
+    # killed sweep restores every trial that finished (Tune's default: every 10 s and more)
+    os.environ.setdefault(STATE_ENV, str(STATE_PERIOD_S))
     logging.getLogger("ray.tune").setLevel(logging.WARNING)  # "Wrote the latest version ..."
     if restored:
         tuner = tune.Tuner.restore(str(storage / name), trainable, resume_errored=True)
@@ -381,7 +387,11 @@ def run_sweep(
                 search_alg=BasicVariantGenerator(max_concurrent=limit, random_state=settings.seed),
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), callbacks=callbacks, verbose=0
+                name=name,
+                storage_path=str(storage),
+                callbacks=callbacks,
+                verbose=0,
+                sync_config=tune.SyncConfig(sync_period=STATE_PERIOD_S),
             ),
         )
     grid = tuner.fit()
@@ -415,7 +425,8 @@ def trial_rows(grid: tune.ResultGrid, num_tasks: int, keys: list[str]) -> list[d
     (``finished``, ``stopped`` by ASHA, ``error``), the tasks it reached, and at its last
     report accuracy on all seen classes, AAA so far, forgetting and stored parameters; with
     the time from its start to its first report, and how much of that was not task 0's
-    training (``overhead_s``: set-up, evaluation, Ray Train's start in ``ray_train`` mode)."""
+    training (``overhead_s``: set-up, evaluation, Ray Train's start in ``ray_train`` mode),
+    and the Ray node it ran on."""
     rows = []
     for r in grid:
         history = r.metrics_dataframe
@@ -436,6 +447,7 @@ def trial_rows(grid: tune.ResultGrid, num_tasks: int, keys: list[str]) -> list[d
             "first_report_s": float(first["time_total_s"]) if n else None,
             "overhead_s": None,
             "seconds": float(last["time_total_s"]) if n else None,
+            "node": str(last["node"]) if n else None,
         }
         if n:
             row["overhead_s"] = row["first_report_s"] - float(first["task_train_seconds"])

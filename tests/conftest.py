@@ -44,3 +44,45 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def _tiny_sweep_params(weights: str | None) -> dict:
+    """Params of a tiny sequence for sweeps: digits in 3 tasks (4 + 3 + 3 classes) on a 2-block
+    ViT, one epoch a task."""
+    return {
+        "progress": False,
+        "data": {"dataset": "digits", "init_cls": 4, "increment": 3, "image_size": 16,
+                 "augment": "none"},
+        "backbone": {"name": "vit_tiny_patch16_224", "weights": weights,
+                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                                "num_heads": 2}},
+        "pretrain": {"per_class": 6, "epochs": 1, "batch_size": 64},
+        "model": {"rank": 4},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
+    }  # fmt: skip
+
+
+@pytest.fixture
+def tiny_sweep_params() -> Callable[[str | None], dict]:
+    """``tiny_sweep_params(weights)``: the params mapping of a tiny sequence for sweeps."""
+    return _tiny_sweep_params
+
+
+@pytest.fixture
+def sweep_project(tmp_path):
+    """``(params.yaml, prepared folder)`` of :func:`_tiny_sweep_params`, with its backbone
+    pre-trained for one epoch (a few seconds), in ``tmp_path``."""
+    import yaml
+
+    from sdlora.config import parse_config
+    from sdlora.data.prepare import prepare
+    from sdlora.pretrain import pretrain_backbone
+
+    weights = tmp_path / "tiny.safetensors"
+    pretrain_backbone(parse_config(_tiny_sweep_params(None)), weights, progress=False)
+    raw = _tiny_sweep_params(str(weights))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    prepared = tmp_path / "prepared"
+    prepare(parse_config(raw).data, seed=0, out=prepared)
+    return params, prepared

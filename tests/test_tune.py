@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdlora.config import ConfigError, RayConfig, TuneSettings, parse_config
-from sdlora.data.prepare import prepare
-from sdlora.pretrain import pretrain_backbone
+from sdlora.config import ConfigError, RayConfig, TuneSettings
 from sdlora.tune import (
     check_trials,
     concurrency,
@@ -19,21 +17,6 @@ from sdlora.tune import (
     search_space,
     trial_rows,
 )
-
-
-def _raw(weights: str | None) -> dict:
-    """Digits in 3 tasks (4 + 3 + 3 classes) on a tiny ViT, one epoch a task."""
-    return {
-        "progress": False,
-        "data": {"dataset": "digits", "init_cls": 4, "increment": 3, "image_size": 16,
-                 "augment": "none"},
-        "backbone": {"name": "vit_tiny_patch16_224", "weights": weights,
-                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2,
-                                "num_heads": 2}},
-        "pretrain": {"per_class": 6, "epochs": 1, "batch_size": 64},
-        "model": {"rank": 4},
-        "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
-    }  # fmt: skip
 
 
 def test_search_space_is_plain_data_and_a_bad_entry_names_its_key() -> None:
@@ -57,9 +40,11 @@ def test_search_space_is_plain_data_and_a_bad_entry_names_its_key() -> None:
         search_space({"data.init_cls": {"choice": [2, 4]}})
 
 
-def test_a_value_params_would_refuse_stops_the_sweep_before_it_starts(tmp_path: Path) -> None:
+def test_a_value_params_would_refuse_stops_the_sweep_before_it_starts(
+    tmp_path: Path, tiny_sweep_params
+) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(_raw(None)))
+    params.write_text(yaml.safe_dump(tiny_sweep_params(None)))
     ok = TuneSettings(space={"model.rank": {"choice": [2, 4]}}, fixed={"model.method": "sdlora_kd"})
     check_trials(params, ok)
     bad = TuneSettings(space={"model.rank": {"choice": [2, 0]}})
@@ -97,14 +82,10 @@ def test_trials_never_hold_the_cpus_their_train_workers_wait_for() -> None:
 
 
 @pytest.mark.slow
-def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> None:
-    weights = tmp_path / "tiny.safetensors"
-    pretrain_backbone(parse_config(_raw(None)), weights, progress=False)
-    raw = _raw(str(weights))
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
-    prepared = tmp_path / "prepared"
-    prepare(parse_config(raw).data, seed=0, out=prepared)
+def test_a_two_trial_sweep_reports_every_task(
+    ray_session, sweep_project: tuple[Path, Path], tmp_path: Path
+) -> None:
+    params, prepared = sweep_project
     settings = TuneSettings(
         space={"train.lr": {"grid": [0.01, 0.001]}}, num_samples=1, grace_period=3,
         storage_path=str(tmp_path / "tune"),
@@ -145,6 +126,30 @@ def test_a_two_trial_sweep_reports_every_task(ray_session, tmp_path: Path) -> No
                       sorted(grid, key=lambda x: x.metrics["accuracy"]), strict=True):  # fmt: skip
         assert row["accuracy"] == r.metrics["accuracy"]
         assert row["average_anytime_accuracy"] == r.metrics_dataframe["accuracy"].mean()
+
+
+@pytest.mark.slow
+def test_a_ray_train_trial_computes_what_a_process_trial_does(
+    ray_session, sweep_project: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """trial_mode ray_train (a TorchTrainer per task, the train stages' function) with one
+    worker gives the floats of the in-process trial: the same runtime either way."""
+    params, prepared = sweep_project
+    histories = {}
+    for mode in ("process", "ray_train"):
+        settings = TuneSettings(
+            space={"train.lr": {"grid": [0.005]}}, num_samples=1, trial_mode=mode,
+            storage_path=str(tmp_path / mode),
+        )  # fmt: skip
+        sweep = run_sweep(params, prepared, settings, name="m", ray=RayConfig(cpus_per_worker=0.5))
+        (result,) = sweep.grid
+        assert result.error is None
+        histories[mode] = result.metrics_dataframe[["task", "accuracy", "stored_params"]]
+    assert histories["process"].equals(histories["ray_train"])
+    work = tmp_path / "ray_train" / "m" / "work"
+    (trial,) = work.iterdir()  # the trial's tasks under deterministic names: restorable
+    assert sorted(p.name for p in trial.iterdir()) == ["ray", "task_0", "task_1", "task_2"]
+    assert sorted(p.name for p in (trial / "ray").iterdir()) == ["task0", "task1", "task2"]
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both_storage_and_accuracy() -> None:

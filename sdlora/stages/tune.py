@@ -25,7 +25,7 @@ from sdlora.ray_session import ensure_ray
 from sdlora.sequence import check_prepared
 from sdlora.stages.cli import add_dir, run_stage, stage_parser
 from sdlora.stages.records import read_backbone_record
-from sdlora.tune import concurrency, run_sweep, trial_need, trial_rows
+from sdlora.tune import check_trials, concurrency, run_sweep, trial_need, trial_rows
 from sdlora.tune_results import COLUMN, EXP_RUN, SweepError, write_outputs
 
 # tune.* keys that change where or how wide the sweep runs, not what its trials compute
@@ -84,6 +84,7 @@ def tune_stage(
             f"tune.storage_path = {settings.storage_path!r}: give a file system path (on a "
             "cluster, one every node mounts at the same place)"
         )
+    check_trials(params, settings)  # every value a trial could get, before reading inputs
     name = sweep_name(cfg, prepared, backbone)
     check_backbone(cfg)
     keys = sorted(settings.space)
