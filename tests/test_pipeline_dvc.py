@@ -27,6 +27,7 @@ from sdlora.plan import (
     METRICS_FILE,
     PREPARED_DIR,
     REPORT_DIR,
+    TUNE_RESULTS,
     task_output,
     write_tasks,
 )
@@ -160,8 +161,9 @@ def test_repro_runs_every_stage_in_order(project: tuple[Path, str]) -> None:
     assert shown[""]["data"][METRICS_FILE]["data"] == final
     plots = json.loads(_dvc(root, "plots", "show", "--json"))["data"]
     compare = {f"{COMPARE_RESULTS}/{n}.png" for n in ("accuracy_curve", "kd_residual", "ncm_drift")}
-    assert set(plots) == {CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE} | compare  # + the committed
-    # comparison's (compare/dvc.yaml: `dvc plots show` reads every dvc.yaml of the project)
+    tune = {f"{TUNE_RESULTS}/pareto.csv", f"{TUNE_RESULTS}/pareto.png"}
+    assert set(plots) == {CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE} | compare | tune  # + the
+    # committed comparison's and sweep's (`dvc plots show` reads every dvc.yaml of the project)
     curve = plots[CURVE_FILE][0]["content"]
     assert curve["title"]["text"] == "Accuracy on all seen classes after each task"
     assert [v["task"] for v in curve["data"]["values"]] == ["0", "1"]
@@ -261,3 +263,39 @@ def test_a_change_to_task_k_reruns_from_k_in_a_new_run(project: tuple[Path, str]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "accuracy"))
     assert steps == [0, 1]  # task 0 carried over from its record into the new run
     assert len(client.search_runs([run.info.experiment_id])) == 2
+
+
+def test_the_tune_stage_and_its_best_trial_applied_with_dvc_exp_run(
+    project: tuple[Path, str],
+) -> None:
+    """`dvc repro tune/dvc.yaml` on the tiny pipeline's splits and backbone; its best params
+    file, applied with `sdlora exp-run` (`dvc exp run -S ...`), makes the pipeline reproduce
+    the best trial's final accuracy: the trials train through the pipeline's functions."""
+    root, _ = project
+    _run(root, "git", "checkout", "--", ".")  # the previous test's experiment left its workspace
+    _dvc(root, "checkout", "dvc.yaml")  # the pipeline's outputs at HEAD
+    params = root / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["ray"]["num_workers"] = 1  # the trials' world size (process mode): the same floats
+    raw["tune"] = {"space": {"train.lr": {"grid": [0.01, 0.002]}}, "num_samples": 1,
+                   "fixed": {"model.rank": 3}}  # fmt: skip
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    output = _dvc(root, "repro", "tune/dvc.yaml")
+    assert _ran(output) == ["validate", "tune/dvc.yaml:tune"]  # splits, backbone up to date
+    assert "tune: apply it to the pipeline: python -m sdlora exp-run results/tune/best_pa" in output
+    sweep = json.loads((root / TUNE_RESULTS / "metrics.json").read_text())
+    assert sweep["trials"] == 2 and sweep["finished"] == 2
+    shown = json.loads(_dvc(root, "metrics", "show", "--json"))[""]["data"]
+    assert shown[f"{TUNE_RESULTS}/metrics.json"]["data"] == sweep
+    plots = json.loads(_dvc(root, "plots", "show", "--json"))["data"]
+    assert {f"{TUNE_RESULTS}/pareto.csv", f"{TUNE_RESULTS}/pareto.png"} <= set(plots)
+    _run(root, "git", "add", "-A")
+    _run(root, "git", "commit", "-qm", "sweep")
+    best = (root / TUNE_RESULTS / "best_params.yaml").read_text()
+    assert "model.rank: 3\ntrain.lr: " in best
+    best_file = f"{TUNE_RESULTS}/best_params.yaml"
+    output = _run(root, sys.executable, "-m", "sdlora", "exp-run", best_file)
+    assert "sdlora exp-run: dvc exp run -S model.rank=3 -S train.lr=" in output
+    assert _ran(output) == ["validate", "train@0", "train@1", "evaluate", "report"]
+    final = json.loads((root / METRICS_FILE).read_text())["final_accuracy"]
+    assert final == sweep["best_final_accuracy"]
