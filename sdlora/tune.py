@@ -179,45 +179,49 @@ def train_tasks_on_ray(
     return records
 
 
-def trial_need(settings: TuneSettings, ray: RayConfig) -> dict[str, float]:
-    """CPUs (and GPUs) one trial holds while it runs: its own, plus its Train workers'."""
-    need = {"CPU": settings.cpus_per_trial, "GPU": 0.0}
+def trial_need(settings: TuneSettings, ray: RayConfig, device: str = "cpu") -> dict[str, float]:
+    """CPUs and GPUs one trial holds while it runs: its own (a GPU when ``device`` is CUDA: it
+    trains or evaluates there), plus its Train workers' in ``ray_train`` mode."""
+    need = {"CPU": settings.cpus_per_trial, "GPU": 1.0 if device.startswith("cuda") else 0.0}
     if settings.trial_mode == "ray_train":
         need["CPU"] += ray.num_workers * ray.cpus_per_worker
         need["GPU"] += ray.num_workers if ray.use_gpu else 0
     return need
 
 
-def concurrency(settings: TuneSettings, ray: RayConfig, cluster: Mapping[str, float]) -> int:
+def concurrency(
+    settings: TuneSettings, ray: RayConfig, cluster: Mapping[str, float], device: str = "cpu"
+) -> int:
     """How many trials may run at once on ``cluster`` (``ray.cluster_resources()``) without the
     Train workers of running trials waiting forever for CPUs other trials hold (module
     docstring). Raises :class:`ConfigError` when one trial does not fit, or when
     ``tune.max_concurrent_trials`` asks for more than fit."""
-    need = trial_need(settings, ray)
-    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
-    fit = min(fits)
-    workers = (
-        f" + {ray.num_workers} Train worker(s) x {ray.cpus_per_worker} (ray.num_workers x "
-        "ray.cpus_per_worker)"
-        if settings.trial_mode == "ray_train"
-        else ""
-    )
-    what = f"{settings.cpus_per_trial} (tune.cpus_per_trial){workers}"
+    need = trial_need(settings, ray, device)
+    fit = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+    what = f"{settings.cpus_per_trial} (tune.cpus_per_trial)"
+    if settings.trial_mode == "ray_train":
+        what += (
+            f" + {ray.num_workers} Train worker(s) x {ray.cpus_per_worker} (ray.num_workers x "
+            "ray.cpus_per_worker)"
+        )
+    has = f"{cluster.get('CPU', 0.0):g} CPUs"
     if fit < 1:
-        gpus = f" and {need['GPU']:g} GPU(s)" if need["GPU"] else ""
+        gpus = ""
+        if need["GPU"]:
+            gpus = f" and {need['GPU']:g} GPU(s)"
+            has += f" and {cluster.get('GPU', 0.0):g} GPUs"
         raise ConfigError(
             f"one trial needs {need['CPU']:g} CPUs{gpus} = {what}, but the Ray cluster has "
-            f"{cluster.get('CPU', 0.0):g} CPUs{' and ' if gpus else ''}"
-            f"{str(cluster.get('GPU', 0.0)) + ' GPUs' if gpus else ''}: its Train workers would "
-            "wait forever. Lower ray.cpus_per_worker (fractions such as 0.5 are fine), "
-            "ray.num_workers or tune.cpus_per_trial, use tune.trial_mode: process, or add nodes"
+            f"{has}: it would wait forever. Lower ray.cpus_per_worker (fractions such as 0.5 "
+            "are fine), ray.num_workers or tune.cpus_per_trial, use tune.trial_mode: process, "
+            "or add nodes"
         )
     wanted = settings.max_concurrent_trials
     if settings.trial_mode == "ray_train" and wanted is not None and wanted > fit:
         raise ConfigError(
             f"tune.max_concurrent_trials = {wanted}, but {fit} trial(s) of {need['CPU']:g} CPUs "
-            f"({what}) fit the cluster's {cluster.get('CPU', 0.0):g}: more would leave Train "
-            f"workers waiting forever for CPUs; set it to {fit} or less, or null"
+            f"({what}) fit the cluster's {has}: more would leave Train workers waiting forever "
+            f"for CPUs; set it to {fit} or less, or null"
         )
     return min(fit, wanted) if wanted is not None else fit
 
@@ -347,8 +351,9 @@ def run_sweep(
         str(params), str(prepared), changes, settings.trial_mode, ray, str(storage / name / "work")
     )
     metric = "accuracy" if settings.objective == "final_accuracy" else settings.objective
-    trainable = tune.with_resources(
-        tune.with_parameters(sequence_trial, setup=setup), {"cpu": settings.cpus_per_trial}
+    own = trial_need(settings.model_copy(update={"trial_mode": "process"}), ray, base.device)
+    trainable = tune.with_resources(  # what the trial's own process holds (not its workers)
+        tune.with_parameters(sequence_trial, setup=setup), {"cpu": own["CPU"], "gpu": own["GPU"]}
     )
     restored = tune.Tuner.can_restore(storage / name)
     callbacks: list[tune.Callback] = [ConsoleLines(num_tasks, sorted(settings.space))]
@@ -361,7 +366,7 @@ def run_sweep(
         callbacks.append(
             TaskStepMLflowLogger(tracking_uri=uri, experiment_name=experiment, tags=children)
         )
-    limit = concurrency(settings, ray, ray_module.cluster_resources())
+    limit = concurrency(settings, ray, ray_module.cluster_resources(), base.device)
     os.environ.setdefault(QUIET_ENV, "0")  # Tune's tables off: ConsoleLines says what happens
     # the experiment's state (which trials finished) reaches storage_path within seconds, so a
     # killed sweep restores every trial that finished (Tune's default: every 10 s and more)

@@ -70,15 +70,16 @@ def test_trials_never_hold_the_cpus_their_train_workers_wait_for() -> None:
     assert concurrency(on_train, ray2, {"CPU": 2.0}) == 1  # 1 + 2 x 0.5
     assert concurrency(on_train, ray2, {"CPU": 8.0}) == 4
     with pytest.raises(ConfigError, match=r"one trial needs 3 CPUs = 1.0 \(tune.cpus_per_trial\) "
-                       r"\+ 2 Train worker\(s\) x 1.0 .* the Ray cluster has 2 CPUs: its Train "
-                       r"workers would wait forever"):  # fmt: skip
+                       r"\+ 2 Train worker\(s\) x 1.0 .* the Ray cluster has 2 CPUs: it would "
+                       r"wait forever"):  # fmt: skip
         concurrency(on_train, RayConfig(num_workers=2), {"CPU": 2.0})
     capped = TuneSettings(space=space, trial_mode="ray_train", max_concurrent_trials=3)
     with pytest.raises(ConfigError, match=r"tune.max_concurrent_trials = 3, but 1 trial"):
         concurrency(capped, ray2, {"CPU": 2.0})
     gpu = RayConfig(num_workers=1, use_gpu=True)
-    with pytest.raises(ConfigError, match=r"and 1 GPU\(s\)"):
-        concurrency(on_train, gpu, {"CPU": 4.0})
+    with pytest.raises(ConfigError, match=r"needs 2 CPUs and 2 GPU\(s\) .* has 4 CPUs and 1 GPUs"):
+        concurrency(on_train, gpu, {"CPU": 4.0, "GPU": 1.0}, device="cuda")  # driver + worker
+    assert concurrency(in_process, ray2, {"CPU": 8.0, "GPU": 2.0}, device="cuda") == 2
 
 
 @pytest.mark.slow

@@ -93,8 +93,8 @@ def tune_stage(
     ensure_ray(cfg.ray.address)
     try:
         cluster = ray.cluster_resources()
-        at_once = concurrency(settings, cfg.ray, cluster)  # the deadlock rule, before any trial
-        need = trial_need(settings, cfg.ray)["CPU"]
+        at_once = concurrency(settings, cfg.ray, cluster, cfg.device)  # the deadlock rule
+        need = trial_need(settings, cfg.ray, cfg.device)["CPU"]
         folder = Path(settings.storage_path) / name
         print(
             f"tune: sweep {name}: {settings.num_samples} trial(s) x {len(keys)} searched key(s) "
