@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,24 +238,35 @@ class TaskStepMLflowLogger(MLflowLoggerCallback):
 
 
 class ConsoleLines(tune.Callback):
-    """One line per trial event on stdout: a task's result, ASHA's stop, the end, an error."""
+    """One line per trial event on stdout: a task's result, ASHA's stop, the end, an error.
+    Also times, in this driver, each trial's start to its first report (``first_report_s``:
+    the actor's start, set-up and task 0), which the trial itself cannot see whole."""
 
     def __init__(self, num_tasks: int, keys: list[str]) -> None:
         self.num_tasks, self.keys = num_tasks, keys
+        self.started: dict[str, float] = {}
+        self.first_report_s: dict[str, float] = {}
 
     def _name(self, trial: Any) -> str:
         sampled = ", ".join(f"{k}={_short(trial.config.get(k))}" for k in self.keys)
         return f"trial {trial.trial_id} ({sampled})"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started[trial.trial_id] = time.monotonic()
         _say(f"{self._name(trial)} started")
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        first = ""
+        if trial.trial_id in self.started and trial.trial_id not in self.first_report_s:
+            took = time.monotonic() - self.started[trial.trial_id]
+            self.first_report_s[trial.trial_id] = took
+            first = f" ({took:.1f} s after its start, {took - result['task_train_seconds']:.1f} s "
+            first += "of them not training)"
         _say(
             f"trial {trial.trial_id} task {int(result['task'])}/{self.num_tasks}: accuracy "
-            f"{result['accuracy']:.2f}%, {int(result['stored_params']):,} stored params"
+            f"{result['accuracy']:.2f}%, {int(result['stored_params']):,} stored params{first}"
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -284,6 +296,7 @@ class Sweep:
     grid: tune.ResultGrid
     parent_run_id: str | None
     restored: bool
+    first_report_s: dict[str, float]  # trial id: start to first report, seen by the driver
 
 
 def _parent_run(client: MlflowClient, experiment: str, name: str, fixed: dict) -> tuple[str, bool]:
@@ -406,7 +419,7 @@ def run_sweep(
             best = max(float(r.metrics[metric]) for r in ok if metric in r.metrics)
             client.log_metric(parent, f"best_{metric}", best)
         client.set_terminated(parent, "FAILED" if grid.errors else "FINISHED")
-    return Sweep(grid, parent, restored)
+    return Sweep(grid, parent, restored, callbacks[0].first_report_s)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -425,12 +438,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
-def trial_rows(grid: tune.ResultGrid, num_tasks: int, keys: list[str]) -> list[dict[str, Any]]:
+def trial_rows(
+    grid: tune.ResultGrid,
+    num_tasks: int,
+    keys: list[str],
+    first_report_s: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """One row per trial, sorted by trial id: its sampled params (``keys``), how it ended
     (``finished``, ``stopped`` by ASHA, ``error``), the tasks it reached, and at its last
     report accuracy on all seen classes, AAA so far, forgetting and stored parameters; with
-    the time from its start to its first report, and how much of that was not task 0's
-    training (``overhead_s``: set-up, evaluation, Ray Train's start in ``ray_train`` mode),
+    the time from its start to its first report (``first_report_s``: as this driver saw it
+    when given, which includes the trial process's start; else Tune's ``time_total_s``) and how
+    much of that was not task 0's training (``overhead_s``: start, set-up, evaluation, Ray
+    Train's start in ``ray_train`` mode),
     and the Ray node it ran on."""
     rows = []
     for r in grid:
@@ -454,6 +474,8 @@ def trial_rows(grid: tune.ResultGrid, num_tasks: int, keys: list[str]) -> list[d
             "seconds": float(last["time_total_s"]) if n else None,
             "node": str(last["node"]) if n else None,
         }
+        if n and row["trial"] in (first_report_s or {}):
+            row["first_report_s"] = float(first_report_s[row["trial"]])  # type: ignore[index]
         if n:
             row["overhead_s"] = row["first_report_s"] - float(first["task_train_seconds"])
         rows.append(row)

@@ -85,6 +85,11 @@ RULES = [
         "trains a whole sequence (70 s); tests/test_sequence.py runs it on a tiny config",
     ),
     Rule(
+        ("python", "-m", "sdlora", "exp-run"),
+        "help",
+        "runs the pipeline as a DVC experiment (minutes); tests/test_pipeline_dvc.py runs it",
+    ),
+    Rule(
         ("python", "-m", "sdlora", "metrics"),
         "help",
         "reads `sdlora run`'s output; tests/test_metrics.py runs it",
@@ -197,7 +202,7 @@ def test_documented_command_works_as_written(command: str, clone: Path) -> None:
     elif rule.how == "dry":
         if argv[0] == "dvc":  # `repro --dry` fails on a clone (no upstream outputs to hash)
             out = _run(["dvc", "status", *argv[2:]], clone)
-            would_run = r"^(validate|pretrain|compare/dvc.yaml:compare):"
+            would_run = r"^(validate|pretrain|compare/dvc.yaml:compare|tune/dvc.yaml:tune):"
             assert re.search(would_run, out, re.M), out  # what it would run
         else:
             _run(["make", "-n", *argv[1:]], clone)

@@ -123,6 +123,10 @@ def test_a_two_trial_sweep_reports_every_task(
     assert sorted(r["train.lr"] for r in rows) == [0.001, 0.01]
     assert all(r["tasks"] == 3 and r["status"] == "finished" for r in rows)
     assert all(0 < r["overhead_s"] < r["first_report_s"] for r in rows)
+    driver = trial_rows(grid, 3, ["train.lr"], sweep.first_report_s)  # the driver's clock
+    assert len(sweep.first_report_s) == 2
+    pairs = zip(driver, rows, strict=True)
+    assert all(d["first_report_s"] >= r["first_report_s"] for d, r in pairs)
     for row, r in zip(sorted(rows, key=lambda x: x["accuracy"]),
                       sorted(grid, key=lambda x: x.metrics["accuracy"]), strict=True):  # fmt: skip
         assert row["accuracy"] == r.metrics["accuracy"]

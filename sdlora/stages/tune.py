@@ -113,7 +113,7 @@ def tune_stage(
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
-    rows = trial_rows(sweep.grid, num_tasks, keys)
+    rows = trial_rows(sweep.grid, num_tasks, keys, sweep.first_report_s)
     failed = [r for r in rows if r["status"] == "error"]
     if failed:
         where = "; ".join(f"trial {r['trial']}: {Path(r['path']) / 'error.txt'}" for r in failed)
