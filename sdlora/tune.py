@@ -227,12 +227,15 @@ def concurrency(
     return min(fit, wanted) if wanted is not None else fit
 
 
+_NOT_LOGGED = {*AUTO_RESULT_KEYS, "task", "done", "trial_id", "node"}  # Tune's, or the step
+
+
 class TaskStepMLflowLogger(MLflowLoggerCallback):
     """Ray's MLflow callback, logging each report at step = task index (0-based, as the
     pipeline's runs do) and only the trial's own metrics (not Tune's timestamps and pids)."""
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        ours = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k != "task"}
+        ours = {k: v for k, v in result.items() if k not in _NOT_LOGGED}
         step = int(result["task"]) - 1
         self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=ours, step=step)
 
@@ -299,15 +302,20 @@ class Sweep:
     first_report_s: dict[str, float]  # trial id: start to first report, seen by the driver
 
 
-def _parent_run(client: MlflowClient, experiment: str, name: str, fixed: dict) -> tuple[str, bool]:
-    """The sweep's parent run: the one a cut sweep of this name left (its children that were
-    still running are marked KILLED: their trials start again), else a new one."""
+def _parent_run(
+    client: MlflowClient, experiment: str, name: str, fixed: dict, restoring: bool
+) -> str:
+    """The sweep's parent run: when ``restoring``, the one the sweep of this name left (its
+    children that were still running are marked KILLED: their trials start again), else a new
+    one (a sweep started over gets a run of its own)."""
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     found = client.search_runs(
-        [exp_id], f"tags.`{NAME_TAG}` = '{name}' and tags.`{SWEEP_TAG}` = 'sweep'"
+        [exp_id],
+        f"tags.`{NAME_TAG}` = '{name}' and tags.`{SWEEP_TAG}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
     )
-    if found:
+    if found and restoring:
         parent = found[0].info.run_id
         children = client.search_runs(
             [exp_id],
@@ -316,11 +324,11 @@ def _parent_run(client: MlflowClient, experiment: str, name: str, fixed: dict) -
         for child in children:
             client.set_terminated(child.info.run_id, "KILLED")
         client.update_run(parent, "RUNNING")
-        return parent, True
+        return parent
     run = client.create_run(exp_id, run_name=name, tags={SWEEP_TAG: "sweep", NAME_TAG: name})
     for key, value in fixed.items():
         client.log_param(run.info.run_id, key, value)
-    return run.info.run_id, False
+    return run.info.run_id
 
 
 def run_sweep(
@@ -374,7 +382,7 @@ def run_sweep(
     if experiment is not None:
         uri = resolve_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri=uri)
-        parent, _ = _parent_run(client, experiment, name, settings.fixed)
+        parent = _parent_run(client, experiment, name, settings.fixed, restored)
         children = {MLFLOW_PARENT_RUN_ID: parent, SWEEP_TAG: "trial", NAME_TAG: name}
         callbacks.append(
             TaskStepMLflowLogger(tracking_uri=uri, experiment_name=experiment, tags=children)
@@ -414,10 +422,9 @@ def run_sweep(
         )
     grid = tuner.fit()
     if parent is not None:
-        ok = [r for r in grid if r.error is None and r.metrics]
-        if ok:
-            best = max(float(r.metrics[metric]) for r in ok if metric in r.metrics)
-            client.log_metric(parent, f"best_{metric}", best)
+        done = [r for r in grid if r.error is None and r.metrics.get("task") == num_tasks]
+        if done:  # a trial ASHA stopped was scored on fewer classes: not comparable
+            client.log_metric(parent, f"best_{metric}", max(r.metrics[metric] for r in done))
         client.set_terminated(parent, "FAILED" if grid.errors else "FINISHED")
     return Sweep(grid, parent, restored, callbacks[0].first_report_s)
 

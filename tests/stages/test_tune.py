@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     runs = client.search_runs([client.get_experiment_by_name("sdlora").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("sdlora.tune") == "sweep"]
     assert parent.info.run_name == name and parent.data.params["model.rank"] == "2"
+    assert parent.data.metrics["best_accuracy"] == best["accuracy"]  # finished trials only
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     for c in children:
@@ -97,6 +99,13 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     assert again["best"]["trial"] == best["trial"] and "(restored" in console
     assert "started" not in console
     assert len(client.search_runs([parent.info.experiment_id])) == len(runs)  # no new runs
+    # started over (its Ray Tune folder deleted): the same trials again, in a new parent run
+    shutil.rmtree(Path("runs/tune/ray") / name)
+    anew = tune_stage(cfg)
+    assert "(restored" not in capsys.readouterr().out
+    assert anew["best"]["accuracy"] == best["accuracy"]  # the same samples, the same floats
+    parents = client.search_runs([parent.info.experiment_id], "tags.`sdlora.tune` = 'sweep'")
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
 
 
 def test_a_bad_sweep_stops_with_one_line_before_ray_starts(
