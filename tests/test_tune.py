@@ -83,12 +83,15 @@ def test_trials_never_hold_the_cpus_their_train_workers_wait_for() -> None:
 
 
 @pytest.mark.slow
-def test_a_two_trial_sweep_reports_every_task(
+def test_a_sweep_reports_every_task_to_tune_and_mlflow_in_either_trial_mode(
     ray_session, sweep_project: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    """Two in-process trials report after every task, with MLflow parent and child runs; then
+    trial_mode ray_train (a TorchTrainer per task, the train stages' function, one worker)
+    computes exactly the floats of the in-process trial of the same lr: one runtime."""
     params, prepared = sweep_project
     settings = TuneSettings(
-        space={"train.lr": {"grid": [0.01, 0.001]}}, num_samples=1, grace_period=3,
+        space={"train.lr": {"grid": [0.01, 0.005]}}, num_samples=1, grace_period=3,
         storage_path=str(tmp_path / "tune"),
     )  # fmt: skip
     sweep = run_sweep(
@@ -114,14 +117,14 @@ def test_a_two_trial_sweep_reports_every_task(
     assert parent.info.run_id == sweep.parent_run_id and parent.info.status == "FINISHED"
     assert parent.data.metrics["best_accuracy"] == best.metrics["accuracy"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and {c.data.params["train.lr"] for c in children} == {"0.01", "0.001"}
+    assert len(children) == 2 and {c.data.params["train.lr"] for c in children} == {"0.01", "0.005"}
     for c in children:
         history = client.get_metric_history(c.info.run_id, "accuracy")
         assert [m.step for m in history] == [0, 1, 2]  # step = task, as the pipeline's
         assert not {"timestamp", "done", "task"} & set(c.data.metrics)  # only the trial's own
         assert "stored_params" in c.data.metrics
     rows = trial_rows(grid, 3, ["train.lr"])
-    assert sorted(r["train.lr"] for r in rows) == [0.001, 0.01]
+    assert sorted(r["train.lr"] for r in rows) == [0.005, 0.01]
     assert all(r["tasks"] == 3 and r["status"] == "finished" for r in rows)
     assert all(0 < r["overhead_s"] < r["first_report_s"] for r in rows)
     driver = trial_rows(grid, 3, ["train.lr"], sweep.first_report_s)  # the driver's clock
@@ -132,30 +135,40 @@ def test_a_two_trial_sweep_reports_every_task(
                       sorted(grid, key=lambda x: x.metrics["accuracy"]), strict=True):  # fmt: skip
         assert row["accuracy"] == r.metrics["accuracy"]
         assert row["average_anytime_accuracy"] == r.metrics_dataframe["accuracy"].mean()
-
-
-@pytest.mark.slow
-def test_a_ray_train_trial_computes_what_a_process_trial_does(
-    ray_session, sweep_project: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """trial_mode ray_train (a TorchTrainer per task, the train stages' function) with one
-    worker gives the floats of the in-process trial: the same runtime either way."""
-    params, prepared = sweep_project
-    histories = {}
-    for mode in ("process", "ray_train"):
-        settings = TuneSettings(
-            space={"train.lr": {"grid": [0.005]}}, num_samples=1, trial_mode=mode,
-            storage_path=str(tmp_path / mode),
-        )  # fmt: skip
-        sweep = run_sweep(params, prepared, settings, name="m", ray=RayConfig(cpus_per_worker=0.5))
-        (result,) = sweep.grid
-        assert result.error is None
-        histories[mode] = result.metrics_dataframe[["task", "accuracy", "stored_params"]]
-    assert histories["process"].equals(histories["ray_train"])
-    work = tmp_path / "ray_train" / "m" / "work"
-    (trial,) = work.iterdir()  # the trial's tasks under deterministic names: restorable
+    # the same lr in ray_train mode
+    on_train = TuneSettings(
+        space={"train.lr": {"grid": [0.005]}}, num_samples=1, trial_mode="ray_train",
+        storage_path=str(tmp_path / "ray_train"),
+    )  # fmt: skip
+    one_worker = RayConfig(cpus_per_worker=0.5)
+    (result,) = run_sweep(params, prepared, on_train, name="m", ray=one_worker).grid
+    assert result.error is None
+    columns = ["task", "accuracy", "stored_params"]
+    (process,) = [r for r in grid if r.config["train.lr"] == 0.005]
+    assert process.metrics_dataframe[columns].equals(result.metrics_dataframe[columns])
+    (trial,) = (tmp_path / "ray_train" / "m" / "work").iterdir()  # deterministic names
     assert sorted(p.name for p in trial.iterdir()) == ["ray", "task_0", "task_1", "task_2"]
     assert sorted(p.name for p in (trial / "ray").iterdir()) == ["task0", "task1", "task2"]
+
+
+def test_a_restored_sweep_keeps_its_parent_run_and_a_new_one_gets_its_own(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sdlora.tune import _parent_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = _parent_run(client, "e", "tune-x", {"model.method": "sdlora_kd"}, restoring=False)
+    exp = client.get_experiment_by_name("e").experiment_id
+    cut = client.create_run(exp, tags={"mlflow.parentRunId": first})  # a trial cut by a kill
+    done = client.create_run(exp, tags={"mlflow.parentRunId": first})
+    client.set_terminated(done.info.run_id)
+    assert _parent_run(client, "e", "tune-x", {}, restoring=True) == first
+    assert client.get_run(cut.info.run_id).info.status == "KILLED"  # its trial starts again
+    assert client.get_run(done.info.run_id).info.status == "FINISHED"
+    assert client.get_run(first).data.params == {"model.method": "sdlora_kd"}
+    anew = _parent_run(client, "e", "tune-x", {}, restoring=False)  # started over
+    assert anew != first
+    assert _parent_run(client, "e", "tune-x", {}, restoring=True) == anew  # the newest
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both_storage_and_accuracy() -> None:

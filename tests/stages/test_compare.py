@@ -73,7 +73,8 @@ def test_compare_runs_every_method_over_seeds_into_one_table(
         assert (results / name).read_bytes().startswith(b"\x89PNG")
     assert len(list(Path(COMPARE_DIR, "runs").glob("*.json"))) == 8
 
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")  # absolute:
+    # MLflow caches a store per URI, so a relative one would reach another test's database
     exp = client.get_experiment_by_name("sdlora")
     runs = client.search_runs([exp.experiment_id])
     tagged = {(r.data.tags["sdlora.compare"], r.data.tags.get("sdlora.seed")) for r in runs}

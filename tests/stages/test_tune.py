@@ -8,7 +8,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +43,12 @@ def _project(tiny: Callable[[str | None], dict], tune: dict, tmp: Path) -> Path:
     prepare_stage(cfg)
     pretrain_stage(cfg)
     return params
+
+
+def _client() -> MlflowClient:
+    """The project's store, by absolute path: MLflow caches a store per URI, so a relative
+    one would reach an earlier test's database."""
+    return MlflowClient(f"sqlite:///{Path('mlflow.db').resolve()}")
 
 
 def _trials() -> list[dict[str, str]]:
@@ -82,7 +87,7 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     )
     assert "Configuration for experiment" not in console  # Tune's own tables stay off
     # MLflow: the sweep's parent run, a child per trial with one point per task it ran
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = _client()
     runs = client.search_runs([client.get_experiment_by_name("sdlora").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("sdlora.tune") == "sweep"]
     assert parent.info.run_name == name and parent.data.params["model.rank"] == "2"
@@ -99,13 +104,6 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     assert again["best"]["trial"] == best["trial"] and "(restored" in console
     assert "started" not in console
     assert len(client.search_runs([parent.info.experiment_id])) == len(runs)  # no new runs
-    # started over (its Ray Tune folder deleted): the same trials again, in a new parent run
-    shutil.rmtree(Path("runs/tune/ray") / name)
-    anew = tune_stage(cfg)
-    assert "(restored" not in capsys.readouterr().out
-    assert anew["best"]["accuracy"] == best["accuracy"]  # the same samples, the same floats
-    parents = client.search_runs([parent.info.experiment_id], "tags.`sdlora.tune` = 'sweep'")
-    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
 
 
 def test_a_bad_sweep_stops_with_one_line_before_ray_starts(
@@ -153,9 +151,10 @@ def test_a_killed_sweep_resumes_without_losing_a_finished_trial(
 ) -> None:
     """kill -9 of the stage's whole process group once a trial has finished; the stage run
     again restores the sweep: the finished trial is not trained again, the rest complete."""
-    space = {"train.lr": {"grid": [0.02, 0.01, 0.004, 0.001]}}
+    space = {"train.lr": {"grid": [0.02, 0.004, 0.001]}}
     tune = {"space": space, "num_samples": 1, "grace_period": 3, "cpus_per_trial": 2}
-    _project(tiny_sweep_params, tune, tmp_path)  # 2 CPUs a trial: one at a time
+    _project(tiny_sweep_params, tune, tmp_path)  # 2 CPUs a trial: one at a time (a trial
+    # finishing within the second before the kill, before Tune saved it, would run again)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = _stage(env)
@@ -185,12 +184,12 @@ def test_a_killed_sweep_resumes_without_losing_a_finished_trial(
     assert f"tune: trial {first} started" not in output  # not trained again
     assert (first_dir / "result.json").read_text() == before
     table = _trials()
-    assert len(table) == 4 and all(r["status"] == "finished" for r in table)
-    client = MlflowClient("sqlite:///mlflow.db")
+    assert len(table) == 3 and all(r["status"] == "finished" for r in table)
+    client = _client()
     runs = client.search_runs([client.get_experiment_by_name("sdlora").experiment_id])
     assert len([r for r in runs if r.data.tags.get("sdlora.tune") == "sweep"]) == 1  # the same
     children = [r for r in runs if r.data.tags.get("sdlora.tune") == "trial"]
-    assert sorted(c.info.status for c in children).count("FINISHED") == 4
+    assert sorted(c.info.status for c in children).count("FINISHED") == 3
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}  # the cut trial's run
 
 
