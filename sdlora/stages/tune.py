@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,11 @@ def tune_stage(
         at_once = concurrency(settings, cfg.ray, cluster, cfg.device)  # the deadlock rule
         need = trial_need(settings, cfg.ray, cfg.device)["CPU"]
         folder = Path(settings.storage_path) / name
+        grid = math.prod(len(v["grid"]) for v in settings.space.values() if "grid" in v)
         print(
-            f"tune: sweep {name}: {settings.num_samples} trial(s) x {len(keys)} searched key(s) "
-            f"({', '.join(keys)}) on {cfg.data.dataset}, {settings.trial_mode} mode, up to "
+            f"tune: sweep {name}: {settings.num_samples * grid} trials of {num_tasks} tasks over "
+            f"{len(keys)} searched key(s) ({', '.join(keys)}) on {cfg.data.dataset}, "
+            f"{settings.trial_mode} mode, up to "
             f"{at_once} at once ({need:g} of the cluster's {cluster.get('CPU', 0):g} CPUs "
             f"each); Ray Tune's folder {folder}",
             flush=True,

@@ -80,7 +80,7 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     assert metrics["stopped_early"] == sum(r["status"] == "stopped" for r in table)
     assert Path(f"{TUNE_RESULTS}/pareto.png").stat().st_size > 10_000
     name = sweep_name(cfg, "data/prepared", "artifacts/backbone")
-    assert f"tune: sweep {name}: 1 trial(s) x 1 searched key(s) (train.lr)" in console
+    assert f"tune: sweep {name}: 3 trials of 3 tasks over 1 searched key(s) (train.lr)" in console
     assert len(re.findall(r"tune: trial \w+ task 1/3: accuracy", console)) == 3
     assert "tune: apply it to the pipeline: python -m sdlora exp-run results/tune/best_params" in (
         console
