@@ -31,7 +31,7 @@ plots: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines

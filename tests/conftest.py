@@ -70,8 +70,8 @@ def tiny_sweep_params() -> Callable[[str | None], dict]:
 
 @pytest.fixture
 def sweep_project(tmp_path):
-    """``(params.yaml, prepared folder)`` of :func:`_tiny_sweep_params`, with its backbone
-    pre-trained for one epoch (a few seconds), in ``tmp_path``."""
+    """``(params.yaml, prepared folder)`` of :func:`_tiny_sweep_params` in 2 tasks (5 + 5
+    classes), with its backbone pre-trained for one epoch (a few seconds), in ``tmp_path``."""
     import yaml
 
     from sdlora.config import parse_config
@@ -81,6 +81,7 @@ def sweep_project(tmp_path):
     weights = tmp_path / "tiny.safetensors"
     pretrain_backbone(parse_config(_tiny_sweep_params(None)), weights, progress=False)
     raw = _tiny_sweep_params(str(weights))
+    raw["data"].update(init_cls=5, increment=5)  # 2 tasks: what these tests need, sooner
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     prepared = tmp_path / "prepared"
