@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from sdlora.config import DataConfig, load_config
 from sdlora.data.prepare import prepare
-from sdlora.data.stream import ParquetStream, build_transform, task_files
+from sdlora.data.stream import ParquetStream, build_transform, make_loader, task_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,9 +64,10 @@ def write_jpegs(root: Path, images: int, side: int, classes: int, seed: int = 0)
 def stream_rate(
     files: list[Path], train: bool, size: int, workers: int, batch: int, epochs: int
 ) -> tuple[int, float]:
-    """(images, seconds) for ``epochs`` passes, DataLoader start-up included."""
+    """(images, seconds) for ``epochs`` passes through the training loader
+    (:func:`sdlora.data.stream.make_loader`, persistent workers), start-up included."""
     stream = ParquetStream(files, build_transform(train, size), shuffle=train, seed=0)
-    loader = DataLoader(stream, batch_size=batch, num_workers=workers)
+    loader = make_loader(stream, batch, workers, torch.device("cpu"))  # as training reads
     count = 0
     start = time.perf_counter()
     for epoch in range(epochs):

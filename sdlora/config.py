@@ -148,6 +148,19 @@ class DataConfig(_Section):
     row_group_size: int = Field(
         512, ge=1, description="prepare: Parquet rows per row group (the streaming read unit)"
     )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader processes that decode and transform images for each training "
+        "process (0: in the training process); auto: 0 on CPU, where they would take the "
+        "step's cores, else up to 8 of the CPUs this process may use",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 'auto' or a count >= 0")
+        return v
 
     @field_validator("root")
     @classmethod
@@ -251,6 +264,16 @@ class TrainConfig(_Section):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: every forward (training and evaluation) under torch.autocast with "
+        "bfloat16, weights and optimizer in fp32; for GPUs with bf16 (Ampere and later)",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the training forward (compiled once per task; pays off on "
+        "a GPU over long tasks, not on the embedded default)",
+    )
     threads: int = Field(
         1,
         ge=1,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdlora.evaluate import outputs
-from sdlora.train import task_classes, task_stream
+from sdlora.train import World, loader_workers, task_classes, task_stream
 
 if TYPE_CHECKING:
     from sdlora.config import Config
@@ -51,13 +51,14 @@ def task_known_accuracy(
     images are (no augmentation).
     """
     model.eval().to(device)
-    batch = cfg.train.eval_batch_size
+    batch, workers = cfg.train.eval_batch_size, loader_workers(cfg, World(device=device))
+    precision = cfg.train.precision
     ncm, head = [], []
     for t in tasks:
         test = task_stream(prepared, t, "test", cfg, model.backbone)
         train = task_stream(prepared, t, "train", cfg, model.backbone, plain=True)
-        test_f, test_y = outputs(model.forward_features, test, device, batch)
-        train_f, train_y = outputs(model.forward_features, train, device, batch)
+        test_f, test_y = outputs(model.forward_features, test, device, batch, workers, precision)
+        train_f, train_y = outputs(model.forward_features, train, device, batch, workers, precision)
         ncm.append(ncm_accuracy(train_f, train_y, test_f, test_y))
         lo, n = task_classes(prepared, t)
         logits = model.forward_head(test_f.to(device))[:, lo : lo + n].cpu()

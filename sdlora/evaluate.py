@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from sdlora.config import Config
-from sdlora.data.stream import ParquetStream
-from sdlora.train import task_stream
+from sdlora.data.stream import ParquetStream, make_loader
+from sdlora.train import World, autocast, loader_workers, task_stream
 
 if TYPE_CHECKING:
     from sdlora.model import SDLoRAViT
@@ -29,13 +29,22 @@ def backbone_of(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def outputs(
-    fn: nn.Module | object, stream: ParquetStream, device: torch.device, batch: int
+    fn: nn.Module | object,
+    stream: ParquetStream,
+    device: torch.device,
+    batch: int,
+    workers: int = 0,
+    precision: str = "fp32",
 ) -> tuple[Tensor, Tensor]:
-    """``(fn(x), labels)`` over a whole stream, concatenated on the CPU."""
-    loader = torch.utils.data.DataLoader(stream, batch_size=batch)
+    """``(fn(x), labels)`` over a whole stream in file order, concatenated on the CPU in fp32;
+    ``workers``: its DataLoader's (``data.workers``, :func:`sdlora.train.loader_workers`);
+    ``precision``: ``train.precision`` (:func:`sdlora.train.autocast`)."""
+    loader = make_loader(stream, batch, workers, device)
     outs, labels = [], []
     for x, y in loader:
-        outs.append(fn(x.to(device)).cpu())
+        with autocast(precision, device):
+            out = fn(x.to(device, non_blocking=True))
+        outs.append(out.float().cpu())
         labels.append(torch.as_tensor(y))
     if not outs:
         raise ValueError(f"{stream.files}: no rows to evaluate")
@@ -56,12 +65,20 @@ def evaluate(
     plain timm ViT.
     """
     model.eval().to(device)
-    accs, counts = [], []
-    for t in tasks:
-        stream = task_stream(prepared, t, "test", cfg, backbone_of(model))
-        logits, y = outputs(model, stream, device, cfg.train.eval_batch_size)
-        accs.append(100.0 * (logits.argmax(1) == y).double().mean().item())
-        counts.append(int(y.numel()))
+    tasks = list(tasks)
+    if not tasks:
+        return [], []
+    # every task's test split in one stream (one DataLoader, in file order), cut per file
+    stream = task_stream(prepared, tasks, "test", cfg, backbone_of(model))
+    workers = loader_workers(cfg, World(device=device))
+    logits, y = outputs(
+        model, stream, device, cfg.train.eval_batch_size, workers, cfg.train.precision
+    )
+    counts = [0] * len(tasks)
+    for fi, _, rows in stream.groups:
+        counts[fi] += rows
+    hits = (logits.argmax(1) == y).split(counts)
+    accs = [100.0 * h.double().mean().item() if h.numel() else float("nan") for h in hits]
     return accs, counts
 
 

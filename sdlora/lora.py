@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _EPS = 1e-12
+# A matmul with fewer inner columns than this streams its tokens x d operands at memory speed,
+# so it costs about what one this wide costs: measured with benchmarks/step_cost.py on CPU.
+MEMORY_BOUND_RANK = 128
 
 
 def lowrank_inner(b1: Tensor, a1: Tensor, b2: Tensor, a2: Tensor) -> Tensor:
@@ -157,6 +160,30 @@ class DecoupledLoRA(nn.Module):
         if task < self.factor.numel():
             self.factor[task] = 0.0
 
+    def stored_scales(self, alpha: Tensor) -> Tensor:
+        """(R,) scale of every stored column: alpha_k c_k of its task k."""
+        # alpha (T,) for this matrix
+        return alpha[self.col_task] * self.factor[self.col_task]
+
+    def dense_is_cheaper(self, tokens: int, weight_grad: bool) -> bool:
+        """Whether delta W built densely and folded into W0 costs less than the low-rank product.
+
+        Multiply-add equivalents per step (SPEC §2 "Forward cost"), R the total rank (stored
+        and current). Low-rank: 2 matmuls forward and 4 backward, each ``tokens x R x d``;
+        below :data:`MEMORY_BOUND_RANK` columns such a skinny matmul takes as long as one of
+        that many (it streams the ``tokens x d`` activations either way). Dense: ``R d_in
+        d_out`` to build delta W, and when it trains (``weight_grad``) ``tokens d_in d_out``
+        for its gradient plus ``R d_in d_out`` to carry that to alpha and the current pair;
+        folded into W0 it adds nothing to the backbone's own matmul.
+        """
+        rank, area = self.stored_rank + self.current_rank, self.d_in * self.d_out
+        if rank == 0:
+            return False
+        width = max(rank, MEMORY_BOUND_RANK)
+        lowrank = (6 if weight_grad else 2) * tokens * width * (self.d_in + self.d_out) // 2
+        dense = rank * area * (2 if weight_grad else 1) + (tokens * area if weight_grad else 0)
+        return dense < lowrank
+
     def _factors(self, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """Stacked (A, s, B) of every component, stored and current; None if there is none."""
         # alpha (T,) for this matrix
@@ -164,7 +191,7 @@ class DecoupledLoRA(nn.Module):
         if self.stored_rank:
             parts_a.append(self.A)
             parts_b.append(self.B)
-            parts_s.append(alpha[self.col_task] * self.factor[self.col_task])  # (R,)
+            parts_s.append(self.stored_scales(alpha))  # (R,)
         if self.A_cur is not None:
             parts_a.append(self.A_cur)
             parts_b.append(self.B_cur)
@@ -176,7 +203,8 @@ class DecoupledLoRA(nn.Module):
         return torch.cat(parts_a), torch.cat(parts_s), torch.cat(parts_b, dim=1)
 
     def forward(self, x: Tensor, alpha: Tensor) -> Tensor | None:
-        """delta W x for x (..., d_in) -> (..., d_out); None when there is no component."""
+        """delta W x for x (..., d_in) -> (..., d_out) as one low-rank product of rank R;
+        None when there is no component."""
         f = self._factors(alpha)
         if f is None:
             return None
@@ -184,12 +212,63 @@ class DecoupledLoRA(nn.Module):
         return F.linear(F.linear(x, a) * s, b)  # (..., R) -> (..., d_out)
 
     def delta_weight(self, alpha: Tensor) -> Tensor:
-        """delta W (d_out x d_in), for merging."""
+        """delta W (d_out x d_in): for merging, and the dense path (autograd reaches alpha and
+        the current pair through it)."""
         f = self._factors(alpha)
         if f is None:
             return self.A.new_zeros(self.d_out, self.d_in)
         a, s, b = f
         return (b * s) @ a
+
+
+class _DeltaLinear(torch.autograd.Function):
+    """y = x (W0 + delta)^T + b + extra for a frozen W0, per row block at ``starts``.
+
+    Each row block (a q or v slice, d rows) may get a dense ``delta`` (d, d_in) folded into the
+    weight and an ``extra`` (..., d) added to its outputs (the low-rank part); either may be
+    None. One matmul, as the backbone's own; the backward computes the weight gradient of the
+    delta rows only (not of the untouched k rows, nor of W0), so a dense delta costs
+    ``tokens d_in d`` per adapted matrix on top of the backbone's step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w0, bias, starts, *blocks):  # type: ignore[override]
+        # x (..., d_in), w0 (d_out_total, d_in); blocks = delta_0, extra_0, delta_1, extra_1, ...
+        deltas, extras = blocks[0::2], blocks[1::2]
+        w = w0.detach()
+        if any(delta is not None for delta in deltas):
+            w = w.clone()
+            for i, delta in zip(starts, deltas, strict=True):
+                if delta is not None:
+                    w[i : i + delta.shape[0]] += delta.to(w.dtype)
+        out = F.linear(x, w, bias)
+        for i, extra in zip(starts, extras, strict=True):
+            if extra is not None:
+                out[..., i : i + extra.shape[-1]] += extra.to(out.dtype)
+        ctx.save_for_backward(x, w)
+        ctx.starts = starts
+        ctx.shapes = [(None if t is None else (t.shape[-1], t.dtype)) for t in blocks]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_x = (grad @ w.to(grad.dtype)).to(x.dtype) if need[0] else None
+        g2 = grad.reshape(-1, grad.shape[-1])  # (tokens, d_out_total)
+        x2 = x.reshape(-1, x.shape[-1]).to(grad.dtype)  # (tokens, d_in)
+        blocks = []
+        for j, shape in enumerate(ctx.shapes):
+            i = ctx.starts[j // 2]
+            if shape is None or not need[4 + j]:
+                blocks.append(None)
+            elif j % 2 == 0:  # delta (d, d_in): its weight gradient only
+                blocks.append((g2[:, i : i + shape[0]].T @ x2).to(shape[1]))
+            else:  # extra (..., d): the slice of the output gradient
+                blocks.append(grad[..., i : i + shape[0]].to(shape[1]))
+        grad_w0 = (g2.T @ x2).to(w.dtype) if need[1] else None  # only if W0 were trained
+        grad_b = g2.sum(0).to(w.dtype) if need[2] else None
+        return (grad_x, grad_w0, grad_b, None, *blocks)
 
 
 class SDLoRAQKV(nn.Module):
@@ -216,24 +295,44 @@ class SDLoRAQKV(nn.Module):
         self.dim = d
         self.lora = nn.ModuleDict({t: DecoupledLoRA(d, d) for t in targets})
         self.matrix_index = dict(matrix_index)
+        self.path = "auto"
         object.__setattr__(self, "_magnitudes", magnitudes)  # shared, not a submodule
 
     def _alpha(self, target: str) -> Tensor:
         mags = self._magnitudes
         return mags.alpha[:, mags.column_of(self.matrix_index[target])]  # (T,)
 
+    PATHS: ClassVar[tuple[str, ...]] = ("auto", "stacked", "dense")
+
+    def set_path(self, path: str) -> None:
+        """How stored directions enter the forward: ``auto`` (by cost, the default),
+        ``stacked`` (one low-rank product) or ``dense`` (one delta folded into W0); the
+        last two exist to compare and test the paths."""
+        if path not in self.PATHS:
+            raise ValueError(f"forward path must be one of {self.PATHS}, got {path!r}")
+        self.path = path
+
+    def _dense(self, layer: DecoupledLoRA, tokens: int, alpha: Tensor) -> bool:
+        if self.path != "auto":
+            return self.path == "dense" and layer.stored_rank + layer.current_rank > 0
+        trains = alpha.requires_grad or (layer.A_cur is not None and layer.A_cur.requires_grad)
+        return layer.dense_is_cheaper(tokens, torch.is_grad_enabled() and trains)
+
     def forward(self, x: Tensor) -> Tensor:
         # x (B, N, d) -> (B, N, 3d)
-        out = self.base(x)
-        deltas = {t: layer(x, self._alpha(t)) for t, layer in self.lora.items()}
-        if all(v is None for v in deltas.values()):
-            return out
-        q, k, v = out.split(self.dim, dim=-1)
-        parts = {"q": q, "k": k, "v": v}
-        for t, dv in deltas.items():
-            if dv is not None:
-                parts[t] = parts[t] + dv
-        return torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1)
+        tokens = x.numel() // self.dim
+        alphas = {t: self._alpha(t) for t in self.lora}
+        dense = {t for t, layer in self.lora.items() if self._dense(layer, tokens, alphas[t])}
+        blocks: list[Tensor | None] = []  # per target: dense delta W (d, d), low-rank output
+        for t, layer in self.lora.items():
+            if t in dense:
+                blocks += [layer.delta_weight(alphas[t]), None]
+            else:
+                blocks += [None, layer(x, alphas[t])]  # (B, N, d) or None
+        if all(b is None for b in blocks):
+            return self.base(x)
+        starts = tuple(self.SLICES[t] * self.dim for t in self.lora)
+        return _DeltaLinear.apply(x, self.base.weight, self.base.bias, starts, *blocks)
 
     @torch.no_grad()
     def merged(self) -> nn.Linear:

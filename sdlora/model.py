@@ -85,6 +85,11 @@ class SDLoRAViT(nn.Module):
         """Every adapted matrix, in magnitude-column order."""
         return [a.lora[t] for a in self.adapters() for t in self.targets]
 
+    def set_forward_path(self, path: str) -> None:
+        """``auto`` (by cost), ``stacked`` or ``dense`` for every adapter (:class:`SDLoRAQKV`)."""
+        for adapter in self.adapters():
+            adapter.set_path(path)
+
     @property
     def num_tasks(self) -> int:
         return len(self.task_classes)

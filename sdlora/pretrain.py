@@ -32,7 +32,7 @@ from sdlora.data.prepare import prepare
 from sdlora.data.source import imageset_source
 from sdlora.evaluate import evaluate
 from sdlora.progress import ConsoleProgress
-from sdlora.train import World, resolve_device, run_epoch, task_stream
+from sdlora.train import World, resolve_device, run_epoch, task_loader, task_stream
 
 
 @dataclass
@@ -84,12 +84,15 @@ def pretrain_backbone(cfg: Config, output: str | Path, progress: bool = True) ->
             return F.cross_entropy(logits, y, label_smoothing=0.1, reduction="sum")
 
         shown = ConsoleProgress(progress)  # a live bar on a terminal; a line per epoch anyway
+        world = World(device=device)
+        loader = task_loader(stream, run_cfg, world, p.batch_size)  # workers persist
         for epoch in range(p.epochs):
             stream.set_epoch(epoch)
             stats = run_epoch(
-                model, stream, opt, loss_fn, World(device=device), scheduler=sched,
+                model, stream, opt, loss_fn, world, scheduler=sched,
                 desc=f"pretrain epoch {epoch + 1}/{p.epochs}",
-                progress=shown if shown.live else None,
+                progress=shown if shown.live else None, loader=loader,
+                precision=run_cfg.train.precision,
             )  # fmt: skip
             acc = evaluate(model, prepared, [0], run_cfg, device)[0][0]
             if progress:

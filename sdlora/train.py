@@ -14,6 +14,7 @@ compute what one process computes, up to float rounding.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from sdlora.backbone import create_backbone, data_config
 from sdlora.config import Config, TrainConfig
 from sdlora.data.prepare import read_manifest
-from sdlora.data.stream import ParquetStream, open_task
+from sdlora.data.stream import ParquetStream, make_loader, open_task
 from sdlora.model import SDLoRAViT
 from sdlora.progress import Progress
 
@@ -62,6 +63,11 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """``train.precision``: bf16 autocast on ``device`` for ``bf16``, a no-op for ``fp32``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,6 +139,24 @@ def task_stream(
     )  # fmt: skip
 
 
+def loader_workers(cfg: Config, world: World) -> int:
+    """``data.workers`` for this process: ``auto`` is 0 on CPU (decoding would take the cores
+    the step uses) and on a GPU up to 8 of the CPUs this process may use, shared by the
+    processes of this world."""
+    if cfg.data.workers != "auto":
+        return int(cfg.data.workers)
+    if world.device.type == "cpu":
+        return 0
+    return max(1, min(8, len(os.sched_getaffinity(0)) // world.size - 1))
+
+
+def task_loader(
+    stream: ParquetStream, cfg: Config, world: World, batch_size: int
+) -> torch.utils.data.DataLoader:
+    """The DataLoader of ``stream`` with this process's ``data.workers``."""
+    return make_loader(stream, batch_size, loader_workers(cfg, world), world.device)
+
+
 def task_classes(prepared: str | Path, task: int | list[int]) -> tuple[int, int]:
     """``(label_offset, num_classes)`` of ``task`` in a prepared folder; for a list of
     consecutive tasks (joint training), of their classes together."""
@@ -166,14 +190,15 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def _steps(stream: ParquetStream, local_batch: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+def _steps(
+    stream: ParquetStream, loader: torch.utils.data.DataLoader
+) -> Iterator[tuple[Tensor, Tensor, int]]:
     """``(x, y, global batch rows)`` for every global batch of the epoch, on this rank.
 
     A rank whose part of the last global batch is empty gets an empty batch for it: it
     contributes zero loss and gradient but stays in DDP's all-reduce and the optimizer step,
     so every replica takes every step.
     """
-    loader = torch.utils.data.DataLoader(stream, batch_size=local_batch)
     empty: tuple[Tensor, Tensor] | None = None
     step = 0
     for x, y in loader:
@@ -187,6 +212,30 @@ def _steps(stream: ParquetStream, local_batch: int) -> Iterator[tuple[Tensor, Te
         yield *empty, stream.batch_rows(rest)
 
 
+def train_step(
+    forward: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    rows: int,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    world: World,
+    precision: str = "fp32",
+) -> Tensor:
+    """One optimisation step on this rank's part of a global batch of ``rows`` rows; returns
+    the detached summed loss. The step every entry point (and ``benchmarks/step_cost.py``)
+    times: forward (under ``precision``'s :func:`autocast`), scaled loss, backward, optimizer."""
+    x, y = x.to(world.device, non_blocking=True), y.to(world.device, non_blocking=True)
+    with autocast(precision, world.device):
+        logits = forward(x)
+    loss_sum = loss_fn(logits.float(), y)
+    loss = loss_sum * (world.size / rows)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss_sum.detach()
+
+
 def run_epoch(
     forward: nn.Module,
     stream: ParquetStream,
@@ -197,26 +246,28 @@ def run_epoch(
     scheduler: Any | None = None,
     desc: str = "",
     progress: Progress | None = None,
+    loader: torch.utils.data.DataLoader | None = None,
+    precision: str = "fp32",
 ) -> EpochStats:
     """One pass over ``stream``'s global batches: forward, scaled loss, backward, step.
 
     ``forward`` is the model, or its DDP wrapper when ``world.size > 1``. ``loss_fn`` returns
     the summed loss of a batch; it is divided by the global batch's rows (times the world size,
     which DDP's gradient average undoes). ``progress`` (rank 0 only) gets every step.
+    ``loader``: ``stream``'s DataLoader at the local batch (:func:`task_loader`; kept across
+    epochs for its persistent workers); None reads in this process. ``precision``:
+    ``train.precision`` (:func:`autocast`).
     """
     local_batch = local_batch_size(stream.batch_size or 1, world.size)
+    if loader is None:
+        loader = make_loader(stream, local_batch, 0, world.device)
     forward.train()
     start = time.perf_counter()
     total = torch.zeros(2, dtype=torch.float64)  # loss sum, samples (this rank)
     show = progress is not None and world.rank == 0
     bar = progress.epoch(desc, stream.num_batches()) if show else None
-    for steps, (x, y, rows) in enumerate(_steps(stream, local_batch), 1):
-        x, y = x.to(world.device, non_blocking=True), y.to(world.device, non_blocking=True)
-        loss_sum = loss_fn(forward(x), y)
-        loss = loss_sum * (world.size / rows)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    for steps, (x, y, rows) in enumerate(_steps(stream, loader), 1):
+        loss_sum = train_step(forward, x, y, rows, optimizer, loss_fn, world, precision)
         if scheduler is not None:
             scheduler.step()
         total += torch.tensor([loss_sum.item(), y.numel()], dtype=torch.float64)
@@ -275,6 +326,11 @@ def fit_task(
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
         stream = task_stream(prepared, task, "train", cfg, model.backbone, world)
+        local_batch = local_batch_size(cfg.train.batch_size, world.size)
+        loader = task_loader(stream, cfg, world, local_batch)  # one per task: workers persist
+        forward = forward or model
+        if cfg.train.compile:  # one compilation per task (the model grows between tasks)
+            forward = torch.compile(forward)
 
         def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
             return F.cross_entropy(logits[:, lo:hi], y - lo, reduction="sum")
@@ -282,8 +338,9 @@ def fit_task(
         for epoch in range(start_epoch, cfg.train.epochs):
             stream.set_epoch(epoch)
             stats = run_epoch(
-                forward or model, stream, optimizer, loss_fn, world,
+                forward, stream, optimizer, loss_fn, world, precision=cfg.train.precision,
                 desc=f"{_name(task)} epoch {epoch + 1}/{cfg.train.epochs}", progress=progress,
+                loader=loader,
             )  # fmt: skip
             log.append(asdict(stats))
             if on_epoch is not None:
@@ -315,13 +372,15 @@ def class_means(
     world = world or World()
     lo, num_classes = task_classes(prepared, task)
     stream = task_stream(prepared, task, "train", cfg, model.backbone, world, plain=True)
-    loader = torch.utils.data.DataLoader(stream, batch_size=cfg.train.eval_batch_size)
+    loader = task_loader(stream, cfg, world, cfg.train.eval_batch_size)
     model.eval()
     f64 = {"dtype": torch.float64, "device": world.device}
     sums = torch.zeros(num_classes, model.head.in_features, **f64)  # (C_task, d)
     counts = torch.zeros(num_classes, **f64)
     for x, y in loader:
-        f = model.forward_features(x.to(world.device)).double()
+        with autocast(cfg.train.precision, world.device):
+            f = model.forward_features(x.to(world.device, non_blocking=True))
+        f = f.double()
         local = torch.as_tensor(y).to(world.device) - lo
         sums.index_add_(0, local, f)
         counts.index_add_(0, local, torch.ones_like(local, dtype=torch.float64))

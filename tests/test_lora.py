@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdlora.lora import DecoupledLoRA, Magnitudes, lowrank_fro_norm, lowrank_inner
+from sdlora.lora import DecoupledLoRA, Magnitudes, SDLoRAQKV, lowrank_fro_norm, lowrank_inner
 
 
 @pytest.mark.parametrize(("d_out", "d_in", "r"), [(7, 5, 3), (64, 48, 10), (16, 16, 1)])
@@ -84,3 +84,94 @@ def test_magnitudes_grow_per_task() -> None:
     assert Magnitudes(num_matrices=4, scope="task").num_columns == 1
     with pytest.raises(ValueError, match="scope"):
         Magnitudes(2, "block")
+
+
+def _qkv_with_tasks(d: int, ranks: list[int], scope: str = "task") -> SDLoRAQKV:
+    """A float64 fused qkv Linear with SD-LoRA on q and v: ``ranks[:-1]`` stored, the last
+    one current, magnitudes random and trainable."""
+    torch.manual_seed(0)
+    mags = Magnitudes(2, scope)
+    qkv = SDLoRAQKV(torch.nn.Linear(d, 3 * d), ["q", "v"], {"q": 0, "v": 1}, mags)
+    qkv.requires_grad_(False)
+    for task, rank in enumerate(ranks):
+        mags.add_task(0.5 + task)
+        for layer in qkv.lora.values():
+            layer.add_current(rank, task)
+            with torch.no_grad():
+                layer.B_cur.normal_()
+            if task < len(ranks) - 1:
+                layer.freeze_current(layer.current_norm(), torch.tensor(1.0 + 0.1 * task))
+    qkv.double()
+    mags.alpha = torch.nn.Parameter(torch.rand(mags.alpha.shape, dtype=torch.float64) + 0.5)
+    return qkv
+
+
+def _step(qkv: SDLoRAQKV, x: torch.Tensor, path: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Output and the gradients of alpha, A_t, B_t and x on ``path``."""
+    qkv.set_path(path)
+    x = x.clone().requires_grad_(True)
+    out = qkv(x)
+    (out * torch.linspace(-1, 1, out.shape[-1])).square().sum().backward()
+    mags = qkv._magnitudes
+    params = [mags.alpha, *(p for layer in qkv.lora.values() for p in (layer.A_cur, layer.B_cur))]
+    grads = [p.grad.clone() for p in params] + [x.grad]
+    for p in params:
+        p.grad = None
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("scope", ["task", "matrix"])
+def test_dense_and_stacked_paths_agree(scope: str) -> None:
+    """SPEC §2 "Forward cost": the dense delta gives the stacked product's outputs and
+    gradients (magnitudes, current pair, input) to float tolerance."""
+    qkv = _qkv_with_tasks(16, [3, 2, 4, 2], scope).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    out_s, grads_s = _step(qkv, x, "stacked")
+    out_d, grads_d = _step(qkv, x, "dense")
+    assert torch.allclose(out_s, out_d, rtol=1e-10, atol=1e-10)
+    for gs, gd in zip(grads_s, grads_d, strict=True):
+        assert torch.allclose(gs, gd, rtol=1e-9, atol=1e-10), (gs - gd).abs().max()
+    assert grads_d[0].abs().min() > 0  # every magnitude really gets a gradient
+
+
+@pytest.mark.parametrize("path", ["stacked", "dense"])
+def test_hand_written_backward_gradcheck(path: str) -> None:
+    """The fused qkv's hand-written backward against finite differences (input and alpha)."""
+    qkv = _qkv_with_tasks(6, [2, 3, 1])
+    qkv.set_path(path)
+    x = torch.randn(1, 3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: qkv(x), (x,))
+    alpha = qkv._magnitudes.alpha
+    qkv(x.detach()).sum().backward()
+    eps, numeric = 1e-6, torch.zeros_like(alpha)
+    for i in range(alpha.shape[0]):
+        with torch.no_grad():
+            alpha[i, 0] += eps
+            hi = qkv(x.detach()).sum()
+            alpha[i, 0] -= 2 * eps
+            lo = qkv(x.detach()).sum()
+            alpha[i, 0] += eps
+        numeric[i, 0] = (hi - lo) / (2 * eps)
+    assert torch.allclose(alpha.grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_path_is_chosen_by_cost() -> None:
+    """Dense when many tokens meet a large total rank (or nothing trains); low-rank for few
+    tokens, or a small rank on a wide matrix."""
+    wide = DecoupledLoRA(d_in=1536, d_out=1536)
+    assert not wide.dense_is_cheaper(tokens=3152, weight_grad=True)  # nothing to add
+    wide.A, wide.B = torch.zeros(10, 1536), torch.zeros(1536, 10)
+    assert not wide.dense_is_cheaper(tokens=3152, weight_grad=True)  # rank 10 of 1536
+    wide.A, wide.B = torch.zeros(1000, 1536), torch.zeros(1536, 1000)
+    assert wide.dense_is_cheaper(tokens=3152, weight_grad=True)
+    assert not wide.dense_is_cheaper(tokens=8, weight_grad=True)  # the build dominates
+    # nothing to carry a gradient to (evaluation): building delta W alone decides
+    wide.A, wide.B = torch.zeros(10, 1536), torch.zeros(1536, 10)
+    assert wide.dense_is_cheaper(tokens=3152, weight_grad=False)
+    assert not wide.dense_is_cheaper(tokens=2, weight_grad=False)
+
+
+def test_unknown_path_is_refused() -> None:
+    qkv = _qkv_with_tasks(6, [2])
+    with pytest.raises(ValueError, match="forward path must be one of"):
+        qkv.set_path("fast")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn import datasets as sk_datasets
-from sklearn.model_selection import train_test_split
 
 from sdlora.data.tasks import ImageSet
 
@@ -15,6 +13,9 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> tuple[ImageS
     """Real 8x8 digits (1,797, shipped with sklearn), scaled to 0..255, stratified train/test."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    from sklearn import datasets as sk_datasets  # here: importing sklearn takes about 1 s
+    from sklearn.model_selection import train_test_split
+
     bunch = sk_datasets.load_digits()
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     labels = bunch.target.astype(np.int64)

@@ -25,8 +25,8 @@ each):
 
 Either way every row is read exactly once per epoch across all readers, and a reader decodes
 only its own rows. Call :meth:`ParquetStream.set_epoch` before each epoch (as with
-``DistributedSampler``); with ``persistent_workers=True`` the workers keep the epoch they were
-started with.
+``DistributedSampler``); the epoch lives in shared memory, so persistent DataLoader workers
+(:func:`make_loader`) follow it.
 
 Transforms (SPEC §6, as the public code): train ``RandomResizedCrop(size, scale=(0.05, 1),
 ratio=(3/4, 4/3))`` + horizontal flip; test ``Resize(int(size * 256 / 224), bicubic)`` +
@@ -148,7 +148,8 @@ class ParquetStream(IterableDataset):
         self.batch_size = batch_size
         self.return_path = return_path
         self.mix_groups = mix_groups
-        self.epoch = 0
+        # in shared memory, so that persistent DataLoader workers see set_epoch's value
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         # (file index, row group index, rows) for every row group, in file order
         self.groups: list[tuple[int, int, int]] = []
         for fi, f in enumerate(self.files):
@@ -156,9 +157,13 @@ class ParquetStream(IterableDataset):
             self.groups += [(fi, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
         self.num_rows = sum(n for _, _, n in self.groups)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shuffle (same on every rank and worker)."""
-        self.epoch = epoch
+        """Select the epoch's shuffle (same on every rank and worker, persistent ones too)."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch, over all its DataLoader workers."""
@@ -250,6 +255,26 @@ class ParquetStream(IterableDataset):
                     yield sample, labels[i], paths[i]
                 else:
                     yield sample, labels[i]
+
+
+def make_loader(
+    stream: ParquetStream, batch_size: int, workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """The DataLoader every entry point reads ``stream`` through (``data.workers``).
+
+    ``workers`` > 0 decode and transform in that many processes, kept alive across epochs
+    (re-iterate the same loader after :meth:`ParquetStream.set_epoch`); each reads its own
+    global batches, so what a rank gets is the same for any worker count. Batches are pinned
+    for a CUDA ``device`` (copies overlap compute with ``non_blocking=True``).
+    """
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+    )
 
 
 def _unreadable(path: str | Path, where: str, err: BaseException) -> str:

@@ -14,7 +14,14 @@ from torch.utils.data import DataLoader
 
 from sdlora.config import DataConfig
 from sdlora.data.prepare import prepare
-from sdlora.data.stream import ParquetStream, build_transform, open_task, shard_bounds, task_files
+from sdlora.data.stream import (
+    ParquetStream,
+    build_transform,
+    make_loader,
+    open_task,
+    shard_bounds,
+    task_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +228,25 @@ def test_train_transform_is_random_crop_and_flip() -> None:
         build_transform(train=True, size=32, mean=(0.5,) * 3)
     plain = build_transform(train=True, size=32, augment=False)  # data.augment: none
     assert torch.equal(plain(image), build_transform(train=False, size=32)(image))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_persistent_workers_follow_set_epoch(prepared: Path, workers: int) -> None:
+    """make_loader's workers live across epochs, yet each epoch is that epoch's shuffle, in
+    the batches one process reads, every sample once."""
+    files = task_files(prepared, 0, "train")
+
+    def epochs(workers: int) -> list[list[str]]:
+        stream = ParquetStream(
+            files, _first_pixel, shuffle=True, seed=2, batch_size=10, return_path=True
+        )
+        loader = make_loader(stream, 10, workers, torch.device("cpu"))
+        out = []
+        for epoch in range(3):
+            stream.set_epoch(epoch)
+            out.append([p for _, _, paths in loader for p in paths])
+        return out
+
+    got, reference = epochs(workers), epochs(0)
+    assert got == reference  # the same order for any worker count
+    assert got[0] != got[1] and sorted(got[0]) == sorted(got[2]) == sorted(_all_paths(files))
