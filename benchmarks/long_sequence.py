@@ -8,7 +8,7 @@ records the task's training time per epoch, the forward path the adapters took, 
 magnitudes (max |alpha|, and the smallest), the last epoch's loss and the accuracy on the
 task just learnt and on every task seen. Printed: a table at chosen tasks.
 
-    python benchmarks/long_sequence.py                  # 100 tasks, 2 epochs each
+    python benchmarks/long_sequence.py                  # 100 tasks, 3 epochs each
     python benchmarks/long_sequence.py --tasks 20 --epochs 1 --json /tmp/long.json
 """
 
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sdlora.config import load_config
@@ -50,8 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--tasks", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-per-class", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--train-per-class", type=int, default=64)
     parser.add_argument("--test-per-class", type=int, default=8)
     parser.add_argument("--json", help="also write every task's figures here")
     args = parser.parse_args()
@@ -62,6 +62,7 @@ def main() -> None:
         cfg = load_config(args.params, {
             "data.dataset": "imagefolder", "data.root": str(root), "data.init_cls": 2,
             "data.increment": 2, "data.augment": "none", "train.epochs": args.epochs,
+            "train.batch_size": args.batch,
             "progress": False,
         })  # fmt: skip
         prepare(cfg.data, seed=cfg.seed, out=prepared)
@@ -91,9 +92,9 @@ def main() -> None:
     show = sorted({1, 2, 5, 10, 25, 50, 75, args.tasks} & set(range(1, args.tasks + 1)))
     print(f"\n{args.tasks} tasks of 2 synthetic classes, {args.epochs} epochs each, "
           f"{cfg.backbone.name} at {cfg.data.image_size} px, rank {cfg.model.rank}, "
-          f"batch {cfg.train.batch_size}, {torch.get_num_threads()} threads\n")  # fmt: skip
+          f"batch {cfg.train.batch_size}, {cfg.train.threads} thread(s)\n")  # fmt: skip
     print(
-        "| task | stored rank | path | s / epoch | task s (with eval) | max abs alpha | "
+        "| task | stored rank after | path | s / epoch | task s (with eval) | max abs alpha | "
         "min abs alpha | last-epoch loss | acc. new task % | acc. all seen % |"
     )
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 
 _EPS = 1e-12
 # A matmul with fewer inner columns than this streams its tokens x d operands at memory speed,
-# so it costs about what one this wide costs: measured with benchmarks/step_cost.py on CPU.
-MEMORY_BOUND_RANK = 128
+# so it costs about what one this wide costs. Measured with benchmarks/step_cost.py on CPU:
+# at 128, ViT-B/16 took the low-rank path at t = 1-10 and its steps cost 4.3-4.6 s against
+# 4.2 s on the dense path at t = 20 (docs/performance.md).
+MEMORY_BOUND_RANK = 256
 
 
 def lowrank_inner(b1: Tensor, a1: Tensor, b2: Tensor, a2: Tensor) -> Tensor:
@@ -213,12 +215,15 @@ class DecoupledLoRA(nn.Module):
 
     def delta_weight(self, alpha: Tensor) -> Tensor:
         """delta W (d_out x d_in): for merging, and the dense path (autograd reaches alpha and
-        the current pair through it)."""
-        f = self._factors(alpha)
-        if f is None:
-            return self.A.new_zeros(self.d_out, self.d_in)
-        a, s, b = f
-        return (b * s) @ a
+        the current pair through it). The stored factors are used in place, not concatenated
+        with the current pair's: the backward then keeps no copy of them."""
+        delta = None
+        if self.stored_rank:
+            delta = (self.B * self.stored_scales(alpha)) @ self.A  # (d_out, R) @ (R, d_in)
+        if self.A_cur is not None:
+            current = (self.B_cur * alpha[self.cur_task]) @ self.A_cur  # (d_out, r) @ (r, d_in)
+            delta = current if delta is None else delta + current
+        return self.A.new_zeros(self.d_out, self.d_in) if delta is None else delta
 
 
 class _DeltaLinear(torch.autograd.Function):

@@ -158,15 +158,15 @@ def test_hand_written_backward_gradcheck(path: str) -> None:
 def test_path_is_chosen_by_cost() -> None:
     """Dense when many tokens meet a large total rank (or nothing trains); low-rank for few
     tokens, or a small rank on a wide matrix."""
-    wide = DecoupledLoRA(d_in=1536, d_out=1536)
+    wide = DecoupledLoRA(d_in=2048, d_out=2048)
     assert not wide.dense_is_cheaper(tokens=3152, weight_grad=True)  # nothing to add
-    wide.A, wide.B = torch.zeros(10, 1536), torch.zeros(1536, 10)
-    assert not wide.dense_is_cheaper(tokens=3152, weight_grad=True)  # rank 10 of 1536
-    wide.A, wide.B = torch.zeros(1000, 1536), torch.zeros(1536, 1000)
+    wide.A, wide.B = torch.zeros(10, 2048), torch.zeros(2048, 10)
+    assert not wide.dense_is_cheaper(tokens=3152, weight_grad=True)  # rank 10 of 2048
+    wide.A, wide.B = torch.zeros(1000, 2048), torch.zeros(2048, 1000)
     assert wide.dense_is_cheaper(tokens=3152, weight_grad=True)
     assert not wide.dense_is_cheaper(tokens=8, weight_grad=True)  # the build dominates
     # nothing to carry a gradient to (evaluation): building delta W alone decides
-    wide.A, wide.B = torch.zeros(10, 1536), torch.zeros(1536, 10)
+    wide.A, wide.B = torch.zeros(10, 2048), torch.zeros(2048, 10)
     assert wide.dense_is_cheaper(tokens=3152, weight_grad=False)
     assert not wide.dense_is_cheaper(tokens=2, weight_grad=False)
 
