@@ -15,7 +15,7 @@ backbone, eval mode, same batch.
 
     python benchmarks/step_cost.py                          # ViT-S/16 and ViT-B/16, CPU
     python benchmarks/step_cost.py --models vit_small_patch16_224 --rounds 5 --paths auto stacked
-    python benchmarks/step_cost.py --device cuda --batch 64 --rounds 20
+    python benchmarks/step_cost.py --device cuda --batch 64 --rounds 20 --precision bf16
 
 Nothing is downloaded: the backbones are timm's architectures with random weights, which
 cost what trained ones cost.
@@ -63,7 +63,9 @@ def build(model_name: str, tasks: int, rank: int, path: str, device: torch.devic
     return model.to(device)
 
 
-def stepper(model: nn.Module, batch: int, device: torch.device) -> Callable[[], None]:
+def stepper(
+    model: nn.Module, batch: int, device: torch.device, precision: str = "fp32"
+) -> Callable[[], None]:
     """One training step of ``model`` on a fixed random batch (loss on the last task's logits)."""
     x = torch.randn(batch, 3, 224, 224, device=device)
     y = torch.randint(0, CLASSES, (batch,), device=device)
@@ -74,7 +76,7 @@ def stepper(model: nn.Module, batch: int, device: torch.device) -> Callable[[], 
     def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits[:, -CLASSES:], y, reduction="sum")
 
-    return lambda: train_step(model, x, y, batch, optimizer, loss_fn, world)
+    return lambda: train_step(model, x, y, batch, optimizer, loss_fn, world, precision)
 
 
 def inferer(model: nn.Module, batch: int, device: torch.device) -> Callable[[], None]:
@@ -159,7 +161,7 @@ def bench(model_name: str, args: argparse.Namespace, rounds: int) -> list[dict]:
     for path in args.paths:
         rows += [(f"t={t}" + ("" if path == "auto" else f" {path}"), t, path) for t in args.tasks]
     models = {label: build(model_name, t, args.rank, path, device) for label, t, path in rows}
-    steps = {label: stepper(m, args.batch, device) for label, m in models.items()}
+    steps = {label: stepper(m, args.batch, device, args.precision) for label, m in models.items()}
     print(f"{model_name}: timing {len(steps)} training rows", file=sys.stderr, flush=True)
     medians = interleaved(steps, rounds, args.warmup, device)
     out = []
@@ -223,6 +225,8 @@ def main() -> None:
                         help="timed rounds per model (the last value for the rest)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="train.precision of the timed steps")  # fmt: skip
     parser.add_argument("--paths", nargs="+", default=["auto"],
                         choices=["auto", "stacked", "dense"])  # fmt: skip
     parser.add_argument("--json", help="also write the rows here")
@@ -237,7 +241,8 @@ def main() -> None:
     rows = []
     for i, name in enumerate(args.models):
         rows += bench(name, args, args.rounds[min(i, len(args.rounds) - 1)])
-    print(f"\nbatch {args.batch}, rank {args.rank}, {args.device}, {args.threads} threads; "
+    print(f"\nbatch {args.batch}, rank {args.rank}, {args.device}, {args.precision}, "
+          f"{args.threads} threads; "
           f"medians of interleaved rounds {args.rounds}\n")  # fmt: skip
     print(table(rows))
     if args.json:
