@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from sdlora.config import Config
 from sdlora.data.stream import ParquetStream, make_loader
-from sdlora.train import World, autocast, loader_workers, task_stream
+from sdlora.train import World, autocast, loader_workers, task_classes, task_stream
 
 if TYPE_CHECKING:
     from sdlora.model import SDLoRAViT
@@ -36,7 +36,8 @@ def outputs(
     workers: int = 0,
     precision: str = "fp32",
 ) -> tuple[Tensor, Tensor]:
-    """``(fn(x), labels)`` over a whole stream in file order, concatenated on the CPU in fp32;
+    """``(fn(x), labels)`` over a whole stream, concatenated on the CPU in fp32 (in file order
+    only without workers: DataLoader workers interleave their batches);
     ``workers``: its DataLoader's (``data.workers``, :func:`sdlora.train.loader_workers`);
     ``precision``: ``train.precision`` (:func:`sdlora.train.autocast`)."""
     loader = make_loader(stream, batch, workers, device)
@@ -68,17 +69,22 @@ def evaluate(
     tasks = list(tasks)
     if not tasks:
         return [], []
-    # every task's test split in one stream (one DataLoader, in file order), cut per file
+    # every task's test split in one stream (one DataLoader); rows are told apart by their
+    # labels, since each task owns a range of classes (DataLoader workers interleave batches)
     stream = task_stream(prepared, tasks, "test", cfg, backbone_of(model))
     workers = loader_workers(cfg, World(device=device))
     logits, y = outputs(
         model, stream, device, cfg.train.eval_batch_size, workers, cfg.train.precision
     )
-    counts = [0] * len(tasks)
-    for fi, _, rows in stream.groups:
-        counts[fi] += rows
-    hits = (logits.argmax(1) == y).split(counts)
-    accs = [100.0 * h.double().mean().item() if h.numel() else float("nan") for h in hits]
+    hits = logits.argmax(1) == y
+    accs, counts = [], []
+    for t in tasks:
+        lo, num_classes = task_classes(prepared, t)
+        mine = (y >= lo) & (y < lo + num_classes)
+        if not bool(mine.any()):
+            raise ValueError(f"{prepared}: task {t} has no test image to evaluate")
+        accs.append(100.0 * hits[mine].double().mean().item())
+        counts.append(int(mine.sum()))
     return accs, counts
 
 

@@ -15,11 +15,11 @@ from sdlora.__main__ import main
 from sdlora.checkpoint import load_adapter, read_header
 from sdlora.config import parse_config
 from sdlora.data.prepare import prepare
-from sdlora.evaluate import evaluate
+from sdlora.evaluate import evaluate, outputs
 from sdlora.metrics import read_matrix_csv
 from sdlora.pretrain import pretrain_backbone
 from sdlora.sequence import run_sequence
-from sdlora.train import build_model, resolve_device
+from sdlora.train import begin_task, build_model, resolve_device, task_classes, task_stream
 
 TINY = {
     "img_size": 16,
@@ -277,3 +277,25 @@ def test_cuda_request_without_gpu_is_an_error() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_evaluation_with_loader_workers_scores_each_task_on_its_own_images(
+    weights: str, prepared: Path
+) -> None:
+    """One stream over every task's test split, read by 2 DataLoader workers in batches of 16
+    (their batches interleave): each task's accuracy and count equal those of its own split
+    read alone in one process."""
+    raw = _raw(weights)
+    raw["data"]["workers"] = 2
+    raw["train"]["eval_batch_size"] = 16
+    cfg = parse_config(raw)
+    model = build_model(cfg)
+    for t in range(3):
+        begin_task(model, cfg, t, task_classes(prepared, t)[1])
+    accs, counts = evaluate(model, prepared, range(3), cfg, torch.device("cpu"))
+    for t in range(3):
+        stream = task_stream(prepared, t, "test", cfg, model.backbone)
+        logits, y = outputs(model, stream, torch.device("cpu"), 16)
+        assert counts[t] == y.numel()
+        assert accs[t] == pytest.approx(100.0 * (logits.argmax(1) == y).double().mean().item())
+    assert len(set(accs)) > 1  # a random head scores the tasks differently
