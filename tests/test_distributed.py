@@ -90,10 +90,14 @@ def _assert_same(file: Path, state: dict[str, torch.Tensor]) -> None:
 def test_two_workers_equal_the_loop_at_world_size_one(ray_session, tmp_path: Path) -> None:
     # 13 rows, global batch 4: batches of 4, 4, 4, 1; rank 0's part of the last one is empty
     cfg, prepared = _cfg(epochs=2, batch=4, momentum=0.9), _prepared(tmp_path, 13)
+    gcs = ray_session.get_runtime_context().gcs_address
     result = train_task_distributed(
         cfg, 0, None, prepared, tmp_path / "out", num_workers=2, cpus_per_worker=0.5,
         storage_path=tmp_path / "ray",
     )  # fmt: skip
+    # a running Ray is used as it is: no second one started, and it is left running
+    assert ray_session.is_initialized()
+    assert ray_session.get_runtime_context().gcs_address == gcs
     assert result.metrics["epoch"] == 1 and result.metrics["world_size"] == 2
     ref, ref_log = _reference(cfg, prepared)
     losses = [e["train_loss"] for e in result.epochs]
