@@ -206,6 +206,7 @@ def test_sequence_is_reproducible_and_merges(weights: str, prepared: Path) -> No
     assert accs == pytest.approx(list(a.matrix[-1]), abs=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", [{"precision": "bf16"}, {"compile": True}])
 def test_gpu_switches_keep_the_accuracy_matrix(weights: str, prepared: Path, switch: dict) -> None:
     """train.precision bf16 and train.compile change float rounding, not what is learnt.
