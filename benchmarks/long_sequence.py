@@ -74,7 +74,8 @@ def main() -> None:
             rec = result.records[-1]
             alpha = model.magnitudes.alpha.detach().abs()
             m = model.matrices()[0]
-            tokens = cfg.train.batch_size * (model.backbone.patch_embed.num_patches + 1)
+            vit = model.backbone
+            tokens = cfg.train.batch_size * (vit.patch_embed.num_patches + vit.num_prefix_tokens)
             rows.append({
                 "task": task + 1,
                 "epoch_s": float(np.mean([e["epoch_seconds"] for e in rec["epochs"]])),

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from sdlora.config import Config
+from sdlora.data.prepare import read_manifest
 from sdlora.data.stream import ParquetStream, make_loader
-from sdlora.train import World, autocast, loader_workers, task_classes, task_stream
+from sdlora.train import World, autocast, loader_workers, task_stream
 
 if TYPE_CHECKING:
     from sdlora.model import SDLoRAViT
@@ -77,9 +78,10 @@ def evaluate(
         model, stream, device, cfg.train.eval_batch_size, workers, cfg.train.precision
     )
     hits = logits.argmax(1) == y
+    entries = read_manifest(prepared)["tasks"]  # once: each task's classes (the stream checked t)
     accs, counts = [], []
     for t in tasks:
-        lo, num_classes = task_classes(prepared, t)
+        lo, num_classes = int(entries[t]["label_offset"]), int(entries[t]["num_classes"])
         mine = (y >= lo) & (y < lo + num_classes)
         if not bool(mine.any()):
             raise ValueError(f"{prepared}: task {t} has no test image to evaluate")
