@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from sdlora.config import load_config
+from sdlora.core.sequence import run_sequence
 from sdlora.data.prepare import prepare
-from sdlora.sequence import run_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ is cached as JSON under ``--cache``, so a rerun skips finished runs and only pri
 ``--base``: overrides under every setting. ``--report``: print the table of cached runs only.
 Keys are dotted params keys (``train.lr``), plus the pseudo-key ``head_init`` (``torch`` or
 ``kaiming_linear``): a params key ``model.head_init`` if the config has one, otherwise the class
-attribute ``sdlora.methods.Method.head_init`` for the run (restored afterwards).
+attribute ``sdlora.core.methods.Method.head_init`` for the run (restored afterwards).
 
 Per run it also records, after the last task: the share of test images predicted into each
 task's classes, each task's mean head bias, row norm and winning logit, and the mean feature norm
@@ -36,8 +36,8 @@ import torch
 import yaml
 
 from sdlora.config import Config, ModelConfig, load_config
+from sdlora.core.sequence import run_sequence
 from sdlora.data.prepare import prepare
-from sdlora.sequence import run_sequence
 
 Setting = dict[str, Any]
 PSEUDO_KEYS = ("head_init",)
@@ -87,7 +87,7 @@ def head_init(value: str | None, overrides: Setting) -> Iterator[Setting]:
     if "head_init" in ModelConfig.model_fields:
         yield {**overrides, "model.head_init": value}
         return
-    import sdlora.methods as M
+    import sdlora.core.methods as M
 
     before = M.Method.head_init
     M.Method.head_init = value
@@ -118,8 +118,8 @@ def head_diagnostics(model: Any, prepared: Path, cfg: Config) -> dict[str, Any]:
     ``feat_norm``: mean feature norm. Uses internals, so a failure returns only the error.
     """
     try:
-        from sdlora.evaluate import outputs
-        from sdlora.train import resolve_device, task_classes, task_stream
+        from sdlora.core.evaluate import outputs
+        from sdlora.core.train import resolve_device, task_classes, task_stream
 
         device = resolve_device(cfg.device)
         model.eval().to(device)

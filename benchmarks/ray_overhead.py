@@ -3,7 +3,7 @@
 Each measurement is a fresh Python process, as a ``train@k`` stage is: imports, ``ray.init``
 (in-process Ray), ``TorchTrainer.fit`` on task 0 of the configured benchmark streamed from
 Parquet, and the same task trained by the same loop in a plain process
-(``sdlora.train.fit_task`` at world size 1, no Ray) as the floor. The fixed overhead is the
+(``sdlora.core.train.fit_task`` at world size 1, no Ray) as the floor. The fixed overhead is the
 stage's wall time minus the time its epochs took (the workers' own ``epoch_seconds``).
 
     python benchmarks/ray_overhead.py                       # params.yaml, workers 1 and 2
@@ -29,12 +29,12 @@ def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
     """Run in a child process: one Ray stage (workers > 0) or one plain task (workers == 0)."""
     start = time.perf_counter()
     from sdlora.config import load_config
-    from sdlora.distributed import train_task_distributed
+    from sdlora.ops.ray_train import train_task_distributed
 
     cfg = load_config(params, {"train.epochs": epochs, "progress": False})
     imported = time.perf_counter()
     if workers == 0:
-        from sdlora.train import (
+        from sdlora.core.train import (
             World,
             begin_task,
             build_model,

@@ -1,6 +1,6 @@
 """Where a ``train@k`` stage's time goes: a timeline of the driver and of every Ray process.
 
-Runs the stage function (:func:`sdlora.stages.train.train_stage`) for task 0 in this process
+Runs the stage function (:func:`sdlora.pipeline.train.train_stage`) for task 0 in this process
 as the pipeline does, with Ray started here and this module as Ray's
 ``worker_process_setup_hook``: each Ray worker process notes when it came up, and the one that
 trains notes its import of sdlora, model set-up, ``fit_task`` (the epochs with their per-epoch
@@ -49,12 +49,12 @@ def timed(owner: Any, attr: str, label: str) -> None:
 
 def _watch() -> None:
     """In a Ray worker: wrap the training functions once the worker has imported them."""
-    while "sdlora.distributed" not in sys.modules or not hasattr(
-        sys.modules["sdlora.distributed"], "fit_task"
+    while "sdlora.ops.ray_train" not in sys.modules or not hasattr(
+        sys.modules["sdlora.ops.ray_train"], "fit_task"
     ):
         time.sleep(0.002)
     mark("worker: sdlora imported")
-    d = sys.modules["sdlora.distributed"]
+    d = sys.modules["sdlora.ops.ray_train"]
     for attr in ("load_task_model", "begin_task", "fit_task", "finish_task"):
         timed(d, attr, f"worker: {attr}")
 
@@ -84,7 +84,7 @@ def main() -> None:
     import ray
     import ray.train.torch
 
-    import sdlora.stages.train as stage
+    import sdlora.pipeline.train as stage
     from sdlora.config import load_config
 
     mark("driver: imports end")

@@ -2,7 +2,7 @@
 
 For each backbone it builds the model after ``t`` tasks of rank ``--rank`` (t - 1 stored
 directions plus the training pair; every direction random and non-zero) and times the
-training step every entry point takes (:func:`sdlora.train.train_step`: forward,
+training step every entry point takes (:func:`sdlora.core.train.train_step`: forward,
 cross-entropy on the task's logits, backward, Adam) on random images. The floor is the frozen
 backbone with gradients flowing through every block (only ``pos_embed`` and the head train,
 so no Linear computes a weight gradient). Each figure is the median of interleaved rounds after
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdlora.model import SDLoRAViT
-from sdlora.train import World, train_step
+from sdlora.core.model import SDLoRAViT
+from sdlora.core.train import World, train_step
 
 CLASSES = 10  # per task
 

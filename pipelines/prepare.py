@@ -1,12 +1,12 @@
 """DVC stage ``prepare``: the configured benchmark into per-task Parquet splits (data/prepared).
 
-All logic is :func:`sdlora.stages.prepare.prepare_stage`, the options (``--help``) are
-:func:`sdlora.stages.prepare.main`'s; see dvc.yaml and docs/pipeline.md.
+All logic is :func:`sdlora.pipeline.prepare.prepare_stage`, the options (``--help``) are
+:func:`sdlora.pipeline.prepare.main`'s; see dvc.yaml and docs/pipeline.md.
 """
 
 import sys
 
-from sdlora.stages.prepare import main
+from sdlora.pipeline.prepare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _counts_type(text: str) -> list[int]:
     """Parse ``--counts`` for argparse, turning bad values into a usage error (exit 2)."""
-    from sdlora.metrics import parse_counts_arg
+    from sdlora.core.metrics import parse_counts_arg
 
     try:
         return parse_counts_arg(text)
@@ -34,7 +34,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
 
     The file is sdlora's CSV or the headerless lower-triangular matrix of the public logs.
     """
-    from sdlora.metrics import read_matrix_csv, summarize
+    from sdlora.core.metrics import read_matrix_csv, summarize
 
     matrix, file_counts = read_matrix_csv(args.matrix)
     counts = args.counts if args.counts is not None else file_counts
@@ -80,7 +80,7 @@ def _add_metrics(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 def _run_pretrain(args: argparse.Namespace) -> int:
     """Pre-train the embedded backbone to ``backbone.weights`` (or ``--out``)."""
     from sdlora.config import load_config
-    from sdlora.pretrain import pretrain_backbone
+    from sdlora.core.pretrain import pretrain_backbone
 
     cfg = load_config(args.params)
     out = args.out or cfg.backbone.weights
@@ -105,11 +105,11 @@ def _run_sequence(args: argparse.Namespace) -> int:
     """Train the whole task sequence in this process; write the matrix, metrics and adapters."""
     from pathlib import Path
 
-    from sdlora.checkpoint import save_adapter
     from sdlora.config import load_config
+    from sdlora.core.checkpoint import save_adapter
+    from sdlora.core.sequence import run_sequence
     from sdlora.data.prepare import prepare
-    from sdlora.report import format_matrix, write_sequence_outputs
-    from sdlora.sequence import run_sequence
+    from sdlora.report.sequence import format_matrix, write_sequence_outputs
 
     cfg = load_config(args.params)
     out = Path(args.out)
@@ -159,8 +159,8 @@ def _run_tasks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sdlora.config import parse_config, read_params
-    from sdlora.plan import plan_tasks, tasks_block, write_tasks
-    from sdlora.stages.records import num_tasks_of
+    from sdlora.pipeline.layout import plan_tasks, tasks_block, write_tasks
+    from sdlora.pipeline.prepare import num_tasks_of
 
     path = Path(args.params)
     raw = read_params(path)
@@ -192,48 +192,16 @@ def _add_tasks(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(func=_run_tasks)
 
 
-def _run_deps(args: argparse.Namespace) -> int:
-    """Print each stage's code deps and params according to its code; 1 if dvc.yaml disagrees."""
-    from pathlib import Path
-
-    from sdlora.deps import check_stage, describe, dvc_stages
-
-    root = Path(args.dvc).resolve().parent
-    stages = dvc_stages(args.dvc)
-    names = [args.stage] if args.stage else list(stages)
-    unknown = [n for n in names if n not in stages]
-    if unknown:
-        raise ValueError(f"{args.dvc}: no stage {unknown[0]!r}; the stages are {', '.join(stages)}")
-    print("\n\n".join(describe(n, stages[n], root) for n in names))
-    return 1 if any(check_stage(n, stages[n], root) for n in names) else EXIT_OK
-
-
-def _add_deps(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``deps [--stage NAME] [--dvc dvc.yaml]``."""
-    parser = subparsers.add_parser(
-        "deps",
-        help="each DVC stage's code deps and params, computed from its code, against dvc.yaml",
-        description=(
-            "For each stage of dvc.yaml: the project files its entry script imports (static "
-            "import closure) and the params keys its code reads, then what dvc.yaml lacks or "
-            "lists in vain (exit code 1 if anything)."
-        ),
-    )
-    parser.add_argument("--stage", default=None, help="one stage (default: all)")
-    parser.add_argument("--dvc", default="dvc.yaml", help="the pipeline file (dvc.yaml)")
-    parser.set_defaults(func=_run_deps)
-
-
 def _run_plots(args: argparse.Namespace) -> int:
     """Run ``dvc plots show`` (or ``diff``) with a template that needs no network."""
-    from sdlora.dvc_plots import render
+    from sdlora.ops.dvc import render
 
     return render(args.diff, out=args.out, open_page=args.open)
 
 
 def _add_plots(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``plots [--diff [REV ...]] [--out DIR] [--open]``."""
-    from sdlora.dvc_plots import OUT_DIR
+    from sdlora.ops.dvc import OUT_DIR
 
     parser = subparsers.add_parser(
         "plots",
@@ -262,7 +230,7 @@ def _run_exp_run(args: argparse.Namespace) -> int:
     import shlex
     import subprocess
 
-    from sdlora.tune_results import exp_run_args, read_best
+    from sdlora.report.tune import exp_run_args, read_best
 
     extra = [a for a in args.dvc_args if a != "--"]
     command = ["dvc", "exp", "run", *exp_run_args(read_best(args.file)), *extra]
@@ -296,7 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(subparsers)
     _add_run(subparsers)
     _add_tasks(subparsers)
-    _add_deps(subparsers)
     _add_plots(subparsers)
     _add_exp_run(subparsers)
     return parser

@@ -13,8 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sdlora.plan import WRITE_COMMAND, task_output, task_prev, task_split
-
 EMBEDDED_DATASETS = {"digits": 10, "glyphs": 40}  # class counts (tests check them)
 # Read from disk by the prepare stage (sdlora.data.prepare); class counts known before reading.
 ON_DISK_DATASETS = {
@@ -30,6 +28,9 @@ DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "s
 def known_num_classes(dataset: str) -> int | None:
     """The dataset's class count when it is fixed (embedded, CIFAR-100); None: read the folder."""
     return {**EMBEDDED_DATASETS, **ON_DISK_DATASETS}.get(dataset)
+
+
+TASKS_COMMAND = "python -m sdlora tasks --write"  # regenerates the tasks section
 
 
 class ConfigError(ValueError):
@@ -291,7 +292,7 @@ class RayConfig(_Section):
         description="null: RAY_ADDRESS if set, else Ray starts in-process; 'host:port' or "
         "'ray://host:port': that cluster (RAY_ADDRESS is ignored); 'auto': RAY_ADDRESS if set, "
         "else the cluster last started by `ray start` on this machine (Ray's precedence: "
-        "sdlora.ray_session)",
+        "sdlora.ops.ray_session)",
     )
     num_workers: int = Field(1, ge=1, description="DDP workers; the global batch stays the same")
     use_gpu: bool = Field(False, description="one GPU per worker (nccl); false: CPU (gloo)")
@@ -377,7 +378,7 @@ class CompareConfig(_Section):
 
 
 # The tune stage's search space kinds: Ray Tune's sampler and how many arguments it takes
-# (None: a list of values). sdlora.tune turns them into Tune's objects.
+# (None: a list of values). sdlora.ops.ray_tune turns them into Tune's objects.
 SPACE_KINDS: dict[str, int | None] = {"loguniform": 2, "uniform": 2, "choice": None, "grid": None}
 # What every trial shares with the pipeline (the splits, the backbone, where it runs and is
 # tracked): a sweep cannot search or fix them
@@ -514,29 +515,11 @@ class Config(_Section):
         return self.model_copy(update={"train": self.train.model_copy(update=update)})
 
     @model_validator(mode="after")
-    def _task_plan(self) -> Config:
-        if self.tasks is None:
-            if self.final_task is not None:
-                raise ValueError(f"final_task is set but tasks is not; run `{WRITE_COMMAND}`")
-            return self
-        keys = sorted(self.tasks)
-        if keys != list(range(len(keys))) or not keys:
+    def _task_keys(self) -> Config:
+        if self.tasks is not None and sorted(self.tasks) != list(range(len(self.tasks))):
             raise ValueError(
-                f'tasks must have the keys "0" .. "{len(keys) - 1}" in order, got {keys}; '
-                f"run `{WRITE_COMMAND}`"
-            )
-        for k, entry in self.tasks.items():
-            for name, want in (("split", task_split(k)), ("prev", task_prev(k))):
-                if getattr(entry, name) != want:
-                    raise ValueError(
-                        f"tasks.{k}.{name} = {getattr(entry, name)!r} but the pipeline writes "
-                        f"{want!r} there; run `{WRITE_COMMAND}`"
-                    )
-        want = task_output(len(keys) - 1)
-        if self.final_task != want:
-            raise ValueError(
-                f"final_task = {self.final_task!r} but the last task's output is {want!r}; "
-                f"run `{WRITE_COMMAND}`"
+                f'tasks must have the keys "0" .. "{len(self.tasks) - 1}" in order, got '
+                f"{sorted(self.tasks)}; run `{TASKS_COMMAND}`"
             )
         return self
 
@@ -548,7 +531,7 @@ class Config(_Section):
             raise ConfigError(
                 f"tasks: params.yaml lists {have} task(s) but {source} has {num_tasks} "
                 f"(data.init_cls = {d.init_cls}, data.increment = {d.increment}); "
-                f"run `{WRITE_COMMAND}` to regenerate the stage list"
+                f"run `{TASKS_COMMAND}` to regenerate the stage list"
             )
 
     @field_validator("device")

@@ -75,8 +75,8 @@ def sweep_project(tmp_path):
     import yaml
 
     from sdlora.config import parse_config
+    from sdlora.core.pretrain import pretrain_backbone
     from sdlora.data.prepare import prepare
-    from sdlora.pretrain import pretrain_backbone
 
     weights = tmp_path / "tiny.safetensors"
     pretrain_backbone(parse_config(_tiny_sweep_params(None)), weights, progress=False)

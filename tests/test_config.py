@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from sdlora.config import ConfigError, load_config, parse_config
+from sdlora.pipeline.layout import require_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _entry(k: int) -> dict:
-    from sdlora.plan import task_prev, task_split
+    from sdlora.pipeline.layout import task_prev, task_split
 
     return {"split": task_split(k), "prev": task_prev(k)}
 
@@ -75,12 +76,6 @@ def test_task_overrides_apply_to_their_task_only() -> None:
         ({"ray": {"cpus_per_worker": 0}}, "ray.cpus_per_worker = 0: Input should be greater"),
         ({"mlflow": {"experiment": ""}}, "mlflow.experiment = '': String should have at least"),
         ({"tasks": {1: _entry(1)}, "final_task": "runs/pipeline/task_1"}, 'keys "0" .. "0"'),
-        (
-            {"tasks": {0: {**_entry(0), "prev": "x"}}, "final_task": "runs/pipeline/task_0"},
-            "tasks.0.prev = 'x' but the pipeline writes 'artifacts/backbone' there; run `python",
-        ),
-        ({"tasks": {0: _entry(0)}}, "final_task = None but the last task's output is"),
-        ({"final_task": "runs/pipeline/task_0"}, "final_task is set but tasks is not"),
         ({"tasks": {0: {**_entry(0), "rnak": 3}}}, "tasks.0.rnak: unknown key"),
         ({"tasks": {0: {**_entry(0), "rank": 0}}}, "tasks.0.rank = 0: Input should be greater"),
     ],
@@ -182,3 +177,20 @@ def test_tasks_command_reports_a_bad_params_file_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"sdlora tasks: error: {path}: ") and err.count("\n") == 1, err
     assert ("line 3, column 12" if text else "params file") in err
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"tasks": {0: {**_entry(0), "prev": "x"}}, "final_task": "runs/pipeline/task_0"},
+            "tasks.0.prev = 'x' but the pipeline writes 'artifacts/backbone' there; run `python",
+        ),
+        ({"tasks": {0: _entry(0)}}, "final_task = None but the last task's output is"),
+        ({"final_task": "runs/pipeline/task_0"}, "final_task is set but tasks is not"),
+        ({}, "params.yaml has no tasks section"),
+    ],
+)
+def test_a_task_list_off_the_pipeline_layout_is_refused(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace("`", ".")):
+        require_plan(parse_config(raw))

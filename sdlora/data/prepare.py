@@ -35,11 +35,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from sdlora.atomic import atomic_directory as _atomic_directory
 from sdlora.config import DataConfig
 from sdlora.data.benchmarks import open_source
 from sdlora.data.source import CorruptImageError, DataError, Listing, Source
 from sdlora.data.tasks import class_order, split_classes
+from sdlora.files import atomic_directory as _atomic_directory
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -92,7 +92,8 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
 
 @contextmanager
 def atomic_directory(out: str | Path) -> Iterator[Path]:
-    """:func:`sdlora.atomic.atomic_directory` guarded by the manifest; refusals are DataErrors."""
+    """:func:`sdlora.files.atomic_directory` guarded by the manifest; refusals are
+    DataErrors."""
     try:
         with _atomic_directory(out, marker=MANIFEST) as tmp:
             yield tmp

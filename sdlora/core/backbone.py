@@ -1,0 +1,109 @@
+"""Build the frozen backbone: any timm ViT by name, with timm's weights, a local file or none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from sdlora.config import BackboneConfig
+from sdlora.files import atomic_path
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built or adapted."""
+
+
+def check_fused_qkv(model: nn.Module, name: str) -> None:
+    """Fail unless every block has a fused ``attn.qkv`` Linear (d -> 3d), as SD-LoRA adapts."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or len(blocks) == 0:
+        raise BackboneError(
+            f"backbone {name!r} has no `blocks`; sdlora supports timm VisionTransformer-style "
+            "models whose blocks have a fused `attn.qkv` Linear (vit_*, deit_*, eva-free ViTs)"
+        )
+    for i, blk in enumerate(blocks):
+        qkv = getattr(getattr(blk, "attn", None), "qkv", None)
+        if not (isinstance(qkv, nn.Linear) and qkv.out_features == 3 * qkv.in_features):
+            raise BackboneError(
+                f"backbone {name!r}: block {i} has no fused `attn.qkv` Linear (d -> 3d) "
+                f"(found {type(qkv).__name__}); sdlora supports timm VisionTransformer-style "
+                "models such as vit_base_patch16_224 or vit_tiny_patch16_224"
+            )
+
+
+def read_weights_metadata(path: Path) -> dict[str, Any]:
+    """The ``sdlora`` JSON metadata of a safetensors weights file ({} if absent)."""
+    if path.suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("sdlora", "{}"))
+
+
+def create_backbone(cfg: BackboneConfig) -> nn.Module:
+    """Create the configured timm ViT without its classifier (num_classes=0), frozen, in eval.
+
+    ``weights``: ``"timm"`` loads the name's pretrained weights through timm (may download);
+    a path loads a local .pth/.safetensors file through timm's ``pretrained_cfg_overlay``;
+    ``None`` leaves the random initialisation (tests).
+    """
+    kwargs = dict(cfg.kwargs)
+    if cfg.weights is None:
+        model = _create(cfg.name, pretrained=False, **kwargs)
+    elif cfg.weights == "timm":
+        model = _create(cfg.name, pretrained=True, **kwargs)
+    else:
+        path = Path(cfg.weights)
+        if not path.is_file():
+            raise BackboneError(
+                f"backbone.weights: file not found: {path.resolve()} (for the embedded default run "
+                "`dvc repro pretrain` first, or set a timm name with weights: timm)"
+            )
+        meta = read_weights_metadata(path)
+        saved = meta.get("kwargs")
+        if saved is not None and (meta.get("name") != cfg.name or saved != kwargs):
+            raise BackboneError(
+                f"backbone.weights {path} was saved for {meta.get('name')!r} with kwargs {saved}, "
+                f"but params ask for {cfg.name!r} with kwargs {kwargs}; make them match"
+            )
+        overlay = {"file": str(path), "num_classes": 0, "custom_load": False}
+        try:
+            model = _create(cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise BackboneError(f"backbone.weights: cannot load {path.resolve()}: {err}") from err
+    check_fused_qkv(model, cfg.name)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    if name not in timm.list_models(pretrained=False) and not timm.is_model(name):
+        raise BackboneError(f"backbone.name: unknown timm model {name!r}")
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+
+def save_backbone(model: nn.Module, path: Path, name: str, kwargs: dict[str, Any]) -> None:
+    """Save a headless backbone as safetensors that :func:`create_backbone` loads by path."""
+    from safetensors.torch import save_file
+
+    state = {
+        k: v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if not k.startswith("head.")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"sdlora": json.dumps({"name": name, "kwargs": kwargs})}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+@torch.no_grad()
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's data config (mean, std, ...) of the backbone."""
+    return timm.data.resolve_data_config({}, model=model)

@@ -1,0 +1,2 @@
+"""One module per outside system: Ray Train, Ray sessions, Ray Tune, MLflow, DVC, the console,
+atomic files."""

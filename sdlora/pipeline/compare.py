@@ -1,0 +1,188 @@
+"""Stage ``compare`` (``compare/dvc.yaml``; not part of the default ``dvc repro``): every
+``compare.methods`` entry over ``compare.seeds`` on the same splits, one table.
+
+Each seed's splits are prepared once into ``runs/compare/prepared/seed<k>`` by the prepare
+stage's function; every method of that seed reads them. Each (method, seed) runs through
+:func:`sdlora.report.compare.run_variant` (``sdlora run``'s loop, data path and evaluator), writes
+its
+JSON to ``runs/compare/runs/`` and gets its MLflow run (the sequence's run: the same key as the
+pipeline's for the same params, tagged ``sdlora.compare`` = label and ``sdlora.seed``). The
+table, CSV, curve and diagnostics go to ``results/compare/`` (in git, like ``results/``), and
+into one more MLflow run, ``compare-<dataset>-...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sdlora.config import Config, check_pipeline_method
+from sdlora.core.records import task_metrics
+from sdlora.data.prepare import prepare, read_manifest
+from sdlora.files import write_json
+from sdlora.ops.tracking import SequenceTracker
+from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
+from sdlora.pipeline.layout import BACKBONE_DIR, COMPARE_DIR, COMPARE_RESULTS
+from sdlora.pipeline.mlflow_run import command_tag, open_run
+from sdlora.pipeline.preflight import check_backbone
+from sdlora.report import compare
+
+
+def _prepared(out: Path, cfg: Config, seed: int) -> Path:
+    """The seed's splits (prepared once per stage run, shared by every method)."""
+    folder = out / "prepared" / f"seed{seed}"
+    if not (folder / "manifest.json").is_file():
+        prepare(cfg.data, seed=seed, out=folder)
+    return folder
+
+
+def _joint_metrics(run: dict[str, Any]) -> dict[str, float]:
+    """Joint training's one row, at step 0: what task_metrics gives a sequence's task."""
+    rec = run["tasks"][0]
+    return {
+        "accuracy": float(run["summary"]["final_accuracy"]),
+        **{f"accuracy_task_{j:02d}": float(a) for j, a in enumerate(rec["accuracy"])},
+        "stored_params": float(rec["storage"]["stored_params"]),
+        "stored_bytes": float(rec["storage"]["stored_bytes"]),
+    }
+
+
+def track_run(variant: compare.Variant, run: dict[str, Any], prepared: Path, backbone: str) -> str:
+    """The (method, seed) run in MLflow: per-task metrics, final metrics, its JSON; run id."""
+    records = run["tasks"]
+    joint = run["method"] == "joint"
+    cfg = variant.cfg
+    tracker = open_run(
+        cfg, records, 0 if joint else len(records), stage="compare", prepared=prepared,
+        backbone=backbone, name=f"{variant.label}-{read_manifest(prepared)['dataset']}-"
+        f"{len(cfg.tasks or {})}tasks-s{variant.seed}",
+        tags={"sdlora.compare": variant.label, "sdlora.seed": variant.seed},
+    )  # fmt: skip
+    try:
+        if joint:
+            tracker.log_task(0, _joint_metrics(run))
+        elif not tracker.created:  # the pipeline's run of the same sequence: fill what it lacks
+            for j in range(len(records)):
+                tracker.log_task(j, task_metrics(records, j))
+        s = run["summary"]
+        final = {
+            "final_accuracy": s["final_accuracy"],
+            "average_anytime_accuracy": s["average_anytime_accuracy"],
+            "forgetting": s["forgetting"],
+            "backward_transfer": s["backward_transfer"],
+            "sequence_seconds": run["seconds"],
+            "inference_images_per_second": run["inference"]["images_per_second"],
+            "inference_extra_params": run["inference"]["extra_params"],
+            "ncm_drop": run["ncm_drop"],
+        }
+        tracker.log_task(len(records) - 1, {k: float(v) for k, v in final.items() if v is not None})
+        run_id = tracker.run_id
+        tracker.close()
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    return str(run_id)
+
+
+def track_summary(cfg: Config, paths: dict[str, Path], rows: list[dict[str, Any]], key: str) -> str:
+    """One MLflow run holding the comparison's table and plots, and each method's means."""
+    tracker = SequenceTracker()
+    tracker.open(
+        cfg.mlflow.tracking_uri, cfg.mlflow.experiment,
+        run_name=f"compare-{cfg.data.dataset}-{len(cfg.tasks or {})}tasks-{key[:8]}", key=key,
+        tags={"sdlora.compare": "summary", command_tag("compare"): "pipelines/compare.py"},
+    )  # fmt: skip
+    with tracker:
+        for row in rows:
+            means = {
+                f"{row['label']}.{k}": row[k][0]
+                for k in ("final_accuracy", "average_anytime_accuracy", "forgetting")
+                if row[k] is not None
+            }
+            tracker.log_task(0, means)
+        tracker.log_artifacts(sorted(paths.values()))
+        return str(tracker.run_id)
+
+
+def compare_stage(
+    cfg: Config,
+    *,
+    params: str | Path = "params.yaml",
+    backbone: str = BACKBONE_DIR,
+    out: str | Path = COMPARE_DIR,
+    results: str | Path = COMPARE_RESULTS,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Run the comparison; write ``results`` and the per-run JSON under ``out``; return the rows.
+
+    Every (method, seed) config is validated and the backbone loaded before anything trains.
+    """
+    check_pipeline_method(cfg)  # the base file is the pipeline's: a per-task method
+    variants = compare.plan_variants(params, cfg)
+    check_backbone(cfg)
+    out = Path(out)
+    labels = compare.labels_of(variants)
+    seeds = cfg.compare.seeds
+    print(
+        f"compare: {len(variants)} runs ({len(labels)} methods x {len(seeds)} seeds) on "
+        f"{cfg.data.dataset}; table and plots in {results}/",
+        flush=True,
+    )
+    start = time.perf_counter()
+
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+
+    def on_run(i: int, variant: compare.Variant, run: dict[str, Any]) -> None:
+        write_json(out / "runs" / f"{variant.name}.json", run)
+        if track:
+            track_run(variant, run, out / "prepared" / f"seed{variant.seed}", backbone)
+        s = run["summary"]
+        forgetting = "—" if s["forgetting"] is None else f"{s['forgetting']:.2f}"
+        left = (time.perf_counter() - start) / (i + 1) * (len(variants) - i - 1)
+        print(
+            f"compare [{i + 1}/{len(variants)}] {variant.label} seed {variant.seed}: final "
+            f"{s['final_accuracy']:.2f}, AAA {s['average_anytime_accuracy']:.2f}, forgetting "
+            f"{forgetting} ({run['seconds']:.0f} s; about {left / 60:.0f} min left)",
+            flush=True,
+        )
+
+    runs = compare.run_comparison(variants, lambda seed: _prepared(out, cfg, seed), on_run)
+    rows = compare.summarize_runs(runs, labels)
+    title = f"{cfg.data.dataset}, {len(cfg.tasks or {})} tasks, seeds {', '.join(map(str, seeds))}"
+    paths = compare.write_outputs(runs, rows, results, title)
+    if track:
+        key = hashlib.sha256(
+            json.dumps([r["label"] for r in rows] + [v.name for v in variants]).encode()
+            + json.dumps(cfg.model_dump(mode="json", exclude={"progress"})).encode()
+        ).hexdigest()[:16]
+        track_summary(cfg, paths, rows, key)
+    print(compare.markdown_table(rows), end="")
+    print(f"compare: {len(variants)} runs in {(time.perf_counter() - start) / 60:.1f} min")
+    return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pipelines/compare.py [--params P] [--backbone DIR] [--out DIR] [--results DIR]``."""
+    parser = stage_parser("compare", "Every compare.methods entry over compare.seeds: one table.")
+    add_dir(parser, "--backbone", "the pretrain stage's output", BACKBONE_DIR)
+    add_dir(parser, "--out", "each seed's splits and each run's JSON", COMPARE_DIR)
+    add_dir(parser, "--results", "table, CSV and plots (kept in git)", COMPARE_RESULTS)
+    parser.add_argument(
+        "--no-track", dest="track", action="store_false", help="do not log to MLflow"
+    )
+    return run_stage(
+        "compare",
+        parser,
+        argv,
+        lambda cfg, args: compare_stage(
+            cfg,
+            params=args.params,
+            backbone=args.backbone,
+            out=args.out,
+            results=args.results,
+            track=args.track,
+        ),
+    )

@@ -1,0 +1,41 @@
+"""Stage ``prepare``: the benchmark into per-task Parquet splits, after checking the task plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdlora.config import Config
+from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
+from sdlora.pipeline.layout import PREPARED_DIR, count_tasks, known_num_tasks, require_plan
+
+
+def prepare_stage(cfg: Config, *, out: str | Path = PREPARED_DIR) -> dict[str, Any]:
+    """Write ``out`` (``data/prepared``, see :mod:`sdlora.data.prepare`) after checking the plan."""
+    from sdlora.data.prepare import prepare
+
+    require_plan(cfg)
+    known = known_num_tasks(cfg)
+    if known is not None:  # fail before reading anything when the count is known
+        cfg.check_num_tasks(known, "data.*")
+    manifest = prepare(cfg.data, seed=cfg.seed, out=out, progress=cfg.progress)
+    cfg.check_num_tasks(len(manifest["tasks"]), f"{out}/manifest.json")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pipelines/prepare.py [--params params.yaml] [--out data/prepared]``."""
+    parser = stage_parser("prepare", "The configured benchmark into per-task Parquet splits.")
+    add_dir(parser, "--out", "output folder", PREPARED_DIR)
+    return run_stage("prepare", parser, argv, lambda cfg, args: prepare_stage(cfg, out=args.out))
+
+
+def num_tasks_of(cfg: Config) -> int:
+    """How many tasks ``data.*`` makes (the on-disk folder is listed if its class count varies)."""
+    known = known_num_tasks(cfg)
+    if known is not None:
+        return known
+    from sdlora.data.benchmarks import open_source
+
+    total = open_source(cfg.data).num_classes
+    return count_tasks(total, cfg.data.init_cls, cfg.data.increment)

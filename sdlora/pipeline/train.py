@@ -1,0 +1,218 @@
+"""Stage ``train@k``: task k on Ray Train, evaluated on every task seen, tracked, recorded.
+
+Ray's run folder is named after a hash of everything task k depends on, so a killed stage
+resumes from its last epoch checkpoint when re-run, and a re-run of a finished stage restores
+the finished state instead of training again (the output is then bit-identical).
+
+The console shows the epochs' progress and one line for the task; everything Ray prints goes to
+``runs/logs/train@<k>.log`` (:data:`LOG`), shown on the console when training fails, or all
+along with ``--verbose`` (or ``SDLORA_VERBOSE=1``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sdlora.config import Config, ConfigError
+from sdlora.core.records import task_metrics
+from sdlora.core.train import resolve_device
+from sdlora.data.prepare import read_manifest
+from sdlora.files import atomic_directory, write_json
+from sdlora.ops.console import tail
+from sdlora.ops.ray_train import (
+    ADAPTER,
+    STATE,
+    TrainingFailed,
+    evaluated_record,
+    train_task_distributed,
+)
+from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
+from sdlora.pipeline.layout import (
+    BACKBONE_DIR,
+    PREPARED_DIR,
+    RECORD,
+    StageError,
+    read_record,
+    require_plan,
+    task_output,
+)
+from sdlora.pipeline.mlflow_run import open_run, sequence_key
+from sdlora.pipeline.preflight import check_task_inputs
+
+LOG = "runs/logs/train@{task}.log"  # everything Ray prints while task k trains (appended)
+VERBOSE_ENV = "SDLORA_VERBOSE"  # 1: Ray's output on the console, as --verbose
+
+
+def _say(stage: str, text: str) -> None:
+    print(f"{stage}: {text}", file=sys.stderr, flush=True)
+
+
+def _start_log(path: Path, stage: str) -> None:
+    """Open ``path``'s next section: which stage, when."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(f"\n===== {stage} {datetime.now().isoformat(timespec='seconds')} =====\n")
+
+
+def _ray_run_note(run_folder: Path, epochs: int) -> str | None:
+    """What Ray Train will do with what ``run_folder`` holds: resume, restore, or nothing (None)."""
+    found = run_folder.glob("checkpoint_*") if run_folder.is_dir() else []
+    checkpoints = sorted(p for p in found if p.is_dir())  # not Ray's checkpoint_manager_*.json
+    if not checkpoints:
+        return None
+    try:
+        last = int(json.loads((checkpoints[-1] / STATE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return f"resuming from the last checkpoint in {run_folder}"
+    if last + 1 >= epochs:
+        return (
+            f"{run_folder} holds this task's finished run: restoring it instead of training "
+            "again (delete that folder to train anew)"
+        )
+    return f"resuming at epoch {last + 2} of {epochs} from the checkpoints in {run_folder}"
+
+
+def train_stage(
+    cfg: Config,
+    task: int,
+    *,
+    prepared: str | Path = PREPARED_DIR,
+    backbone: str | Path = BACKBONE_DIR,
+    prev: str | Path | None = None,
+    out: str | Path | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Stage ``train@task``: train, evaluate tasks 0..task, track, write ``out``.
+
+    ``prepared``: the prepare stage's output; ``backbone``: the pretrain stage's (its record);
+    ``prev``: what the task starts from, the backbone folder for task 0, else task - 1's output
+    (default ``tasks.<task>.prev``); ``out``: default ``runs/pipeline/task_<task>``.
+    ``verbose``: Ray's output on the console instead of in ``runs/logs/train@<task>.log``.
+    """
+    began = time.perf_counter()
+    plan = require_plan(cfg)
+    if task not in plan:
+        raise ConfigError(f"tasks: no entry {task} (params.yaml lists tasks 0..{len(plan) - 1})")
+    manifest = read_manifest(prepared)
+    cfg.check_num_tasks(len(manifest["tasks"]), f"{prepared}/manifest.json")
+    records: list[dict[str, Any]] = []
+    prev_adapter = None
+    if task > 0:
+        prev = Path(plan[task].prev if prev is None else prev)
+        records = read_record(prev)["tasks"]
+        if len(records) != task:
+            raise StageError(f"{prev}/{RECORD} holds {len(records)} tasks, expected {task}")
+        prev_adapter = prev / ADAPTER
+    check_task_inputs(cfg, task, prepared, prev_adapter)  # before Ray or any write
+    resolve_device(cfg.device)  # a device this machine lacks fails here, before Ray starts
+    ray = cfg.ray
+    key = sequence_key(cfg, upto=task, prepared=prepared, backbone=backbone)
+    stage = f"train@{task}"
+    log_path = None if verbose else Path(LOG.format(task=task))
+    run_name = f"{key}-task{task:02d}"
+    workers = f"{ray.num_workers} Ray Train worker{'s' if ray.num_workers > 1 else ''}"
+    _say(stage, f"task {task} of {len(plan)} ({cfg.model.method}) on {workers}")
+    note = _ray_run_note(Path(ray.storage_path) / run_name, cfg.for_task(task).train.epochs)
+    if note is not None:
+        _say(stage, note)
+    if log_path is not None:
+        _say(stage, f"Ray's output goes to {log_path} (--verbose or {VERBOSE_ENV}=1 shows it)")
+        _start_log(log_path, stage)
+    with atomic_directory(task_output(task) if out is None else out, marker=RECORD) as tmp:
+        start = time.perf_counter()
+        try:
+            result = train_task_distributed(
+                cfg,
+                task,
+                prev_adapter,
+                prepared,
+                tmp,
+                num_workers=ray.num_workers,
+                use_gpu=ray.use_gpu,
+                cpus_per_worker=ray.cpus_per_worker,
+                max_failures=ray.max_failures,
+                storage_path=ray.storage_path,
+                name=run_name,
+                address=ray.address,
+                poll_interval_s=ray.poll_interval_s,
+                log_path=log_path,
+                progress=cfg.progress,
+            )
+        except TrainingFailed:
+            if log_path is not None:
+                print(f"--- the end of {log_path} ---\n{tail(log_path)}\n---", file=sys.stderr)
+            raise
+        train_seconds = time.perf_counter() - start
+        records.append(evaluated_record(cfg, task, tmp / ADAPTER, prepared, result.epochs))
+        with open_run(
+            cfg, records, backfill=task, stage=f"train@{task}", prepared=prepared, backbone=backbone
+        ) as tracker:
+            # a restored finished run trained nothing: its time is not a training time
+            seconds = "restore_seconds" if result.restored else "train_seconds"
+            tracker.log_task(task, {**task_metrics(records, task), seconds: train_seconds})
+            run_id = tracker.run_id
+            if task < len(plan) - 1:
+                tracker.close("RUNNING")  # the sequence goes on in the next stage
+        payload = {
+            "key": sequence_key(cfg, prepared=prepared, backbone=backbone),
+            "mlflow_run_id": run_id,
+            "tasks": records,
+        }
+        write_json(tmp / RECORD, payload)
+    _say(stage, _summary(records, result, time.perf_counter() - began))
+    return payload
+
+
+def _summary(records: list[dict[str, Any]], result: Any, seconds: float) -> str:
+    """The task's line: accuracy on every class seen, forgetting, how long training took."""
+    task = len(records) - 1
+    m = task_metrics(records, task)
+    seen = sum(r["num_classes"] for r in records)
+    line = f"accuracy {m['accuracy']:.2f}% on the {seen} classes seen"
+    if task > 0:
+        line += f", forgetting {m['forgetting']:.2f}"
+    epochs = len(result.epochs)
+    if result.restored:
+        line += f"; {epochs} epochs, restored from Ray's finished run"
+    elif epochs:
+        trained = sum(e["epoch_seconds"] for e in result.epochs[result.start_epoch :])
+        resumed = f" (resumed at epoch {result.start_epoch + 1})" if result.start_epoch else ""
+        line += f"; {epochs} epochs{resumed}, {trained:.1f} s training"
+    return f"{line}; {seconds:.1f} s in all"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pipelines/train.py --task K [--params P] [--prepared DIR] [--backbone DIR] [--prev DIR]
+    [--out DIR]``."""
+    parser = stage_parser("train", "Task K on Ray Train, evaluated on every task seen, tracked.")
+    parser.add_argument("--task", type=int, required=True, help="the task index K")
+    add_dir(parser, "--prepared", "the prepare stage's output", PREPARED_DIR)
+    add_dir(parser, "--backbone", "the pretrain stage's output (its record)", BACKBONE_DIR)
+    what = "what task K starts from: the backbone folder (K = 0) or task K-1's output"
+    add_dir(parser, "--prev", what, None, "tasks.K.prev")
+    add_dir(parser, "--out", "output folder", None, "runs/pipeline/task_K")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=os.environ.get(VERBOSE_ENV, "") not in ("", "0"),
+        help=f"Ray's output on the console, not in {LOG.format(task='K')} ({VERBOSE_ENV}=1)",
+    )
+    return run_stage(
+        "train",
+        parser,
+        argv,
+        lambda cfg, args: train_stage(
+            cfg,
+            args.task,
+            prepared=args.prepared,
+            backbone=args.backbone,
+            prev=args.prev,
+            out=args.out,
+            verbose=args.verbose,
+        ),
+    )

@@ -1,0 +1,196 @@
+"""Ray Train task training: N workers equal the library's loop at world size 1; reruns restore.
+
+The Ray tests share one in-process Ray (2 CPUs, workers take 0.5 CPU each) and a tiny random ViT.
+The reference is :func:`sdlora.core.train.fit_task` itself in this process, not a copy of the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdlora.config import DataConfig, parse_config
+from sdlora.core.checkpoint import adapter_state
+from sdlora.core.model import SDLoRAViT
+from sdlora.core.train import World, begin_task, fit_task
+from sdlora.data.prepare import prepare
+from sdlora.data.source import imageset_source
+from sdlora.data.tasks import ImageSet
+from sdlora.ops.ray_train import (
+    ADAPTER,
+    PROGRESS,
+    STATE,
+    TaskInputError,
+    TrainingFailed,
+    _fingerprint,
+    _read_state,
+    load_task_model,
+    train_task_distributed,
+)
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train V2's controller takes reports (and notices start and end) once per health-check
+# poll, 2 s by default: ~2 s per epoch and ~9 s per run on these tiny runs. Set before ray.init.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def _cfg(epochs: int = 1, batch: int = 8, momentum: float = 0.0, method: str = "sdlora"):
+    return parse_config(
+        {
+            "seed": 3,
+            "progress": False,
+            "data": {"image_size": 16, "augment": "none"},
+            "backbone": {"name": "vit_tiny_patch16_224", "weights": None, "kwargs": TINY},
+            "model": {"rank": 2, "method": method},
+            "train": {"optimizer": "sgd", "lr": 0.5, "momentum": momentum, "epochs": epochs,
+                      "batch_size": batch},
+        }
+    )  # fmt: skip
+
+
+def _prepared(root: Path, n: int) -> Path:
+    """``n`` random 16 px training images of 3 classes as one prepared task (4-row groups)."""
+    rng = np.random.default_rng(7)
+    names = ("a", "b", "c")
+
+    def images(k: int) -> ImageSet:
+        labels = np.arange(k) % 3
+        return ImageSet(rng.integers(0, 256, (k, 16, 16), dtype=np.uint8), labels, names)
+
+    source = imageset_source("noise", images(n), images(3), "test noise")
+    out = root / "prepared"
+    prepare(DataConfig(init_cls=3, increment=3, row_group_size=4), seed=0, out=out, source=source)
+    return out
+
+
+def _reference(cfg, prepared: Path) -> tuple[SDLoRAViT, list[dict[str, float]]]:
+    """Task 0 trained by the library's loop in this process, at world size 1."""
+    model = load_task_model(cfg, 0, None)
+    begin_task(model, cfg, 0, 3)
+    log = fit_task(model, prepared, 0, cfg, World())
+    return model, log
+
+
+def _assert_same(file: Path, state: dict[str, torch.Tensor]) -> None:
+    saved = load_file(str(file))
+    assert set(saved) == set(state)
+    for key, value in state.items():
+        torch.testing.assert_close(saved[key], value.detach().cpu(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_workers_equal_the_loop_at_world_size_one(ray_session, tmp_path: Path) -> None:
+    # 13 rows, global batch 4: batches of 4, 4, 4, 1; rank 0's part of the last one is empty
+    cfg, prepared = _cfg(epochs=2, batch=4, momentum=0.9), _prepared(tmp_path, 13)
+    gcs = ray_session.get_runtime_context().gcs_address
+    result = train_task_distributed(
+        cfg, 0, None, prepared, tmp_path / "out", num_workers=2, cpus_per_worker=0.5,
+        storage_path=tmp_path / "ray",
+    )  # fmt: skip
+    # a running Ray is used as it is: no second one started, and it is left running
+    assert ray_session.is_initialized()
+    assert ray_session.get_runtime_context().gcs_address == gcs
+    assert result.metrics["epoch"] == 1 and result.metrics["world_size"] == 2
+    ref, ref_log = _reference(cfg, prepared)
+    losses = [e["train_loss"] for e in result.epochs]
+    assert losses == pytest.approx([e["train_loss"] for e in ref_log], rel=1e-5)
+    # the reported checkpoint holds the trained current pair, alpha and head rows
+    _assert_same(result.checkpoint / ADAPTER, adapter_state(ref))
+    ref.end_task()
+    _assert_same(result.adapter, adapter_state(ref))
+
+
+@pytest.mark.slow
+def test_prototype_class_means_are_all_reduced(ray_session, tmp_path: Path) -> None:
+    """Each rank sums its share of the features; the all-reduced means are the whole split's."""
+    cfg, prepared = _cfg(method="prototype"), _prepared(tmp_path, 13)
+    result = train_task_distributed(
+        cfg, 0, None, prepared, tmp_path / "out", num_workers=2, cpus_per_worker=0.5,
+        storage_path=tmp_path / "ray",
+    )  # fmt: skip
+    ref, log = _reference(cfg, prepared)
+    assert result.epochs == log == [] and result.checkpoint is None
+    ref.end_task()
+    _assert_same(result.adapter, adapter_state(ref))
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> None:
+    cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
+    kw = dict(num_workers=1, storage_path=tmp_path / "ray", name="t0")
+    first = train_task_distributed(cfg, 0, None, prepared, tmp_path / "a", **kw)
+    again = train_task_distributed(cfg, 0, None, prepared, tmp_path / "b", **kw)
+    assert first.metrics["start_epoch"] == 0
+    assert again.metrics["epoch"] == 1  # the last report is still the finished run's
+    assert (first.restored, first.start_epoch) == (False, 0)
+    assert (again.restored, again.start_epoch) == (True, 2)  # nothing trained in this call
+    assert (tmp_path / "a" / ADAPTER).read_bytes() == (tmp_path / "b" / ADAPTER).read_bytes()
+    assert again.epochs == first.epochs
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
+    mine = _fingerprint(_cfg(epochs=1), 0)
+    (tmp_path / STATE).write_text(json.dumps({"epoch": 0, **mine}))
+    assert _read_state(tmp_path, _fingerprint(_cfg(epochs=1), 0))[0] == 0
+    for other in (_fingerprint(_cfg(epochs=1), 1), _fingerprint(_cfg(epochs=3), 0),
+                  _fingerprint(_cfg(epochs=1, momentum=0.9), 0)):  # fmt: skip
+        with pytest.raises(ValueError, match="another configuration"):
+            _read_state(tmp_path, other)
+
+
+@pytest.mark.slow
+def test_a_set_up_error_is_reported_once_not_retried(ray_session, tmp_path: Path) -> None:
+    """A damaged backbone file (which the stage's checks would have caught) fails the workers'
+    set-up on every rank: they stop cleanly, so Ray does not retry, and the driver says why."""
+    bad = tmp_path / "backbone.safetensors"
+    bad.write_bytes(b"not a weights file")
+    cfg, prepared = _cfg(), _prepared(tmp_path, 8)
+    cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"weights": str(bad)})})
+    out = tmp_path / "out"
+    out.mkdir()
+    kw = dict(num_workers=2, cpus_per_worker=0.5, max_failures=2, storage_path=tmp_path / "ray")
+    with pytest.raises(TaskInputError, match=r"\(rank 0, 1\): .*not retried"):
+        train_task_distributed(cfg, 0, None, prepared, out, name="setup", **kw)
+    assert list(out.iterdir()) == []  # no error files, no progress file left behind
+
+
+@pytest.mark.slow
+def test_a_training_failure_is_retried_then_reported(ray_session, tmp_path: Path) -> None:
+    """A damaged image fails an epoch: Ray Train retries the workers (max_failures), then the
+    driver raises TrainingFailed with the worker's own one-line error, which names the file."""
+    cfg, prepared = _cfg(), _prepared(tmp_path, 8)
+    train = next(prepared.glob("task_00/train*.parquet"))
+    data = bytearray(train.read_bytes())
+    png = data.find(b"IDAT")  # inside the first image: the Parquet footer stays readable
+    data[png : png + 40] = bytes(40)
+    train.write_bytes(bytes(data))
+    kw = dict(num_workers=1, max_failures=1, storage_path=tmp_path / "ray", name="fails")
+    with pytest.raises(TrainingFailed, match=r"after 1 retry \(DataError: .*train.*\.parquet"):
+        train_task_distributed(cfg, 0, None, prepared, tmp_path / "out", **kw)
+
+
+@pytest.mark.slow
+def test_the_driver_draws_rank_0s_epochs(ray_session, tmp_path: Path) -> None:
+    """With progress on, the console gets one line per epoch (not a terminal) from rank 0's
+    progress file, which is removed afterwards."""
+    import io
+
+    cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
+    console = io.StringIO()
+    kw = dict(num_workers=2, cpus_per_worker=0.5, storage_path=tmp_path / "ray", name="shown")
+    result = train_task_distributed(
+        cfg, 0, None, prepared, tmp_path / "out", progress=True, console=console, **kw
+    )
+    lines = console.getvalue().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["task 0 epoch 1/2", "task 0 epoch 2/2"]
+    losses = [float(ln.split("loss ")[1].split(",")[0]) for ln in lines]
+    assert losses == pytest.approx([e["train_loss"] for e in result.epochs], abs=1e-4)
+    assert not (tmp_path / "out" / PROGRESS).exists()

@@ -1,0 +1,237 @@
+"""sdlora.pipeline.layout: the task list, its YAML block, rewriting params.yaml, agreement with
+dvc.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdlora.config import load_config, parse_config, read_yaml
+from sdlora.pipeline.layout import (
+    BACKBONE_DIR,
+    CURVE_FILE,
+    EVAL_DIR,
+    HEATMAP_FILE,
+    MAGNITUDES_FILE,
+    METRICS_FILE,
+    PREPARED_DIR,
+    REPORT_DIR,
+    TASKS_COMMENT,
+    VALIDATED,
+    count_tasks,
+    plan_tasks,
+    task_output,
+    task_prev,
+    task_split,
+    tasks_block,
+    write_tasks,
+)
+from sdlora.pipeline.prepare import num_tasks_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("classes", "init", "inc", "tasks"),
+    [(40, 8, 8, 5), (10, 2, 2, 5), (10, 4, 3, 3), (100, 10, 10, 10), (7, 7, 3, 1), (9, 4, 4, 3)],
+)
+def test_count_tasks(classes: int, init: int, inc: int, tasks: int) -> None:
+    assert count_tasks(classes, init, inc) == tasks
+
+
+def test_count_tasks_refuses_impossible_splits() -> None:
+    with pytest.raises(ValueError, match="do not split 5 classes"):
+        count_tasks(5, 6, 1)
+
+
+def test_plan_chains_the_tasks_and_keeps_overrides() -> None:
+    plan = plan_tasks(3, {1: {"rank": 4, "bogus": 1}, 7: {"rank": 2}})
+    assert list(plan) == ["0", "1", "2"]
+    assert plan["0"]["prev"] == BACKBONE_DIR and plan["0"]["split"] == f"{PREPARED_DIR}/task_00"
+    assert plan["2"]["prev"] == task_output(1) == "runs/pipeline/task_1"
+    assert plan["1"] == {"split": task_split(1), "prev": task_prev(1), "rank": 4, "epochs": None,
+                         "lr": None}  # fmt: skip
+
+
+def test_block_is_a_valid_config_section() -> None:
+    block = tasks_block(plan_tasks(3, {2: {"epochs": 7, "lr": 0.5}}))
+    cfg = parse_config(read_yaml(block))
+    assert sorted(cfg.tasks) == [0, 1, 2] and cfg.final_task == task_output(2)
+    assert cfg.for_task(2).train.epochs == 7 and cfg.for_task(2).train.lr == 0.5
+    assert cfg.for_task(1).train == cfg.train
+
+
+PARAMS = """\
+seed: 1   # keep me
+data:
+  dataset: digits
+  init_cls: 2
+  increment: 2
+tasks:
+  '0': {split: data/prepared/task_00, prev: artifacts/backbone}
+  '1': {split: data/prepared/task_01, prev: runs/pipeline/task_0, rank: 3}
+final_task: runs/pipeline/task_1
+mlflow: {experiment: x}   # after the block
+"""
+
+
+def _rewrite(tmp_path: Path, text: str, num_tasks: int) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    write_tasks(path, num_tasks)
+    return path.read_text()
+
+
+def _other_lines(text: str) -> list[str]:
+    """The lines outside the tasks and final_task sections (and the generated comment)."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            inside = line.startswith(("tasks:", "final_task:"))
+        generated = line.lstrip("# ") in TASKS_COMMENT.splitlines()
+        if not inside and not generated:
+            out.append(line)
+    return out
+
+
+def test_rewriting_keeps_the_rest_of_the_file(tmp_path: Path) -> None:
+    new = _rewrite(tmp_path, PARAMS, 4)
+    assert _other_lines(new) == _other_lines(PARAMS)  # every other line and comment, in order
+    assert new.index("tasks:") < new.index("final_task:") < new.index("mlflow:")  # in place
+    assert new.count("# One train@<key>") == 1 and new.count("tasks:") == 1
+    assert '  "0": {split: data/prepared/task_00, prev: artifacts/backbone, rank: null, ' in new
+    raw = yaml.safe_load(new)
+    assert list(raw["tasks"]) == ["0", "1", "2", "3"]  # str keys, as DVC's foreach needs
+    assert raw["tasks"]["1"] == {"split": task_split(1), "prev": task_prev(1), "rank": 3,
+                                 "epochs": None, "lr": None}  # fmt: skip
+    cfg = parse_config(read_yaml(new))
+    assert cfg.final_task == task_output(3) and cfg.rank_for_task(1) == 3
+    assert _rewrite(tmp_path, new, 4) == new  # a second rewrite changes nothing
+
+
+def test_the_committed_params_round_trip(tmp_path: Path) -> None:
+    text = (REPO / "params.yaml").read_text()
+    n = len(load_config(REPO / "params.yaml").tasks or {})
+    assert _rewrite(tmp_path, text, n) == text  # byte for byte
+    more = _rewrite(tmp_path, text, n + 3)
+    assert _other_lines(more) == _other_lines(text) and load_config(tmp_path / "params.yaml")
+    assert _rewrite(tmp_path, more, n) == text  # grow, then shrink back: the same file
+
+
+def test_a_file_dvc_rewrote_comes_back_with_its_override(tmp_path: Path) -> None:
+    """`dvc exp run -S tasks.3.rank=4` rewrites params.yaml (ruamel, its own style)."""
+    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
+
+    text = (REPO / "params.yaml").read_text()
+    edited = parse_yaml_for_update(text, "params.yaml")
+    edited["tasks"]["3"]["rank"] = 4
+    by_dvc = dumps_yaml(edited)
+    assert by_dvc != text  # DVC writes nulls as nothing, single quotes, folded lines
+    new = _rewrite(tmp_path, by_dvc, len(edited["tasks"]))
+    assert new == text.replace(
+        "task_2, rank: null, epochs: null, lr: null}", "task_2, rank: 4, epochs: null, lr: null}"
+    )
+
+
+def test_rewriting_keeps_overrides_and_entry_comments(tmp_path: Path) -> None:
+    text = """\
+seed: 1
+tasks:
+  "0": {split: a, prev: b, lr: 0.0005}   # slower start
+  # the middle task
+  "1": {split: a, prev: b, epochs: 3}
+  "2":
+    split: a
+    prev: b
+    rank: 7   # block style, as a hand edit may leave it
+
+# MLflow: where runs go
+mlflow: {experiment: x}
+"""
+    new = _rewrite(tmp_path, text, 4)
+    assert "lr: 0.0005} # slower start" in new and '\n  # the middle task\n  "1":' in new
+    cfg = parse_config(read_yaml(new))
+    assert cfg.for_task(0).train.lr == 0.0005 and cfg.for_task(1).train.epochs == 3
+    assert cfg.rank_for_task(2) == 7
+    # the comment about mlflow follows the new final_task, not the old last entry
+    assert new.endswith(f"final_task: {task_output(3)}   # what evaluate reads: the last task's "
+                        "output\n\n# MLflow: where runs go\nmlflow: {experiment: x}\n")  # fmt: skip
+    fewer = _rewrite(tmp_path, new, 1)
+    assert "\n\n# MLflow: where runs go\nmlflow:" in fewer and "slower start" in fewer
+    assert "middle task" not in fewer and sorted(parse_config(read_yaml(fewer)).tasks or {}) == [0]
+
+
+def test_missing_sections_are_appended_with_their_comment(tmp_path: Path) -> None:
+    new = _rewrite(tmp_path, "seed: 2   # no tasks yet", 2)
+    assert new.startswith("seed: 2   # no tasks yet\n\n# One train@<key>")
+    assert new.endswith(tasks_block(plan_tasks(2)))
+    assert _rewrite(tmp_path, "", 2) == tasks_block(plan_tasks(2))  # an empty file
+    block = tasks_block(plan_tasks(1))
+    assert block.startswith("# One train@<key> stage per task") and "\ntasks:\n" in block
+    assert block.endswith(f"final_task: {task_output(0)}   # what evaluate reads: the last task's "
+                          "output\n")  # fmt: skip
+
+
+def test_write_tasks_follows_data_and_keeps_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS)
+    cfg = load_config(path)
+    assert num_tasks_of(cfg) == 5  # digits: 10 classes in tasks of 2
+    plan = write_tasks(path, num_tasks_of(cfg))
+    cfg = load_config(path)
+    assert sorted(cfg.tasks) == list(range(5)) and cfg.rank_for_task(1) == 3
+    assert plan["1"]["rank"] == 3 and cfg.final_task == task_output(4)
+    write_tasks(path, 1)  # fewer tasks: entries (and overrides) of removed tasks go
+    assert sorted(load_config(path).tasks) == [0]
+
+
+def test_dvc_yaml_uses_the_plan_paths() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    s = stages["stages"]
+    assert s["validate"]["outs"] == [VALIDATED] and VALIDATED in s["prepare"]["deps"]
+    assert s["prepare"]["outs"] == [PREPARED_DIR]
+    assert s["pretrain"]["outs"] == [BACKBONE_DIR]
+    train = s["train"]
+    assert train["foreach"] == "${tasks}"
+    assert train["do"]["outs"] == [task_output(0).replace("task_0", "task_${key}")]
+    assert {"${item.prev}", "${item.split}"} <= set(train["do"]["deps"])
+    assert "tasks.${key}" in train["do"]["params"]
+    assert s["evaluate"]["outs"] == [EVAL_DIR] and "${final_task}" in s["evaluate"]["deps"]
+    assert s["report"]["outs"] == [REPORT_DIR]
+    assert [next(iter(m)) for m in s["evaluate"]["metrics"]] == [METRICS_FILE]
+    plotted = [CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE]
+    assert [next(iter(p)) for p in s["evaluate"]["plots"]] == plotted
+    assert METRICS_FILE in s["report"]["deps"]
+    cmd = {}  # each stage's options: the paths its entry script is given
+    for name, stage in s.items():
+        args = stage.get("cmd", stage.get("do", {}).get("cmd", "")).split()
+        assert args[:2] == ["python", f"pipelines/{name}.py"], args
+        cmd[name] = dict(zip(args[2::2], args[3::2], strict=True))
+    assert cmd["validate"] == {"--params": "params.yaml", "--out": VALIDATED}
+    assert cmd["prepare"] == {"--params": "params.yaml", "--out": PREPARED_DIR}
+    assert cmd["pretrain"] == {"--params": "params.yaml", "--out": BACKBONE_DIR}
+    assert cmd["train"] == {
+        "--params": "params.yaml", "--task": "${key}", "--prepared": PREPARED_DIR,
+        "--backbone": BACKBONE_DIR, "--prev": "${item.prev}", "--out": train["do"]["outs"][0],
+    }  # fmt: skip
+    assert cmd["evaluate"] == {"--params": "params.yaml", "--record": "${final_task}",
+                               "--out": EVAL_DIR, "--metrics": METRICS_FILE,
+                               "--curve": CURVE_FILE, "--heatmap": HEATMAP_FILE,
+                               "--magnitudes": MAGNITUDES_FILE}  # fmt: skip
+    assert cmd["report"] == {
+        "--params": "params.yaml", "--eval": EVAL_DIR, "--metrics": METRICS_FILE,
+        "--record": "${final_task}",
+        "--prepared": PREPARED_DIR, "--backbone": BACKBONE_DIR, "--out": REPORT_DIR,
+    }  # fmt: skip
+    for stage in s.values():  # every code dependency exists
+        deps = stage.get("deps") or stage["do"]["deps"]
+        for dep in deps:
+            if dep.startswith(("sdlora", "pipelines")):
+                assert (REPO / dep).exists(), dep
+
+
+def test_committed_params_list_one_stage_per_task() -> None:
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.tasks is not None and len(cfg.tasks) == num_tasks_of(cfg)
