@@ -59,7 +59,7 @@ def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = train_task_distributed(
             cfg, 0, None, prepared, tmp, num_workers=workers, storage_path=Path(tmp) / "ray",
-            poll_interval_s=cfg.ray.poll_interval_s,
+            poll_interval_s=cfg.ray.poll_interval_s, identity="benchmark",
         )  # fmt: skip
     done = time.perf_counter()
     ray.shutdown()

@@ -6,7 +6,10 @@ range raise :class:`ConfigError`, whose message names the key, the bad value and
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -603,3 +606,64 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
             node = node.setdefault(p, {})
         node[leaf] = value
     return parse_config(raw, str(path))
+
+
+# ---- the experiment's identity ---------------------------------------------------------------
+
+# The keys that say where and how a run is carried out, never what it computes. Everything
+# else in the config (DDP width, device, precision and threads included), the data and the
+# backbone weights decide the numbers: that is the run's identity.
+RUNTIME_KEYS = frozenset({
+    "progress",
+    "ray.address", "ray.storage_path", "ray.poll_interval_s", "ray.max_failures",
+    "ray.cpus_per_worker",
+    "mlflow.tracking_uri", "mlflow.experiment",
+    "final_task",  # where the last task's output lies (the layout's, checked against tasks)
+})  # fmt: skip
+_NOT_A_SEQUENCE = ("compare", "tune")  # the settings of the stages that run many sequences
+_TASK_PATHS = ("split", "prev")  # a tasks entry's folders: the layout's, not the run's
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run reads besides its params, by content: the prepared splits' hash (their
+    manifest's ``content_hash``) and the backbone weights' SHA-256 (None: timm's or random)."""
+
+    data_hash: str
+    weights_sha256: str | None
+
+
+def identity(cfg: Config, inputs: RunInputs, upto: int | None = None) -> dict[str, Any]:
+    """What decides the results of tasks ``0..upto`` (default: the whole sequence): the config
+    without :data:`RUNTIME_KEYS`, the entries of tasks after ``upto``, and the compare and tune
+    sections, plus the inputs' hashes (a weights file counts by its SHA-256, not its path).
+    Checkpoint resume, the Ray run folder, the MLflow run,
+    the tune sweep and the compare runs are all named by it (:func:`identity_key`)."""
+    raw = cfg.model_dump(mode="json", exclude=set(_NOT_A_SEQUENCE))
+    for key in RUNTIME_KEYS:
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    tasks = raw.pop("tasks") or {}
+    raw["tasks"] = {
+        k: {n: v for n, v in entry.items() if n not in _TASK_PATHS}
+        for k, entry in tasks.items()
+        if upto is None or int(k) <= upto
+    }
+    if inputs.weights_sha256 is not None:  # a weights file: known by its content, not its path
+        raw["backbone"]["weights"] = "file"
+    raw["inputs"] = {"data_hash": inputs.data_hash, "weights_sha256": inputs.weights_sha256}
+    return raw
+
+
+def digest(payload: Any, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``payload`` as canonical JSON."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def identity_key(cfg: Config, inputs: RunInputs, upto: int | None = None) -> str:
+    """:func:`identity` as 16 hex digits: equal keys, equal results."""
+    return digest(identity(cfg, inputs, upto))

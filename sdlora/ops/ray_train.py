@@ -103,20 +103,6 @@ def load_task_model(cfg: Config, task: int, prev_adapter: str | Path | None) -> 
     return model
 
 
-# Settings a checkpoint need not share with the run resuming it: where and how wide it runs,
-# where it is tracked, and the other tasks' entries.
-_NOT_FINGERPRINTED = {"progress", "ray", "mlflow", "compare", "tune", "tasks", "final_task"}
-
-
-def _fingerprint(cfg: Config, task: int) -> dict[str, Any]:
-    """What a checkpoint must share with the run resuming it (``cfg``: task overrides applied).
-
-    Paths stay as params give them (relative to the project), so a moved project resumes.
-    """
-    raw = cfg.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
-    return {"task": task, "rank": cfg.rank_for_task(task), "cfg": raw}
-
-
 def _write_checkpoint(
     folder: Path,
     model: SDLoRAViT,
@@ -131,12 +117,15 @@ def _write_checkpoint(
 
 
 def _read_state(folder: Path, fingerprint: dict) -> tuple[int, list[dict[str, float]]]:
-    """The checkpoint's epoch and epoch log, after checking it belongs to this task and config."""
+    """The checkpoint's epoch and epoch log, after checking it belongs to this task and run
+    (``fingerprint``: the task and the identity key of tasks 0..task, :func:`identity_key`)."""
     state = json.loads((folder / STATE).read_text())
     if {k: state.get(k) for k in fingerprint} != fingerprint:
         raise ValueError(
-            f"checkpoint {folder} is from task {state.get('task')} or another configuration, "
-            "not this run's; use another run name or storage_path to start afresh"
+            f"checkpoint {folder} is from task {state.get('task')} of run "
+            f"{state.get('identity')}, not task {fingerprint['task']} of run "
+            f"{fingerprint['identity']} (another configuration, data, backbone or DDP width); "
+            "use another run name or storage_path to start afresh"
         )
     return int(state["epoch"]), list(state.get("epochs", []))
 
@@ -154,7 +143,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: train task ``config["task"]`` (see the module docstring).
 
     ``config``: ``cfg`` (Config, paths as in params), ``weights`` (the backbone file's absolute
-    path or None), ``task``, ``prev_adapter`` (str or None), ``prepared`` (folder), ``out_dir``,
+    path or None), ``task``, ``identity`` (the key of what tasks 0..task depend on, which a
+    checkpoint must carry to be resumed), ``prev_adapter`` (str or None), ``prepared`` (folder),
+    ``out_dir``,
     ``progress`` (whether rank 0 writes its progress for the driver).
     """
     import ray.train
@@ -179,7 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model = load_task_model(build_cfg, task, config["prev_adapter"])
         begin_task(model, cfg, task, task_classes(config["prepared"], task)[1])
 
-        fingerprint = _fingerprint(cfg, task)
+        fingerprint = {"task": task, "identity": config["identity"]}
         start_epoch, opt_state, epoch_log = 0, None, []
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
@@ -248,6 +239,7 @@ def train_task_distributed(
     max_failures: int = 0,
     storage_path: str | Path = "runs/ray",
     name: str | None = None,
+    identity: str,
     address: str | None = None,
     poll_interval_s: float | None = None,
     log_path: str | Path | None = None,
@@ -260,7 +252,9 @@ def train_task_distributed(
     the prepare stage's folder. Ray starts in-process unless ``address`` or ``RAY_ADDRESS``
     names a cluster (:func:`sdlora.ops.ray_session.ensure_ray`: Ray's own rule says which wins). A
     rerun with the same ``storage_path`` and ``name`` (default ``task{task}``) resumes from that
-    run's last checkpoint (Ray Train V2). ``poll_interval_s`` sets how often Ray Train's
+    run's last checkpoint (Ray Train V2) if the checkpoint carries ``identity``
+    (:func:`sdlora.config.identity_key` of tasks 0..task); one of another identity is refused.
+    ``poll_interval_s`` sets how often Ray Train's
     controller polls the workers (Ray propagates the variable).
 
     ``log_path``: where everything Ray prints goes (appended; None: the console, as Ray does by
@@ -290,6 +284,7 @@ def train_task_distributed(
             "cfg": cfg,
             "weights": weights,
             "task": task,
+            "identity": identity,
             "prev_adapter": None if prev_adapter is None else str(Path(prev_adapter).resolve()),
             "prepared": str(Path(prepared).resolve()),
             "out_dir": str(out_dir),

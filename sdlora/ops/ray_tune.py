@@ -48,7 +48,16 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from sdlora.config import SPACE_KINDS, Config, ConfigError, RayConfig, TuneSettings, load_config
+from sdlora.config import (
+    SPACE_KINDS,
+    Config,
+    ConfigError,
+    RayConfig,
+    RunInputs,
+    TuneSettings,
+    identity_key,
+    load_config,
+)
 from sdlora.core import metrics
 from sdlora.core.records import accuracy_matrix, task_metrics
 from sdlora.core.sequence import run_sequence
@@ -115,6 +124,7 @@ class TrialSetup:
 
     params: str
     prepared: str
+    inputs: RunInputs  # the splits' and weights' hashes: with a trial's config, its identity
     changes: dict[str, Any]
     mode: str
     ray: RayConfig
@@ -172,6 +182,7 @@ def train_tasks_on_ray(
             max_failures=ray.max_failures,
             storage_path=folder / "ray",
             name=f"task{t}",
+            identity=identity_key(cfg, setup.inputs, upto=t),
             poll_interval_s=ray.poll_interval_s,
         )
         records.append(evaluated_record(cfg, t, out / ADAPTER, setup.prepared, result.epochs))
@@ -337,6 +348,7 @@ def run_sweep(
     settings: TuneSettings,
     *,
     name: str,
+    inputs: RunInputs,
     ray: RayConfig | None = None,
     experiment: str | None = None,
     tracking_uri: str | None = None,
@@ -369,8 +381,9 @@ def run_sweep(
     num_tasks = len(read_manifest(prepared)["tasks"])
     storage = Path(settings.storage_path).resolve()
     setup = TrialSetup(
-        str(params), str(prepared), changes, settings.trial_mode, ray, str(storage / name / "work")
-    )
+        str(params), str(prepared), inputs, changes, settings.trial_mode, ray,
+        str(storage / name / "work"),
+    )  # fmt: skip
     metric = "accuracy" if settings.objective == "final_accuracy" else settings.objective
     own = trial_need(settings.model_copy(update={"trial_mode": "process"}), ray, base.device)
     trainable = tune.with_resources(  # what the trial's own process holds (not its workers)

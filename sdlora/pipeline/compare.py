@@ -13,19 +13,17 @@ into one more MLflow run, ``compare-<dataset>-...``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, check_pipeline_method
+from sdlora.config import Config, RunInputs, check_pipeline_method, digest, identity
 from sdlora.core.records import task_metrics
 from sdlora.data.prepare import prepare, read_manifest
 from sdlora.files import write_json
 from sdlora.ops.tracking import SequenceTracker
 from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
-from sdlora.pipeline.layout import BACKBONE_DIR, COMPARE_DIR, COMPARE_RESULTS
+from sdlora.pipeline.layout import BACKBONE_DIR, COMPARE_DIR, COMPARE_RESULTS, read_inputs
 from sdlora.pipeline.mlflow_run import command_tag, open_run
 from sdlora.pipeline.preflight import check_backbone
 from sdlora.report import compare
@@ -56,9 +54,9 @@ def track_run(variant: compare.Variant, run: dict[str, Any], prepared: Path, bac
     joint = run["method"] == "joint"
     cfg = variant.cfg
     tracker = open_run(
-        cfg, records, 0 if joint else len(records), stage="compare", prepared=prepared,
-        backbone=backbone, name=f"{variant.label}-{read_manifest(prepared)['dataset']}-"
-        f"{len(cfg.tasks or {})}tasks-s{variant.seed}",
+        cfg, records, 0 if joint else len(records), stage="compare",
+        inputs=read_inputs(read_manifest(prepared), backbone),
+        name=f"{variant.label}-{cfg.data.dataset}-{len(cfg.tasks or {})}tasks-s{variant.seed}",
         tags={"sdlora.compare": variant.label, "sdlora.seed": variant.seed},
     )  # fmt: skip
     try:
@@ -85,6 +83,13 @@ def track_run(variant: compare.Variant, run: dict[str, Any], prepared: Path, bac
         tracker.close("FAILED")
         raise
     return str(run_id)
+
+
+def summary_key(variants: list[compare.Variant], inputs: dict[int, RunInputs]) -> str:
+    """The comparison's MLflow key: every (label, seed) run's identity
+    (:func:`sdlora.config.identity`, ``inputs`` by seed), so the same comparison finds its
+    summary run again and any change to what one run computes makes a new one."""
+    return digest([[v.label, identity(v.cfg, inputs[v.seed])] for v in variants])
 
 
 def track_summary(cfg: Config, paths: dict[str, Path], rows: list[dict[str, Any]], key: str) -> str:
@@ -154,11 +159,12 @@ def compare_stage(
     title = f"{cfg.data.dataset}, {len(cfg.tasks or {})} tasks, seeds {', '.join(map(str, seeds))}"
     paths = compare.write_outputs(runs, rows, results, title)
     if track:
-        key = hashlib.sha256(
-            json.dumps([r["label"] for r in rows] + [v.name for v in variants]).encode()
-            + json.dumps(cfg.model_dump(mode="json", exclude={"progress"})).encode()
-        ).hexdigest()[:16]
-        track_summary(cfg, paths, rows, key)
+        inputs = [
+            read_inputs(read_manifest(out / "prepared" / f"seed{s}"), backbone) for s in seeds
+        ]
+        track_summary(
+            cfg, paths, rows, summary_key(variants, dict(zip(seeds, inputs, strict=True)))
+        )
     print(compare.markdown_table(rows), end="")
     print(f"compare: {len(variants)} runs in {(time.perf_counter() - start) / 60:.1f} min")
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}}

@@ -24,7 +24,14 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from sdlora.config import TASKS_COMMAND, Config, ConfigError, TaskEntry, known_num_classes
+from sdlora.config import (
+    TASKS_COMMAND,
+    Config,
+    ConfigError,
+    RunInputs,
+    TaskEntry,
+    known_num_classes,
+)
 
 PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
@@ -146,6 +153,12 @@ def read_backbone_record(backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
     return read_json(
         Path(backbone) / BACKBONE_RECORD, "the pretrain stage's output", "run `dvc repro`"
     )
+
+
+def read_inputs(manifest: dict[str, Any], backbone: str | Path = BACKBONE_DIR) -> RunInputs:
+    """The run's inputs by content: the prepared splits' ``manifest`` (read once by the stage)
+    and the pretrain stage's record in ``backbone``."""
+    return RunInputs(manifest["content_hash"], read_backbone_record(backbone).get("sha256"))
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from sdlora.pipeline.layout import (
     METRICS_FILE,
     PREPARED_DIR,
     REPORT_DIR,
+    read_inputs,
     read_json,
     read_record,
     require_plan,
@@ -136,8 +137,8 @@ def report_stage(
     with (
         atomic_directory(out, marker="run.json") as tmp,
         open_run(
-            cfg, records, backfill=len(records), stage="report", prepared=prepared,
-            backbone=backbone,
+            cfg, records, backfill=len(records), stage="report",
+            inputs=read_inputs(read_manifest(prepared), backbone),
         ) as tracker,
     ):  # fmt: skip
         tracker.log_task(last, final)

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, ConfigError
+from sdlora.config import Config, ConfigError, RunInputs, identity_key
 from sdlora.core.records import task_metrics
 from sdlora.core.train import resolve_device
 from sdlora.data.prepare import read_manifest
@@ -37,11 +37,12 @@ from sdlora.pipeline.layout import (
     PREPARED_DIR,
     RECORD,
     StageError,
+    read_inputs,
     read_record,
     require_plan,
     task_output,
 )
-from sdlora.pipeline.mlflow_run import open_run, sequence_key
+from sdlora.pipeline.mlflow_run import open_run, run_key
 from sdlora.pipeline.preflight import check_task_inputs
 
 LOG = "runs/logs/train@{task}.log"  # everything Ray prints while task k trains (appended)
@@ -75,6 +76,15 @@ def _ray_run_note(run_folder: Path, epochs: int) -> str | None:
             "again (delete that folder to train anew)"
         )
     return f"resuming at epoch {last + 2} of {epochs} from the checkpoints in {run_folder}"
+
+
+def task_run(cfg: Config, task: int, inputs: RunInputs) -> tuple[str, str]:
+    """Ray's run name for task ``task`` and the identity its checkpoints carry: the key of what
+    tasks 0..task depend on (:func:`sdlora.config.identity_key`). A re-run with the same
+    identity resumes or restores that run; any other (DDP width and device included) trains
+    anew in a folder of its own."""
+    key = identity_key(cfg, inputs, upto=task)
+    return f"{key}-task{task:02d}", key
 
 
 def train_stage(
@@ -111,10 +121,10 @@ def train_stage(
     check_task_inputs(cfg, task, prepared, prev_adapter)  # before Ray or any write
     resolve_device(cfg.device)  # a device this machine lacks fails here, before Ray starts
     ray = cfg.ray
-    key = sequence_key(cfg, upto=task, prepared=prepared, backbone=backbone)
+    inputs = read_inputs(manifest, backbone)
+    run_name, key = task_run(cfg, task, inputs)
     stage = f"train@{task}"
     log_path = None if verbose else Path(LOG.format(task=task))
-    run_name = f"{key}-task{task:02d}"
     workers = f"{ray.num_workers} Ray Train worker{'s' if ray.num_workers > 1 else ''}"
     _say(stage, f"task {task} of {len(plan)} ({cfg.model.method}) on {workers}")
     note = _ray_run_note(Path(ray.storage_path) / run_name, cfg.for_task(task).train.epochs)
@@ -138,6 +148,7 @@ def train_stage(
                 max_failures=ray.max_failures,
                 storage_path=ray.storage_path,
                 name=run_name,
+                identity=key,
                 address=ray.address,
                 poll_interval_s=ray.poll_interval_s,
                 log_path=log_path,
@@ -149,9 +160,7 @@ def train_stage(
             raise
         train_seconds = time.perf_counter() - start
         records.append(evaluated_record(cfg, task, tmp / ADAPTER, prepared, result.epochs))
-        with open_run(
-            cfg, records, backfill=task, stage=f"train@{task}", prepared=prepared, backbone=backbone
-        ) as tracker:
+        with open_run(cfg, records, backfill=task, stage=f"train@{task}", inputs=inputs) as tracker:
             # a restored finished run trained nothing: its time is not a training time
             seconds = "restore_seconds" if result.restored else "train_seconds"
             tracker.log_task(task, {**task_metrics(records, task), seconds: train_seconds})
@@ -159,7 +168,7 @@ def train_stage(
             if task < len(plan) - 1:
                 tracker.close("RUNNING")  # the sequence goes on in the next stage
         payload = {
-            "key": sequence_key(cfg, prepared=prepared, backbone=backbone),
+            "key": run_key(cfg, inputs),
             "mlflow_run_id": run_id,
             "tasks": records,
         }

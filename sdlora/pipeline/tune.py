@@ -12,37 +12,32 @@ table, the Pareto front (CSV, PNG), the best params file and the metrics go to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, ConfigError
+from sdlora.config import Config, ConfigError, RunInputs, digest, identity
 from sdlora.core.sequence import check_prepared
 from sdlora.ops.ray_session import ensure_ray
 from sdlora.ops.ray_tune import check_trials, concurrency, run_sweep, trial_need, trial_rows
 from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
-from sdlora.pipeline.layout import BACKBONE_DIR, PREPARED_DIR, TUNE_RESULTS, read_backbone_record
+from sdlora.pipeline.layout import BACKBONE_DIR, PREPARED_DIR, TUNE_RESULTS, read_inputs
 from sdlora.pipeline.preflight import check_backbone
 from sdlora.report.tune import COLUMN, EXP_RUN, SweepError, write_outputs
 
 # tune.* keys that change where or how wide the sweep runs, not what its trials compute
-_NOT_IN_NAME = {"cpus_per_trial", "max_concurrent_trials", "storage_path"}
+TUNE_RUNTIME_KEYS = frozenset({"cpus_per_trial", "max_concurrent_trials", "storage_path"})
 
 
-def sweep_name(cfg: Config, prepared: str | Path, backbone: str | Path) -> str:
-    """``tune-<dataset>-<hash>``: the same for the same trials (params, splits, weights, search),
-    so a re-run restores a cut sweep instead of starting over."""
-    raw = cfg.model_dump(mode="json", exclude={"progress", "ray", "mlflow", "compare"})
-    raw["tune"] = {k: v for k, v in raw["tune"].items() if k not in _NOT_IN_NAME}
-    raw["data_hash"] = check_prepared(prepared, cfg)["content_hash"]
-    raw["backbone_sha256"] = read_backbone_record(backbone).get("sha256")
-    if cfg.tune is not None and cfg.tune.trial_mode == "ray_train":
-        raw["num_workers"] = cfg.ray.num_workers  # DDP's width changes the floats
-    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
-    return f"tune-{cfg.data.dataset}-{digest[:10]}"
+def sweep_name(cfg: Config, inputs: RunInputs) -> str:
+    """``tune-<dataset>-<hash>``: the pipeline's identity (:func:`sdlora.config.identity`)
+    and the sweep's own settings, so a re-run with the same ones restores a cut sweep instead
+    of starting over, and any change that alters the trials' numbers starts a new one."""
+    assert cfg.tune is not None
+    search = cfg.tune.model_dump(mode="json", exclude=set(TUNE_RUNTIME_KEYS))
+    return f"tune-{cfg.data.dataset}-{digest([identity(cfg, inputs), search], 10)}"
 
 
 def _table(rows: list[dict[str, Any]], keys: list[str], col: str) -> str:
@@ -85,10 +80,12 @@ def tune_stage(
             "cluster, one every node mounts at the same place)"
         )
     check_trials(params, settings)  # every value a trial could get, before reading inputs
-    name = sweep_name(cfg, prepared, backbone)
+    manifest = check_prepared(prepared, cfg)
+    inputs = read_inputs(manifest, backbone)
+    name = sweep_name(cfg, inputs)
     check_backbone(cfg)
     keys = sorted(settings.space)
-    num_tasks = len(check_prepared(prepared, cfg)["tasks"])
+    num_tasks = len(manifest["tasks"])
     started = not ray.is_initialized()
     ensure_ray(cfg.ray.address)
     try:
@@ -107,7 +104,7 @@ def tune_stage(
         )
         begin = time.perf_counter()
         sweep = run_sweep(
-            params, prepared, settings, name=name, ray=cfg.ray,
+            params, prepared, settings, name=name, inputs=inputs, ray=cfg.ray,
             experiment=cfg.mlflow.experiment if track else None,
             tracking_uri=cfg.mlflow.tracking_uri,
         )  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlora.config import DataConfig, parse_config
+from sdlora.config import DataConfig, RayConfig, RunInputs, identity_key, parse_config
 from sdlora.core.checkpoint import adapter_state
 from sdlora.core.model import SDLoRAViT
 from sdlora.core.train import World, begin_task, fit_task
@@ -28,7 +28,6 @@ from sdlora.ops.ray_train import (
     STATE,
     TaskInputError,
     TrainingFailed,
-    _fingerprint,
     _read_state,
     load_task_model,
     train_task_distributed,
@@ -92,8 +91,8 @@ def test_two_workers_equal_the_loop_at_world_size_one(ray_session, tmp_path: Pat
     cfg, prepared = _cfg(epochs=2, batch=4, momentum=0.9), _prepared(tmp_path, 13)
     gcs = ray_session.get_runtime_context().gcs_address
     result = train_task_distributed(
-        cfg, 0, None, prepared, tmp_path / "out", num_workers=2, cpus_per_worker=0.5,
-        storage_path=tmp_path / "ray",
+        cfg, 0, None, prepared, tmp_path / "out", identity="t", num_workers=2,
+        cpus_per_worker=0.5, storage_path=tmp_path / "ray",
     )  # fmt: skip
     # a running Ray is used as it is: no second one started, and it is left running
     assert ray_session.is_initialized()
@@ -113,8 +112,8 @@ def test_prototype_class_means_are_all_reduced(ray_session, tmp_path: Path) -> N
     """Each rank sums its share of the features; the all-reduced means are the whole split's."""
     cfg, prepared = _cfg(method="prototype"), _prepared(tmp_path, 13)
     result = train_task_distributed(
-        cfg, 0, None, prepared, tmp_path / "out", num_workers=2, cpus_per_worker=0.5,
-        storage_path=tmp_path / "ray",
+        cfg, 0, None, prepared, tmp_path / "out", identity="t", num_workers=2,
+        cpus_per_worker=0.5, storage_path=tmp_path / "ray",
     )  # fmt: skip
     ref, log = _reference(cfg, prepared)
     assert result.epochs == log == [] and result.checkpoint is None
@@ -125,7 +124,7 @@ def test_prototype_class_means_are_all_reduced(ray_session, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> None:
     cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
-    kw = dict(num_workers=1, storage_path=tmp_path / "ray", name="t0")
+    kw = dict(num_workers=1, storage_path=tmp_path / "ray", name="t0", identity="t")
     first = train_task_distributed(cfg, 0, None, prepared, tmp_path / "a", **kw)
     again = train_task_distributed(cfg, 0, None, prepared, tmp_path / "b", **kw)
     assert first.metrics["start_epoch"] == 0
@@ -137,12 +136,16 @@ def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> Non
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
-    mine = _fingerprint(_cfg(epochs=1), 0)
+    inputs = RunInputs("data", None)
+    mine = {"task": 0, "identity": identity_key(_cfg(epochs=1), inputs, upto=0)}
     (tmp_path / STATE).write_text(json.dumps({"epoch": 0, **mine}))
-    assert _read_state(tmp_path, _fingerprint(_cfg(epochs=1), 0))[0] == 0
-    for other in (_fingerprint(_cfg(epochs=1), 1), _fingerprint(_cfg(epochs=3), 0),
-                  _fingerprint(_cfg(epochs=1, momentum=0.9), 0)):  # fmt: skip
-        with pytest.raises(ValueError, match="another configuration"):
+    assert _read_state(tmp_path, mine)[0] == 0
+    wider = _cfg(epochs=1).model_copy(update={"ray": RayConfig(num_workers=2)})
+    for other in ({**mine, "task": 1}, *(
+        {"task": 0, "identity": identity_key(c, inputs, upto=0)}
+        for c in (_cfg(epochs=3), _cfg(epochs=1, momentum=0.9), wider)
+    )):  # fmt: skip
+        with pytest.raises(ValueError, match="another configuration, data, backbone or DDP"):
             _read_state(tmp_path, other)
 
 
@@ -156,7 +159,13 @@ def test_a_set_up_error_is_reported_once_not_retried(ray_session, tmp_path: Path
     cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"weights": str(bad)})})
     out = tmp_path / "out"
     out.mkdir()
-    kw = dict(num_workers=2, cpus_per_worker=0.5, max_failures=2, storage_path=tmp_path / "ray")
+    kw = dict(
+        num_workers=2,
+        cpus_per_worker=0.5,
+        max_failures=2,
+        storage_path=tmp_path / "ray",
+        identity="t",
+    )
     with pytest.raises(TaskInputError, match=r"\(rank 0, 1\): .*not retried"):
         train_task_distributed(cfg, 0, None, prepared, out, name="setup", **kw)
     assert list(out.iterdir()) == []  # no error files, no progress file left behind
@@ -172,7 +181,9 @@ def test_a_training_failure_is_retried_then_reported(ray_session, tmp_path: Path
     png = data.find(b"IDAT")  # inside the first image: the Parquet footer stays readable
     data[png : png + 40] = bytes(40)
     train.write_bytes(bytes(data))
-    kw = dict(num_workers=1, max_failures=1, storage_path=tmp_path / "ray", name="fails")
+    kw = dict(
+        num_workers=1, max_failures=1, storage_path=tmp_path / "ray", name="fails", identity="t"
+    )
     with pytest.raises(TrainingFailed, match=r"after 1 retry \(DataError: .*train.*\.parquet"):
         train_task_distributed(cfg, 0, None, prepared, tmp_path / "out", **kw)
 
@@ -185,7 +196,13 @@ def test_the_driver_draws_rank_0s_epochs(ray_session, tmp_path: Path) -> None:
 
     cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
     console = io.StringIO()
-    kw = dict(num_workers=2, cpus_per_worker=0.5, storage_path=tmp_path / "ray", name="shown")
+    kw = dict(
+        num_workers=2,
+        cpus_per_worker=0.5,
+        storage_path=tmp_path / "ray",
+        name="shown",
+        identity="t",
+    )
     result = train_task_distributed(
         cfg, 0, None, prepared, tmp_path / "out", progress=True, console=console, **kw
     )

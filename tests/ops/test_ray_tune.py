@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdlora.config import ConfigError, RayConfig, TuneSettings
+from sdlora.config import ConfigError, RayConfig, RunInputs, TuneSettings
 from sdlora.ops.ray_tune import (
     check_trials,
     concurrency,
@@ -96,7 +96,8 @@ def test_a_sweep_reports_every_task_to_tune_and_mlflow_in_either_trial_mode(
         storage_path=str(tmp_path / "tune"),
     )  # fmt: skip
     sweep = run_sweep(
-        params, prepared, settings, name="sweep", experiment="tune-test",
+        params, prepared, settings, name="sweep", inputs=RunInputs("data", None),
+        experiment="tune-test",
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
     )  # fmt: skip
     grid = sweep.grid
@@ -142,7 +143,8 @@ def test_a_sweep_reports_every_task_to_tune_and_mlflow_in_either_trial_mode(
         storage_path=str(tmp_path / "ray_train"),
     )  # fmt: skip
     one_worker = RayConfig(cpus_per_worker=0.5)
-    (result,) = run_sweep(params, prepared, on_train, name="m", ray=one_worker).grid
+    inputs = RunInputs("data", None)
+    (result,) = run_sweep(params, prepared, on_train, name="m", inputs=inputs, ray=one_worker).grid
     assert result.error is None
     columns = ["task", "accuracy", "stored_params"]
     (process,) = [r for r in grid if r.config["train.lr"] == 0.005]

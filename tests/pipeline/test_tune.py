@@ -19,8 +19,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sdlora.config import ConfigError, load_config
-from sdlora.pipeline.layout import TUNE_RESULTS, write_tasks
+from sdlora.config import ConfigError, RunInputs, load_config
+from sdlora.data.prepare import read_manifest
+from sdlora.pipeline.layout import TUNE_RESULTS, read_inputs, write_tasks
 from sdlora.pipeline.tune import main, sweep_name, tune_stage
 from sdlora.report.tune import read_best
 
@@ -79,7 +80,7 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     assert metrics["best_final_accuracy"] == best["accuracy"] and metrics["trials"] == 3
     assert metrics["stopped_early"] == sum(r["status"] == "stopped" for r in table)
     assert Path(f"{TUNE_RESULTS}/pareto.png").stat().st_size > 10_000
-    name = sweep_name(cfg, "data/prepared", "artifacts/backbone")
+    name = sweep_name(cfg, read_inputs(read_manifest("data/prepared"), "artifacts/backbone"))
     assert f"tune: sweep {name}: 3 trials of 3 tasks over 1 searched key(s) (train.lr)" in console
     assert len(re.findall(r"tune: trial \w+ task 1/3: accuracy", console)) == 3
     assert "tune: apply it to the pipeline: python -m sdlora exp-run results/tune/best_params" in (
@@ -216,7 +217,8 @@ def test_trials_land_on_both_nodes_of_a_two_node_cluster(
         assert len(nodes) == 2
         settings = TuneSettings(space={"train.lr": {"grid": [0.01, 0.002]}}, num_samples=1,
                                 grace_period=2, storage_path=str(tmp_path / "tune"))  # fmt: skip
-        sweep = run_sweep(params, prepared, settings, name="two-nodes", ray=RayConfig())
+        sweep = run_sweep(params, prepared, settings, name="two-nodes", ray=RayConfig(),
+                          inputs=RunInputs("data", None))  # fmt: skip
         rows = trial_rows(sweep.grid, 2, ["train.lr"])
         assert [r["status"] for r in rows] == ["finished", "finished"]
         assert {r["node"] for r in rows} == nodes
