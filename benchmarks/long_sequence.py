@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from sdlora.config import load_config
-from sdlora.core.sequence import run_sequence
+from sdlora.core.loop import run_sequence
 from sdlora.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from sdlora.config import Config, ModelConfig, load_config
-from sdlora.core.sequence import run_sequence
+from sdlora.core.loop import run_sequence
 from sdlora.data.prepare import prepare
 
 Setting = dict[str, Any]
@@ -87,7 +87,7 @@ def head_init(value: str | None, overrides: Setting) -> Iterator[Setting]:
     if "head_init" in ModelConfig.model_fields:
         yield {**overrides, "model.head_init": value}
         return
-    import sdlora.core.methods as M
+    import sdlora.core.methods.base as M
 
     before = M.Method.head_init
     M.Method.head_init = value

@@ -107,7 +107,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
 
     from sdlora.config import load_config
     from sdlora.core.checkpoint import save_adapter
-    from sdlora.core.sequence import run_sequence
+    from sdlora.core.loop import run_sequence
     from sdlora.data.prepare import prepare
     from sdlora.report.sequence import format_matrix, write_sequence_outputs
 

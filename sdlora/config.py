@@ -209,11 +209,16 @@ class PretrainConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The SD-LoRA adapter and its baselines (SPEC §2, §4)."""
+    """The SD-LoRA adapter and its baselines (SPEC §2, §4).
 
-    method: Literal[
-        "sdlora", "sdlora_kd", "magnitude_only", "seq_lora", "frozen", "prototype", "joint"
-    ] = "sdlora"
+    ``method`` names a method of the registry (:mod:`sdlora.core.methods`); the settings a
+    method declares (its ``Params``: ``kd_tau``, ``kd_fold``, ...) are keys of this section too,
+    validated by their method and filled in with its defaults.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # extras: the methods' own settings
+
+    method: str = "sdlora"
     rank: int = Field(10, ge=1)
     rank_schedule: list[tuple[int, int]] | None = Field(
         None, description="[[first_task, rank], ...] for SD-LoRA-RR; null = `rank` for every task"
@@ -223,12 +228,31 @@ class ModelConfig(_Section):
     magnitude_scope: Literal["task", "matrix"] = "task"
     magnitude_init: float = 1.0
     compat: Literal["paper", "reference_code"] = "paper"
-    kd_tau: float = Field(
-        0.1, ge=0, description="sdlora_kd: fold a new direction when its relative residual <= this"
-    )
-    kd_fold: Literal["scaled", "paper"] = (
-        "scaled"  # sdlora_kd: alpha_k += alpha_t delta_k | + delta_k
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_settings(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        from sdlora.core.methods import METHODS, param_models  # the registry (imports torch)
+
+        raw = dict(raw)
+        name = raw.get("method", "sdlora")
+        if name not in METHODS:
+            raise ValueError(f"model.method = {name!r}: use one of {tuple(sorted(METHODS))}")
+        for params in param_models():
+            given = {k: raw.pop(k) for k in list(raw) if k in params.model_fields}
+            try:
+                raw.update(params.model_validate(given).model_dump(mode="json"))
+            except ValidationError as err:
+                e = err.errors()[0]
+                key = ".".join(str(p) for p in e["loc"])
+                raise ValueError(f"model.{key} = {e.get('input')!r}: {e['msg']}") from None
+        unknown = sorted(set(raw) - set(cls.model_fields) - _method_keys())
+        if unknown:
+            raise ValueError(f"model.{unknown[0]}: unknown key (check the spelling; see "
+                             "params.yaml for the keys)")  # fmt: skip
+        return raw
 
     @field_validator("rank_schedule")
     @classmethod
@@ -564,12 +588,21 @@ class Config(_Section):
 def check_pipeline_method(cfg: Config) -> None:
     """The per-task pipeline (``train@k`` stages) cannot run joint training, which learns every
     task at once; raise ConfigError saying where it runs instead."""
-    if cfg.model.method == "joint":
+    from sdlora.core.methods import method_class
+
+    if method_class(cfg.model.method).trains_jointly:
         raise ConfigError(
-            "model.method = 'joint' trains every task at once, which the pipeline's one stage "
+            f"model.method = {cfg.model.method!r} trains every task at once, which the pipeline's "
+            "one stage "
             "per task cannot express; run it with `python -m sdlora run` or as a compare.methods "
             "entry (`dvc repro compare/dvc.yaml`), and keep a per-task method here"
         )
+
+
+def _method_keys() -> set[str]:
+    from sdlora.core.methods import param_models
+
+    return {k for params in param_models() for k in params.model_fields}
 
 
 def _format(err: ValidationError, source: str) -> str:
@@ -577,7 +610,9 @@ def _format(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if msg.startswith(f"{key}."):  # a section's validator named the key itself
+            lines.append(f"  {msg}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; see params.yaml for the keys)")
         elif e["loc"]:
             lines.append(f"  {key} = {e.get('input')!r}: {msg}")

@@ -105,8 +105,12 @@ def load_adapter(model: SDLoRAViT, path: str | Path) -> dict[str, Any]:
             f"adapter {path} does not fit this model:\n  " + "\n  ".join(diffs)
         )
     device = model.head.old_weight.device
+    # Each tensor is copied out of the file's buffer into PyTorch's own (64-byte aligned) memory,
+    # where a trained tensor lives: a view into the file sits at its offset there, and MKL's
+    # sgemm rounds by alignment (A @ A.T of a current pair differed in the last bit), so a
+    # restored run's end_task would not give the bytes the trained run gave.
     with safe_open(str(path), framework="pt", device=str(device)) as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open API)
     expected = set(adapter_state(model))
     optional = {k for k in expected if k.endswith((".A_cur", ".B_cur"))}
     missing = expected - optional - set(tensors)

@@ -12,7 +12,6 @@ newest classes lowers only the ordinary, task-agnostic accuracy.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdlora.core.evaluate import outputs
-from sdlora.core.train import World, loader_workers, task_classes, task_stream
+from sdlora.core.train import World, loader_workers, task_stream
+from sdlora.data.prepare import PreparedLike, open_prepared
 
 if TYPE_CHECKING:
     from sdlora.config import Config
@@ -39,7 +39,7 @@ def ncm_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tenso
 @torch.no_grad()
 def task_known_accuracy(
     model: SDLoRAViT,
-    prepared: str | Path,
+    prepared: PreparedLike,
     tasks: Iterable[int],
     cfg: Config,
     device: torch.device,
@@ -51,6 +51,7 @@ def task_known_accuracy(
     images are (no augmentation).
     """
     model.eval().to(device)
+    prepared = open_prepared(prepared)
     batch, workers = cfg.train.eval_batch_size, loader_workers(cfg, World(device=device))
     precision = cfg.train.precision
     ncm, head = [], []
@@ -60,7 +61,7 @@ def task_known_accuracy(
         test_f, test_y = outputs(model.forward_features, test, device, batch, workers, precision)
         train_f, train_y = outputs(model.forward_features, train, device, batch, workers, precision)
         ncm.append(ncm_accuracy(train_f, train_y, test_f, test_y))
-        lo, n = task_classes(prepared, t)
+        lo, n = prepared.task_classes(t)
         logits = model.forward_head(test_f.to(device))[:, lo : lo + n].cpu()
         head.append(100.0 * (logits.argmax(1) + lo == test_y).float().mean().item())
     return ncm, head

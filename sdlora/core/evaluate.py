@@ -8,7 +8,6 @@ preprocessing training uses.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 
 from sdlora.config import Config
 from sdlora.core.train import World, autocast, loader_workers, task_stream
-from sdlora.data.prepare import read_manifest
+from sdlora.data.prepare import PreparedLike, open_prepared
 from sdlora.data.stream import ParquetStream, make_loader
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def outputs(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    prepared: str | Path,
+    prepared: PreparedLike,
     tasks: Iterable[int],
     cfg: Config,
     device: torch.device,
@@ -70,6 +69,7 @@ def evaluate(
     tasks = list(tasks)
     if not tasks:
         return [], []
+    prepared = open_prepared(prepared)
     # every task's test split in one stream (one DataLoader); rows are told apart by their
     # labels, since each task owns a range of classes (DataLoader workers interleave batches)
     stream = task_stream(prepared, tasks, "test", cfg, backbone_of(model))
@@ -78,7 +78,7 @@ def evaluate(
         model, stream, device, cfg.train.eval_batch_size, workers, cfg.train.precision
     )
     hits = logits.argmax(1) == y
-    entries = read_manifest(prepared)["tasks"]  # once: each task's classes (the stream checked t)
+    entries = prepared.tasks  # each task's classes (the stream checked the task indices)
     accs, counts = [], []
     for t in tasks:
         lo, num_classes = int(entries[t]["label_offset"]), int(entries[t]["num_classes"])
@@ -91,7 +91,7 @@ def evaluate(
 
 
 def finish_task(
-    model: SDLoRAViT, prepared: str | Path, task: int, cfg: Config, device: torch.device
+    model: SDLoRAViT, prepared: PreparedLike, task: int, cfg: Config, device: torch.device
 ) -> None:
     """``model.end_task()`` in every entry point; when the method's end may change the function
     (SD-LoRA-KD's fold, SPEC §3) the current task's test accuracy just before and just after it

@@ -2,8 +2,9 @@
 
 Lifecycle (SPEC §2): ``begin_task(num_classes, rank)`` -> train -> ``end_task()`` (freeze the
 direction, function unchanged) -> ... -> ``merge()`` gives a plain timm ViT for inference.
-``method`` (with ``compat``) selects the policy of :mod:`sdlora.core.methods` that decides what each
-moment of the lifecycle does: SD-LoRA or a baseline of SPEC §4, over the same modules.
+The model receives its method, a policy of :mod:`sdlora.core.methods` (built from params by
+:meth:`SDLoRAViT.from_config`), which decides what each moment of the lifecycle does: SD-LoRA or
+a baseline of SPEC §4, over the same modules.
 """
 
 from __future__ import annotations
@@ -28,17 +29,14 @@ class SDLoRAViT(nn.Module):
         backbone: nn.Module,
         backbone_name: str,
         *,
-        method: str = "sdlora",
+        method: Method | None = None,
         blocks: list[int] | None = None,
         targets: tuple[str, ...] | list[str] = ("q", "v"),
         magnitude_scope: str = "task",
         magnitude_init: float = 1.0,
-        compat: str = "paper",
-        kd_tau: float = 0.0,
-        kd_fold: str = "scaled",
     ) -> None:
         super().__init__()
-        self.policy: Method = build_method(method, compat, kd_tau, kd_fold)
+        self.policy: Method = method if method is not None else build_method("sdlora")
         depth = len(backbone.blocks)
         blocks = list(range(depth)) if blocks is None else list(blocks)
         bad = [b for b in blocks if not 0 <= b < depth] or len(set(blocks)) != len(blocks)
@@ -46,10 +44,10 @@ class SDLoRAViT(nn.Module):
             raise ValueError(f"model.blocks = {blocks}: use distinct indices in 0..{depth - 1}")
         self.backbone = backbone.requires_grad_(False)
         self.backbone_name = backbone_name
-        self.method = method
+        self.method = self.policy.name
         self.blocks = blocks
         self.targets = list(targets)
-        self.compat = compat
+        self.compat = self.policy.compat
         self.magnitude_init = float(magnitude_init)
         self.magnitudes = Magnitudes(len(blocks) * len(self.targets), magnitude_scope)
         for i, b in enumerate(blocks):
@@ -63,18 +61,15 @@ class SDLoRAViT(nn.Module):
 
     @classmethod
     def from_config(cls, backbone: nn.Module, backbone_name: str, cfg: ModelConfig) -> SDLoRAViT:
-        """Build from the ``model:`` section of params."""
+        """Build from the ``model:`` section of params: its method's policy, then the adapter."""
         return cls(
             backbone,
             backbone_name,
-            method=cfg.method,
+            method=build_method(cfg.method, cfg.compat, cfg.model_dump()),
             blocks=cfg.blocks,
             targets=cfg.targets,
             magnitude_scope=cfg.magnitude_scope,
             magnitude_init=cfg.magnitude_init,
-            compat=cfg.compat,
-            kd_tau=cfg.kd_tau,
-            kd_fold=cfg.kd_fold,
         )
 
     # ---- structure -------------------------------------------------------------------------

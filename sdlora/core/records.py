@@ -1,6 +1,6 @@
 """A task's record: what training and evaluating it leaves for the report, in every entry point.
 
-``sdlora run`` (:mod:`sdlora.core.sequence`) and the pipeline's ``train@k`` stages build the same
+``sdlora run`` (:mod:`sdlora.core.loop`) and the pipeline's ``train@k`` stages build the same
 record per task, so their outputs compare cell for cell.
 """
 

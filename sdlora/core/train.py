@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from sdlora.config import Config, TrainConfig
 from sdlora.core.backbone import create_backbone, data_config
 from sdlora.core.model import SDLoRAViT
-from sdlora.data.prepare import read_manifest
+from sdlora.data.prepare import PreparedLike, open_prepared
 from sdlora.data.stream import ParquetStream, make_loader, open_task
 from sdlora.progress import Progress
 
@@ -108,7 +107,7 @@ def input_norm(cfg: Config, backbone: nn.Module) -> tuple[tuple[float, ...] | No
 
 
 def task_stream(
-    prepared: str | Path,
+    prepared: PreparedLike,
     task: int | list[int],
     split: str,
     cfg: Config,
@@ -157,18 +156,10 @@ def task_loader(
     return make_loader(stream, batch_size, loader_workers(cfg, world), world.device)
 
 
-def task_classes(prepared: str | Path, task: int | list[int]) -> tuple[int, int]:
+def task_classes(prepared: PreparedLike, task: int | list[int]) -> tuple[int, int]:
     """``(label_offset, num_classes)`` of ``task`` in a prepared folder; for a list of
     consecutive tasks (joint training), of their classes together."""
-    entries = read_manifest(prepared)["tasks"]
-    tasks = [task] if isinstance(task, int) else list(task)
-    for t in tasks:
-        if not 0 <= t < len(entries):
-            raise ValueError(f"{prepared} has tasks 0..{len(entries) - 1}, not task {t}")
-    if not tasks or tasks != list(range(tasks[0], tasks[0] + len(tasks))):
-        raise ValueError(f"tasks {tasks}: give one task or consecutive tasks")
-    num_classes = sum(int(entries[t]["num_classes"]) for t in tasks)
-    return int(entries[tasks[0]]["label_offset"]), num_classes
+    return open_prepared(prepared).task_classes(task)
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -293,7 +284,7 @@ def run_epoch(
 
 def fit_task(
     model: SDLoRAViT,
-    prepared: str | Path,
+    prepared: PreparedLike,
     task: int | list[int],
     cfg: Config,
     world: World | None = None,
@@ -317,7 +308,8 @@ def fit_task(
     there).
     """
     world = world or World()
-    lo, num_classes = task_classes(prepared, task)
+    prepared = open_prepared(prepared)  # the manifest once, for the stream and the classes
+    lo, num_classes = prepared.task_classes(task)
     hi = lo + num_classes
     params = [p for p in model.parameters() if p.requires_grad]
     log = list(epoch_log or [])
@@ -359,7 +351,7 @@ def _name(task: int | list[int]) -> str:
 @torch.no_grad()
 def class_means(
     model: SDLoRAViT,
-    prepared: str | Path,
+    prepared: PreparedLike,
     task: int | list[int],
     cfg: Config,
     world: World | None = None,
@@ -370,7 +362,8 @@ def class_means(
     and counts are all-reduced, so every rank gets the means of the whole split.
     """
     world = world or World()
-    lo, num_classes = task_classes(prepared, task)
+    prepared = open_prepared(prepared)
+    lo, num_classes = prepared.task_classes(task)
     stream = task_stream(prepared, task, "train", cfg, model.backbone, world, plain=True)
     loader = task_loader(stream, cfg, world, cfg.train.eval_batch_size)
     model.eval()

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,63 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
             "run the prepare stage again"
         )
     return manifest
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A prepared folder with its manifest, read once (:func:`open_prepared`). Every reader of
+    the splits takes one, so a stage that opens the folder once reads its manifest once; it is
+    also a path (``os.fspath``) to the folder."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    def __fspath__(self) -> str:
+        return str(self.folder)
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    @property
+    def tasks(self) -> list[dict[str, Any]]:
+        """The manifest's task entries, in order."""
+        return self.manifest["tasks"]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def task_classes(self, task: int | list[int]) -> tuple[int, int]:
+        """``(label_offset, num_classes)`` of ``task``; for a list of consecutive tasks (joint
+        training), of their classes together."""
+        tasks = [task] if isinstance(task, int) else list(task)
+        for t in tasks:
+            if not 0 <= t < self.num_tasks:
+                raise ValueError(f"{self} has tasks 0..{self.num_tasks - 1}, not task {t}")
+        if not tasks or tasks != list(range(tasks[0], tasks[0] + len(tasks))):
+            raise ValueError(f"tasks {tasks}: give one task or consecutive tasks")
+        num_classes = sum(int(self.tasks[t]["num_classes"]) for t in tasks)
+        return int(self.tasks[tasks[0]]["label_offset"]), num_classes
+
+    def files(self, tasks: int | list[int], split: str) -> list[Path]:
+        """The Parquet files of ``split`` ('train' or 'test') of one task or several."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        wanted = [tasks] if isinstance(tasks, int) else list(tasks)
+        bad = [t for t in wanted if not 0 <= t < self.num_tasks]
+        if bad:
+            raise ValueError(f"tasks {bad} not in {self} (it has tasks 0..{self.num_tasks - 1})")
+        return [self.folder / self.tasks[t][split]["file"] for t in wanted]
+
+
+PreparedLike = Prepared | str | Path  # a prepared folder, opened or by path
+
+
+def open_prepared(prepared: PreparedLike) -> Prepared:
+    """``prepared`` as it is, or the folder with its manifest read (:func:`read_manifest`)."""
+    if isinstance(prepared, Prepared):
+        return prepared
+    return Prepared(Path(prepared), read_manifest(prepared))
 
 
 @contextmanager

@@ -49,7 +49,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
-from sdlora.data.prepare import read_manifest
+from sdlora.data.prepare import PreparedLike, open_prepared
 from sdlora.data.source import DataError
 
 
@@ -296,21 +296,15 @@ def _metadata(path: str) -> pq.FileMetaData:
         ) from None
 
 
-def task_files(prepared: str | Path, tasks: int | Sequence[int], split: str) -> list[Path]:
+def task_files(prepared: PreparedLike, tasks: int | Sequence[int], split: str) -> list[Path]:
     """Parquet files of ``split`` ('train' or 'test') for one task or several, from the manifest."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    manifest = read_manifest(prepared)
-    wanted = [tasks] if isinstance(tasks, int) else list(tasks)
-    entries = manifest["tasks"]
-    bad = [t for t in wanted if not 0 <= t < len(entries)]
-    if bad:
-        raise ValueError(f"tasks {bad} not in {prepared} (it has tasks 0..{len(entries) - 1})")
-    return [Path(prepared) / entries[t][split]["file"] for t in wanted]
+    return open_prepared(prepared).files(
+        list(tasks) if not isinstance(tasks, int) else tasks, split
+    )
 
 
 def open_task(
-    prepared: str | Path,
+    prepared: PreparedLike,
     tasks: int | Sequence[int],
     split: str,
     image_size: int,

@@ -7,11 +7,13 @@ on ``num_workers`` workers through a ``TorchTrainer``. Each worker runs the libr
 - every worker builds the same model (seeded), loads the previous task's adapter and begins the
   task (:func:`sdlora.core.train.begin_task`, seeded: the same new pair on every rank);
 - if Ray hands it a checkpoint (``ray.train.get_checkpoint()``: a worker restart after a failure,
-  or a rerun with the same ``storage_path`` and ``name``), the adapter state (current pair
-  included), the optimizer state and the epoch log are restored and training continues at the
-  next epoch: resume is the normal path;
+  or a rerun with the same ``storage_path`` and ``name``) of the same identity, the adapter
+  state (current pair included), the optimizer state and the epoch log are restored and
+  training continues at the next epoch: resume is the normal path;
 - rank 0 reports metrics and a checkpoint (adapter + optimizer + epoch log) every epoch and, at
-  the end, calls ``end_task`` and writes the task's adapter to ``out_dir/adapter.safetensors``.
+  the end, calls ``end_task`` and reports the task's result as the last checkpoint (the
+  finished adapter and the epoch log). The driver takes it from Ray's ``Result``; a re-run whose
+  last checkpoint is that result restores it as it is, recomputing nothing.
 
 What the user sees (:func:`train_task_distributed`): Ray's own output (its start-up, the
 controller's and workers' logs) goes to a log file, and the console shows the epochs' progress,
@@ -27,9 +29,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,20 +41,19 @@ from typing import Any, TextIO
 
 import torch
 
-from sdlora.config import Config
+from sdlora.config import Config, RayConfig
 from sdlora.core.checkpoint import load_adapter, save_adapter
-from sdlora.core.evaluate import evaluate, finish_task
+from sdlora.core.evaluate import finish_task
+from sdlora.core.loop import Learner
 from sdlora.core.model import SDLoRAViT
-from sdlora.core.records import task_record
 from sdlora.core.train import (
     World,
     begin_task,
     build_model,
     fit_task,
     local_batch_size,
-    resolve_device,
-    task_classes,
 )
+from sdlora.data.prepare import Prepared, PreparedLike, open_prepared
 from sdlora.files import atomic_path
 from sdlora.ops.console import FileProgress, ProgressRelay, redirect_output
 from sdlora.ops.ray_session import ensure_ray
@@ -60,10 +63,9 @@ ADAPTER = "adapter.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "state.json"
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-TRAIN_LOG = "train.json"  # written beside the adapter: every epoch's loss, seconds, samples/s
+TRAIN_LOG = "train.json"  # the driver writes it beside the adapter: each epoch's loss, s, samples/s
 PROGRESS = ".progress.jsonl"  # rank 0's progress, drawn by the driver; removed after training
 SETUP_ERROR = ".setup_error.rank{rank}.json"  # a rank's set-up failure, read by the driver
-ATTEMPT = ".attempt.json"  # the epoch this call's training started at; read by the driver
 
 
 class TaskInputError(RuntimeError):
@@ -106,19 +108,25 @@ def load_task_model(cfg: Config, task: int, prev_adapter: str | Path | None) -> 
 def _write_checkpoint(
     folder: Path,
     model: SDLoRAViT,
-    opt: torch.optim.Optimizer,
+    opt: torch.optim.Optimizer | None,
     epochs: list[dict[str, float]],
     fingerprint: dict,
 ) -> None:
-    save_adapter(model, folder / ADAPTER, extra={"epoch": len(epochs) - 1})
-    torch.save(opt.state_dict(), folder / OPTIMIZER)
+    """An epoch's checkpoint (adapter with the current pair, optimizer) or, with
+    ``fingerprint["finished"]``, the task's result (the adapter after end_task)."""
+    extra = {"task": fingerprint["task"]} if fingerprint.get("finished") else {
+        "epoch": len(epochs) - 1}  # fmt: skip
+    save_adapter(model, folder / ADAPTER, extra=extra)
+    if opt is not None:
+        torch.save(opt.state_dict(), folder / OPTIMIZER)
     state = {"epoch": len(epochs) - 1, "epochs": epochs, **fingerprint}
     (folder / STATE).write_text(json.dumps(state))
 
 
-def _read_state(folder: Path, fingerprint: dict) -> tuple[int, list[dict[str, float]]]:
-    """The checkpoint's epoch and epoch log, after checking it belongs to this task and run
-    (``fingerprint``: the task and the identity key of tasks 0..task, :func:`identity_key`)."""
+def _read_state(folder: Path, fingerprint: dict) -> dict[str, Any]:
+    """The checkpoint's state (epoch, epoch log, whether the task finished), after checking it
+    belongs to this task and run (``fingerprint``: the task and the identity key of tasks
+    0..task, :func:`sdlora.config.identity_key`)."""
     state = json.loads((folder / STATE).read_text())
     if {k: state.get(k) for k in fingerprint} != fingerprint:
         raise ValueError(
@@ -127,7 +135,7 @@ def _read_state(folder: Path, fingerprint: dict) -> tuple[int, list[dict[str, fl
             f"{fingerprint['identity']} (another configuration, data, backbone or DDP width); "
             "use another run name or storage_path to start afresh"
         )
-    return int(state["epoch"]), list(state.get("epochs", []))
+    return state
 
 
 def _any_rank(flag: bool, world: World) -> bool:
@@ -144,41 +152,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ``config``: ``cfg`` (Config, paths as in params), ``weights`` (the backbone file's absolute
     path or None), ``task``, ``identity`` (the key of what tasks 0..task depend on, which a
-    checkpoint must carry to be resumed), ``prev_adapter`` (str or None), ``prepared`` (folder),
-    ``out_dir``,
-    ``progress`` (whether rank 0 writes its progress for the driver).
+    checkpoint must carry to be resumed), ``prev_adapter`` (str or None), ``prepared`` (the
+    opened :class:`sdlora.data.prepare.Prepared`: no manifest read here), ``out_dir`` (set-up
+    errors and progress), ``progress`` (whether rank 0 writes its progress for the driver).
     """
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     task: int = config["task"]
     out_dir = Path(config["out_dir"])
+    prepared: Prepared = config["prepared"]
     cfg: Config = config["cfg"].for_task(task)  # the task's epochs/lr overrides, if any
     ctx = ray.train.get_context()
     world = World(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     torch.set_num_threads(cfg.train.threads)  # as sdlora run does: the same float results
+    fingerprint = {"task": task, "identity": config["identity"]}
 
     # Set-up reads the same files on every rank: a failure here is a bad input, which a retry
     # would only repeat. The ranks agree on it and stop cleanly; the driver reports it.
     failure: BaseException | None = None
+    finished = False
     try:
         build_cfg = cfg
         if config.get("weights"):  # workers run in their own folders: the file's absolute path
             backbone = cfg.backbone.model_copy(update={"weights": config["weights"]})
             build_cfg = cfg.model_copy(update={"backbone": backbone})
         model = load_task_model(build_cfg, task, config["prev_adapter"])
-        begin_task(model, cfg, task, task_classes(config["prepared"], task)[1])
-
-        fingerprint = {"task": task, "identity": config["identity"]}
+        begin_task(model, cfg, task, prepared.task_classes(task)[1])
         start_epoch, opt_state, epoch_log = 0, None, []
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                last, epoch_log = _read_state(Path(folder), fingerprint)
-                start_epoch = last + 1
-                load_adapter(model, Path(folder) / ADAPTER)  # the current pair included
-                opt_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu")
+                state = _read_state(Path(folder), fingerprint)
+                finished = bool(state.get("finished"))  # Ray restored the finished run
+                if not finished:  # resume: the current pair, the optimizer, the epoch log
+                    start_epoch, epoch_log = int(state["epoch"]) + 1, list(state["epochs"])
+                    load_adapter(model, Path(folder) / ADAPTER)
+                    opt_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu")
     except Exception as err:  # every set-up error is reported, none retried
         failure = err
         traceback.print_exc()  # into Ray's log, for the full story
@@ -188,6 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with atomic_path(out_dir / SETUP_ERROR.format(rank=world.rank)) as tmp:
                 tmp.write_text(json.dumps(error))
         return
+    if finished:  # the last checkpoint is the task's result: nothing to train or recompute
+        return
     model.to(world.device)
     # Only the method's trainable set requires grad; DDP registers hooks for exactly those, and
     # all of them are used in every forward. The frozen backbone is identical on every rank.
@@ -195,32 +207,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trains = any(p.requires_grad for p in model.parameters())
     ddp = ray.train.torch.prepare_model(model, move_to_device=world.device) if trains else model
 
-    def report(epoch: int, log: list[dict[str, float]], opt: torch.optim.Optimizer) -> None:
+    def report(epoch: int, log: list[dict[str, float]], opt: torch.optim.Optimizer | None,
+               done: bool = False) -> None:  # fmt: skip
         metrics = {
-            "task": task, "epoch": epoch, **log[-1], "world_size": world.size,
+            "task": task, "epoch": epoch, **(log[-1] if log else {}), "world_size": world.size,
             "start_epoch": start_epoch,  # the epoch this attempt started at (resume: > 0)
+            "finished": done,
         }  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if world.rank == 0:
-                _write_checkpoint(Path(tmp), model, opt, log, fingerprint)
-                ckpt = Checkpoint.from_directory(tmp)
+                _write_checkpoint(Path(tmp), model, opt, log, {**fingerprint, "finished": done})
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
 
     progress = FileProgress(out_dir / PROGRESS) if config.get("progress") else None
     epoch_log = fit_task(
-        model, config["prepared"], task, cfg, world, forward=ddp, start_epoch=start_epoch,
+        model, prepared, task, cfg, world, forward=ddp, start_epoch=start_epoch,
         optimizer_state=opt_state, on_epoch=report, epoch_log=epoch_log, progress=progress,
     )  # fmt: skip
-
     if world.rank == 0:
-        finish_task(model, config["prepared"], task, cfg, world.device)  # KD: + fold accuracy
+        finish_task(model, prepared, task, cfg, world.device)  # KD: + fold accuracy
         model.cpu()
-        save_adapter(model, out_dir / ADAPTER, extra={"task": task})  # atomic
-        log = {"task": task, "epochs": epoch_log}  # the same bytes when Ray restores the run
-        with atomic_path(out_dir / TRAIN_LOG) as tmp_log:
-            tmp_log.write_text(json.dumps(log, indent=1) + "\n")
-        (out_dir / ATTEMPT).write_text(json.dumps({"start_epoch": start_epoch}))
+    # The task's result is the last checkpoint (the finished adapter and the epoch log): the
+    # driver reads it from Ray's Result, and a re-run restores it without recomputing.
+    report(len(epoch_log) - 1, epoch_log, None, done=True)
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -230,7 +241,7 @@ def train_task_distributed(
     cfg: Config,
     task: int,
     prev_adapter: str | Path | None,
-    prepared: str | Path,
+    prepared: PreparedLike,
     out_dir: str | Path,
     *,
     num_workers: int = 1,
@@ -269,7 +280,8 @@ def train_task_distributed(
     if task < 0 or (task == 0) != (prev_adapter is None):
         raise ValueError("give prev_adapter for every task after the first, and only then")
     local_batch_size(cfg.train.batch_size, num_workers)  # fail before starting Ray
-    task_classes(prepared, task)  # the task exists: fail before starting Ray
+    prepared = open_prepared(prepared)
+    prepared.task_classes(task)  # the task exists: fail before starting Ray
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = cfg.backbone.weights
@@ -278,6 +290,7 @@ def train_task_distributed(
         os.environ[POLL_ENV] = str(poll_interval_s)  # read when the controller starts
     storage = Path(storage_path).resolve()  # Ray 2.60 requires an absolute storage_path
     run_name = name or f"task{task}"
+    before = {p.name for p in (storage / run_name).glob("checkpoint_*") if p.is_dir()}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -286,7 +299,7 @@ def train_task_distributed(
             "task": task,
             "identity": identity,
             "prev_adapter": None if prev_adapter is None else str(Path(prev_adapter).resolve()),
-            "prepared": str(Path(prepared).resolve()),
+            "prepared": Prepared(prepared.folder.resolve(), prepared.manifest),
             "out_dir": str(out_dir),
             "progress": progress,
         },
@@ -325,30 +338,52 @@ def train_task_distributed(
             f"task {task} failed on the Ray workers after {max_failures} retr"
             f"{'y' if max_failures == 1 else 'ies'} ({_first_line(failed)}). {see}"
         ) from failed
-    epochs = json.loads((out_dir / TRAIN_LOG).read_text())["epochs"]
-    start_epoch = int(json.loads((out_dir / ATTEMPT).read_text())["start_epoch"])
-    (out_dir / ATTEMPT).unlink()
+    if result.checkpoint is None:
+        raise TrainingFailed(f"task {task}: Ray Train's run {result.path} reported no checkpoint")
+    final = Path(result.checkpoint.path)
+    state = json.loads((final / STATE).read_text())
+    if not state.get("finished"):
+        raise TrainingFailed(f"task {task}: Ray Train's run {result.path} did not finish the task")
+    shutil.copyfile(final / ADAPTER, out_dir / ADAPTER)  # the bytes the workers wrote
+    epochs = list(state["epochs"])
+    with atomic_path(out_dir / TRAIN_LOG) as tmp_log:
+        tmp_log.write_text(json.dumps({"task": task, "epochs": epochs}, indent=1) + "\n")
+    restored = final.name in before  # the result was there already: nothing ran in this call
+    metrics = dict(result.metrics or {})
     return DistributedResult(
         adapter=out_dir / ADAPTER,
-        metrics=dict(result.metrics or {}),
+        metrics=metrics,
         epochs=epochs,
-        checkpoint=Path(result.checkpoint.path) if result.checkpoint is not None else None,
+        checkpoint=final,
         run_path=str(result.path),
-        start_epoch=start_epoch,
-        restored=bool(epochs) and start_epoch >= len(epochs),
+        start_epoch=len(epochs) if restored else int(metrics.get("start_epoch", 0)),
+        restored=restored,
     )
 
 
-def evaluated_record(
-    cfg: Config, task: int, adapter: str | Path, prepared: str | Path, epochs: list[dict]
-) -> dict[str, Any]:
-    """Task ``task``'s record from the adapter its workers wrote: the driver's evaluation of
-    every task seen so far on ``cfg.device`` (what ``train@k`` and a tune trial record)."""
-    model = build_model(cfg)
-    load_adapter(model, adapter)
-    accs, counts = evaluate(model, prepared, range(task + 1), cfg, resolve_device(cfg.device))
-    num_classes = task_classes(prepared, task)[1]
-    return task_record(model, task, num_classes, accs, counts, epochs)
+def ray_learner(
+    cfg: Config, work: str | Path, identity_of: Callable[[int], str], ray: RayConfig
+) -> Learner:
+    """A learner for :func:`sdlora.core.loop.run_sequence` that trains each task as a
+    ``train@k`` stage does: a TorchTrainer of ``ray.num_workers`` workers from the previous
+    task's adapter, the result loaded into the loop's model. Runs live under ``work``
+    (``task_<t>/`` outputs, ``ray/`` Ray Train's folders, named ``task<t>``), checkpoints
+    carry ``identity_of(t)``: a re-run restores the finished tasks and resumes a cut one."""
+    work = Path(work)
+
+    def learn(model: SDLoRAViT, prepared: Prepared, task: int) -> list[dict[str, float]]:
+        prev = None if task == 0 else work / f"task_{task - 1}" / ADAPTER
+        out = work / f"task_{task}"
+        result = train_task_distributed(
+            cfg, task, prev, prepared, out, num_workers=ray.num_workers, use_gpu=ray.use_gpu,
+            cpus_per_worker=ray.cpus_per_worker, max_failures=ray.max_failures,
+            storage_path=work / "ray", name=f"task{task}", identity=identity_of(task),
+            poll_interval_s=ray.poll_interval_s,
+        )  # fmt: skip
+        load_adapter(model, result.adapter)
+        return result.epochs
+
+    return learn
 
 
 def _first_line(err: BaseException) -> str:

@@ -10,13 +10,13 @@ classes, ``forgetting`` so far, ``stored_params``, ...) plus the running
 
 Two trial modes (``tune.trial_mode``), both through the pipeline's functions:
 
-- ``process``: :func:`sdlora.core.sequence.run_sequence` in the trial's own process, world size 1
+- ``process``: :func:`sdlora.core.loop.run_sequence` in the trial's own process, world size 1
   (``sdlora run``'s loop; one trial holds ``tune.cpus_per_trial`` CPUs);
-- ``ray_train``: the trial is a driver that runs each task as the ``train@k`` stages do, with a
-  ``TorchTrainer`` of ``ray.num_workers`` workers
-  (:func:`sdlora.ops.ray_train.train_task_distributed`), under a deterministic run name per
-  trial and task, so a restored trial finds its finished tasks and resumes the cut one from
-  its last epoch checkpoint. The driver reports to Tune itself after evaluating each task:
+- ``ray_train``: the same loop with a learner that runs each task as the ``train@k`` stages
+  do, with a ``TorchTrainer`` of ``ray.num_workers`` workers
+  (:func:`sdlora.ops.ray_train.ray_learner`), under a deterministic run name per trial and
+  task, so a restored trial finds its finished tasks and resumes the cut one from its last
+  epoch checkpoint. The driver reports to Tune itself after evaluating each task:
   Ray's ``TuneReportCallback`` would forward the workers' per-epoch reports, which carry no
   task and so no time attribute for ASHA.
 
@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,6 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from sdlora.config import (
     SPACE_KINDS,
-    Config,
     ConfigError,
     RayConfig,
     RunInputs,
@@ -59,10 +58,11 @@ from sdlora.config import (
     load_config,
 )
 from sdlora.core import metrics
+from sdlora.core.loop import run_sequence
+from sdlora.core.methods import method_class
 from sdlora.core.records import accuracy_matrix, task_metrics
-from sdlora.core.sequence import run_sequence
 from sdlora.data.prepare import read_manifest
-from sdlora.ops.ray_train import ADAPTER, evaluated_record, train_task_distributed
+from sdlora.ops.ray_train import ray_learner
 from sdlora.ops.tracking import resolve_tracking_uri
 
 _SAMPLERS = {
@@ -110,7 +110,7 @@ def check_trials(params: str | Path, settings: TuneSettings) -> None:
                 lines = str(err).splitlines()  # "<params>: invalid configuration", then the keys
                 why = "; ".join(ln.strip() for ln in lines[1:]) or lines[0]
                 raise ConfigError(f"{where} gives an invalid trial: {why}") from None
-            if cfg.model.method == "joint":
+            if method_class(cfg.model.method).trains_jointly:
                 raise ConfigError(
                     f"{where}: joint training reports once, not after every task, and "
                     "cannot be applied to the per-task pipeline; tune a per-task method"
@@ -154,41 +154,13 @@ def sequence_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     def report(records: list[dict[str, Any]], task: int) -> None:
         tune.report({**task_report(records, task), "node": node})
 
-    if setup.mode == "process":
-        run_sequence(cfg, setup.prepared, on_task_end=lambda t, _, res: report(res.records, t))
-    else:
-        train_tasks_on_ray(cfg, setup, report)
-
-
-def train_tasks_on_ray(
-    cfg: Config, setup: TrialSetup, report: Callable[[list[dict[str, Any]], int], None]
-) -> list[dict[str, Any]]:
-    """Every task as the ``train@k`` stages run it: a TorchTrainer per task, then the driver's
-    evaluation; ``report(records, task)`` after each. Run names are deterministic (the trial id
-    and the task), so a restored trial restores its finished tasks instead of training them."""
-    folder = Path(setup.work) / tune.get_context().get_trial_id()
-    ray, records, prev = setup.ray, [], None
-    for t in range(len(read_manifest(setup.prepared)["tasks"])):
-        out = folder / f"task_{t}"
-        result = train_task_distributed(
-            cfg,
-            t,
-            prev,
-            setup.prepared,
-            out,
-            num_workers=ray.num_workers,
-            use_gpu=ray.use_gpu,
-            cpus_per_worker=ray.cpus_per_worker,
-            max_failures=ray.max_failures,
-            storage_path=folder / "ray",
-            name=f"task{t}",
-            identity=identity_key(cfg, setup.inputs, upto=t),
-            poll_interval_s=ray.poll_interval_s,
-        )
-        records.append(evaluated_record(cfg, t, out / ADAPTER, setup.prepared, result.epochs))
-        report(records, t)
-        prev = out / ADAPTER
-    return records
+    learn = None  # process: every task in this trial's process (``sdlora run``'s loop)
+    if setup.mode == "ray_train":  # a TorchTrainer per task, as the train@k stages run them;
+        # run names are the trial's id and the task: a restored trial restores finished tasks
+        work = Path(setup.work) / tune.get_context().get_trial_id()
+        learn = ray_learner(cfg, work, lambda t: identity_key(cfg, setup.inputs, upto=t), setup.ray)
+    run_sequence(cfg, setup.prepared, learn=learn,
+                 on_task_end=lambda t, _, result: report(result.records, t))  # fmt: skip
 
 
 def trial_need(settings: TuneSettings, ray: RayConfig, device: str = "cpu") -> dict[str, float]:

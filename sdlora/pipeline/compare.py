@@ -19,7 +19,7 @@ from typing import Any
 
 from sdlora.config import Config, RunInputs, check_pipeline_method, digest, identity
 from sdlora.core.records import task_metrics
-from sdlora.data.prepare import prepare, read_manifest
+from sdlora.data.prepare import open_prepared, prepare
 from sdlora.files import write_json
 from sdlora.ops.tracking import SequenceTracker
 from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
@@ -51,11 +51,11 @@ def _joint_metrics(run: dict[str, Any]) -> dict[str, float]:
 def track_run(variant: compare.Variant, run: dict[str, Any], prepared: Path, backbone: str) -> str:
     """The (method, seed) run in MLflow: per-task metrics, final metrics, its JSON; run id."""
     records = run["tasks"]
-    joint = run["method"] == "joint"
+    joint = run["joint"]
     cfg = variant.cfg
     tracker = open_run(
         cfg, records, 0 if joint else len(records), stage="compare",
-        inputs=read_inputs(read_manifest(prepared), backbone),
+        inputs=read_inputs(open_prepared(prepared), backbone),
         name=f"{variant.label}-{cfg.data.dataset}-{len(cfg.tasks or {})}tasks-s{variant.seed}",
         tags={"sdlora.compare": variant.label, "sdlora.seed": variant.seed},
     )  # fmt: skip
@@ -160,7 +160,7 @@ def compare_stage(
     paths = compare.write_outputs(runs, rows, results, title)
     if track:
         inputs = [
-            read_inputs(read_manifest(out / "prepared" / f"seed{s}"), backbone) for s in seeds
+            read_inputs(open_prepared(out / "prepared" / f"seed{s}"), backbone) for s in seeds
         ]
         track_summary(
             cfg, paths, rows, summary_key(variants, dict(zip(seeds, inputs, strict=True)))

@@ -21,7 +21,7 @@ from sdlora.config import Config, ConfigError, check_pipeline_method
 from sdlora.core.checkpoint import AdapterMismatchError, load_adapter, read_header
 from sdlora.core.model import SDLoRAViT
 from sdlora.core.train import build_model, local_batch_size, resolve_device
-from sdlora.data.prepare import MANIFEST, PARQUET_SCHEMA, read_manifest
+from sdlora.data.prepare import MANIFEST, PARQUET_SCHEMA, Prepared, PreparedLike, open_prepared
 from sdlora.data.source import DataError
 from sdlora.pipeline.layout import StageError
 
@@ -45,18 +45,20 @@ def _reason(err: BaseException, path: Path) -> str:
 
 
 def check_task_inputs(
-    cfg: Config, task: int, prepared: str | Path, prev_adapter: str | Path | None
-) -> None:
+    cfg: Config, task: int, prepared: Prepared, prev_adapter: str | Path | None
+) -> SDLoRAViT:
     """Check everything task ``task``'s workers and evaluation read; raise one bad-input error.
+    Returns the model it built to check them, after tasks ``0..task-1`` (the stage's one model).
 
-    ``prepared``: the prepare stage's folder; ``prev_adapter``: task ``task - 1``'s adapter
-    file (None for task 0). Order: params, Parquet splits, backbone, previous adapter.
+    ``prepared``: the prepare stage's folder, opened; ``prev_adapter``: task ``task - 1``'s
+    adapter file (None for task 0). Order: params, Parquet splits, backbone, previous adapter.
     """
     check_run_params(cfg)
     check_splits(prepared, task)
     model = check_backbone(cfg)
     if prev_adapter is not None:
         check_prev_adapter(model, task, Path(prev_adapter))
+    return model
 
 
 def check_run_params(cfg: Config) -> None:
@@ -77,10 +79,11 @@ def stage_files(manifest: dict[str, Any], task: int) -> list[tuple[str, dict[str
     return [(entry["file"], entry) for entry in wanted]
 
 
-def check_splits(prepared: str | Path, task: int) -> None:
+def check_splits(prepared: PreparedLike, task: int) -> None:
     """Every Parquet file the stage reads has a readable footer, the prepare stage's schema and
     the manifest's row count."""
-    manifest = read_manifest(prepared)
+    prepared = open_prepared(prepared)
+    manifest = prepared.manifest
     if not 0 <= task < len(manifest["tasks"]):
         raise DataError(
             f"{Path(prepared) / MANIFEST} lists tasks 0..{len(manifest['tasks']) - 1}, not task "

@@ -20,7 +20,7 @@ from sdlora.core.checkpoint import load_adapter
 from sdlora.core.export import WEIGHTS, export_timm
 from sdlora.core.records import accuracy_matrix, task_metrics
 from sdlora.core.train import build_model, input_norm
-from sdlora.data.prepare import read_manifest
+from sdlora.data.prepare import open_prepared, read_manifest
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.ray_train import ADAPTER
 from sdlora.ops.tracking import portable_uri, ui_path, ui_url
@@ -138,7 +138,7 @@ def report_stage(
         atomic_directory(out, marker="run.json") as tmp,
         open_run(
             cfg, records, backfill=len(records), stage="report",
-            inputs=read_inputs(read_manifest(prepared), backbone),
+            inputs=read_inputs(open_prepared(prepared), backbone),
         ) as tracker,
     ):  # fmt: skip
         tracker.log_task(last, final)

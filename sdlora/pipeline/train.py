@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config, ConfigError, RunInputs, identity_key
+from sdlora.core.checkpoint import load_adapter
+from sdlora.core.loop import assess_task
 from sdlora.core.records import task_metrics
 from sdlora.core.train import resolve_device
-from sdlora.data.prepare import read_manifest
+from sdlora.data.prepare import open_prepared
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.console import tail
 from sdlora.ops.ray_train import (
     ADAPTER,
     STATE,
     TrainingFailed,
-    evaluated_record,
     train_task_distributed,
 )
 from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
@@ -108,8 +109,8 @@ def train_stage(
     plan = require_plan(cfg)
     if task not in plan:
         raise ConfigError(f"tasks: no entry {task} (params.yaml lists tasks 0..{len(plan) - 1})")
-    manifest = read_manifest(prepared)
-    cfg.check_num_tasks(len(manifest["tasks"]), f"{prepared}/manifest.json")
+    prepared = open_prepared(prepared)  # the stage's one read of the manifest
+    cfg.check_num_tasks(prepared.num_tasks, f"{prepared}/manifest.json")
     records: list[dict[str, Any]] = []
     prev_adapter = None
     if task > 0:
@@ -118,10 +119,10 @@ def train_stage(
         if len(records) != task:
             raise StageError(f"{prev}/{RECORD} holds {len(records)} tasks, expected {task}")
         prev_adapter = prev / ADAPTER
-    check_task_inputs(cfg, task, prepared, prev_adapter)  # before Ray or any write
-    resolve_device(cfg.device)  # a device this machine lacks fails here, before Ray starts
+    model = check_task_inputs(cfg, task, prepared, prev_adapter)  # before Ray or any write
+    device = resolve_device(cfg.device)  # a device this machine lacks fails here, before Ray
     ray = cfg.ray
-    inputs = read_inputs(manifest, backbone)
+    inputs = read_inputs(prepared, backbone)
     run_name, key = task_run(cfg, task, inputs)
     stage = f"train@{task}"
     log_path = None if verbose else Path(LOG.format(task=task))
@@ -159,7 +160,8 @@ def train_stage(
                 print(f"--- the end of {log_path} ---\n{tail(log_path)}\n---", file=sys.stderr)
             raise
         train_seconds = time.perf_counter() - start
-        records.append(evaluated_record(cfg, task, tmp / ADAPTER, prepared, result.epochs))
+        load_adapter(model, tmp / ADAPTER)  # the stage's model, now after task `task`
+        records.append(assess_task(model, prepared, task, cfg, device, result.epochs))
         with open_run(cfg, records, backfill=task, stage=f"train@{task}", inputs=inputs) as tracker:
             # a restored finished run trained nothing: its time is not a training time
             seconds = "restore_seconds" if result.restored else "train_seconds"

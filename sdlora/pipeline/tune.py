@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config, ConfigError, RunInputs, digest, identity
-from sdlora.core.sequence import check_prepared
+from sdlora.core.loop import check_prepared
 from sdlora.ops.ray_session import ensure_ray
 from sdlora.ops.ray_tune import check_trials, concurrency, run_sweep, trial_need, trial_rows
 from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
@@ -80,12 +80,12 @@ def tune_stage(
             "cluster, one every node mounts at the same place)"
         )
     check_trials(params, settings)  # every value a trial could get, before reading inputs
-    manifest = check_prepared(prepared, cfg)
-    inputs = read_inputs(manifest, backbone)
+    prepared = check_prepared(prepared, cfg)  # opened once for the stage
+    inputs = read_inputs(prepared, backbone)
     name = sweep_name(cfg, inputs)
     check_backbone(cfg)
     keys = sorted(settings.space)
-    num_tasks = len(manifest["tasks"])
+    num_tasks = prepared.num_tasks
     started = not ray.is_initialized()
     ensure_ray(cfg.ray.address)
     try:

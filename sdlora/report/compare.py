@@ -3,7 +3,7 @@
 ``compare.methods`` in params maps a label to the params it changes (``{}`` is the file as it
 is; ``{model.method: seq_lora}``; SD-LoRA-RR is ``{model.rank_schedule: [...]}``), and
 ``compare.seeds`` lists the seeds. Each (label, seed) runs through
-:func:`sdlora.core.sequence.run_sequence`, the pipeline's own loop, data path and evaluator, on the
+:func:`sdlora.core.loop.run_sequence`, the pipeline's own loop, data path and evaluator, on the
 seed's prepared splits, which every method shares; then the merged model is measured at
 inference. :func:`summarize_runs` turns the runs into one row per label (mean and standard
 deviation over seeds), :func:`write_outputs` into the table (Markdown and CSV), the curves and
@@ -27,8 +27,9 @@ import torch
 from sdlora.config import Config, ConfigError, load_config
 from sdlora.core import metrics
 from sdlora.core.evaluate import evaluate
+from sdlora.core.loop import SequenceResult, run_sequence
+from sdlora.core.methods import method_class
 from sdlora.core.model import SDLoRAViT
-from sdlora.core.sequence import SequenceResult, run_sequence
 from sdlora.core.train import resolve_device, torch_threads
 from sdlora.files import write_json, write_text
 from sdlora.report import plots
@@ -119,7 +120,7 @@ def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
         last["model"] = model
 
     start = time.perf_counter()
-    joint = cfg.model.method == "joint"
+    joint = method_class(cfg.model.method).trains_jointly
     result = run_sequence(cfg, prepared, ncm=not joint, on_task_end=keep)
     seconds = time.perf_counter() - start
     with torch_threads(cfg.train.threads):
@@ -129,6 +130,7 @@ def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
         "label": variant.label,
         "seed": variant.seed,
         "method": cfg.model.method,
+        "joint": joint,  # trained every task at once: one row, no curve
         "seconds": seconds,
         "ncm_drift": drift,
         "ncm_drop": drift[-1] if drift else None,
@@ -156,6 +158,7 @@ def summarize_runs(runs: list[dict[str, Any]], labels: Iterable[str]) -> list[di
         row: dict[str, Any] = {
             "label": label,
             "method": mine[0]["method"],
+            "joint": mine[0]["joint"],
             "seeds": [r["seed"] for r in mine],
         }
         for _, key, _ in METRIC_COLUMNS:
@@ -281,14 +284,14 @@ def write_outputs(
     w.writeheader()
     w.writerows(kd)
     write_text(paths["kd"], buf.getvalue())
-    curves = {r["label"]: r["anytime_accuracy"] for r in rows if r["method"] != "joint"}
-    joint = {r["label"]: r["final_accuracy"][0] for r in rows if r["method"] == "joint"}
+    curves = {r["label"]: r["anytime_accuracy"] for r in rows if not r["joint"]}
+    joint = {r["label"]: r["final_accuracy"][0] for r in rows if r["joint"]}
     plots.comparison_curve(curves, joint, paths["curve"], title=title)
     plots.kd_residual_plot(kd, paths["kd_plot"])
     drift = {
         r["label"]: np.mean([x["ncm_drift"] for x in runs if x["label"] == r["label"]], axis=0)
         for r in rows
-        if r["method"] != "joint" and r["ncm_drop"] is not None
+        if not r["joint"] and r["ncm_drop"] is not None
     }
     plots.drift_plot(drift, paths["drift_plot"])
     return paths

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdlora.core.loop import SequenceResult
 from sdlora.core.metrics import write_matrix_csv
-from sdlora.core.sequence import SequenceResult
 from sdlora.files import write_json, write_text
 from sdlora.report.plots import accuracy_curve, accuracy_heatmap
 

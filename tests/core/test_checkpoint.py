@@ -52,6 +52,19 @@ def test_save_load_gives_identical_logits(
     assert not list(tmp_path.glob("a/.*tmp*"))  # nothing half-written left behind
 
 
+def test_loaded_tensors_live_in_aligned_memory(
+    tiny_backbone: Callable[..., nn.Module], tmp_path: Path
+) -> None:
+    """Not views into the file at its offsets: MKL rounds by alignment, and end_task on a
+    restored pair must give the bytes it gave on the trained one (pipeline/test_sequence.py)."""
+    path = save_adapter(_trained(tiny_backbone(), True), tmp_path / "adapter.safetensors")
+    fresh = SDLoRAViT(tiny_backbone(), "tiny")
+    load_adapter(fresh, path)
+    state = {k: v for k, v in fresh.state_dict().items() if ".lora." in k or "head." in k}
+    offsets = {k: v.data_ptr() % 64 for k, v in state.items() if v.numel()}
+    assert offsets and not {k: o for k, o in offsets.items() if o}
+
+
 def test_file_holds_no_backbone_weights(
     tiny_backbone: Callable[..., nn.Module], tmp_path: Path
 ) -> None:

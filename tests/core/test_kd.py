@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from sdlora.core.kd import distill, gram
 from sdlora.core.lora import DecoupledLoRA
+from sdlora.core.methods import build_method
+from sdlora.core.methods.kd import distill, gram
 from sdlora.core.model import SDLoRAViT
 
 
@@ -146,8 +147,10 @@ def test_the_sdlora_kd_method_folds_at_the_end_of_a_task_and_remembers_it(
     from sdlora.core.checkpoint import load_adapter, save_adapter
     from sdlora.core.records import task_metrics, task_record
 
+    kd_method = build_method("sdlora_kd", params={"kd_tau": 1.0})
+
     def build() -> SDLoRAViT:
-        return SDLoRAViT(tiny_backbone(), "tiny", method="sdlora_kd", kd_tau=1.0).eval()
+        return SDLoRAViT(tiny_backbone(), "tiny", method=kd_method).eval()
 
     model = build()
     _random_tasks(model, [2])
@@ -167,4 +170,4 @@ def test_the_sdlora_kd_method_folds_at_the_end_of_a_task_and_remembers_it(
     with torch.no_grad():
         torch.testing.assert_close(again(images), model(images))
     with pytest.raises(ValueError, match="sdlora_kd follows the paper"):
-        SDLoRAViT(tiny_backbone(), "tiny", method="sdlora_kd", compat="reference_code")
+        build_method("sdlora_kd", "reference_code")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdlora.core.methods import build_method
 from sdlora.core.model import SDLoRAViT
 
 
@@ -74,7 +75,7 @@ def test_task_scope_factors_and_matrix_scope_magnitudes(
 def test_merged_model_matches_unmerged(
     tiny_backbone: Callable[..., nn.Module], scope: str, method: str, images: torch.Tensor
 ) -> None:
-    model = SDLoRAViT(tiny_backbone(), "tiny", magnitude_scope=scope, method=method)
+    model = SDLoRAViT(tiny_backbone(), "tiny", magnitude_scope=scope, method=build_method(method))
     _run_tasks(model, [4, 2, 3], finish_last=False)  # a pair still in progress is merged too
     merged = model.merge()
     assert type(merged.blocks[0].attn.qkv) is torch.nn.Linear
@@ -147,7 +148,7 @@ def test_exactly_the_spec_parameters_train(tiny_backbone: Callable[..., nn.Modul
 def test_baselines_train_no_magnitudes(
     tiny_backbone: Callable[..., nn.Module], method: str, expected_extra: set[str]
 ) -> None:
-    model = SDLoRAViT(tiny_backbone(), "tiny", method=method)
+    model = SDLoRAViT(tiny_backbone(), "tiny", method=build_method(method))
     model.begin_task(3, 2)
     model.end_task()
     model.begin_task(3, 2)
@@ -207,7 +208,9 @@ def test_reference_code_compat_hand_computed(tiny_backbone: Callable[..., nn.Mod
     ba[0, 0] = ba[1, 1] = 1.0
     results = {}
     for compat in ("paper", "reference_code"):
-        model = SDLoRAViT(tiny_backbone(), "tiny", compat=compat, magnitude_init=0.8)
+        model = SDLoRAViT(
+            tiny_backbone(), "tiny", method=build_method("sdlora", compat), magnitude_init=0.8
+        )
         model.begin_task(3, 2)
         with torch.no_grad():
             for m in model.matrices():
@@ -256,7 +259,9 @@ def test_reference_code_matches_the_public_formula(
     tiny_backbone: Callable[..., nn.Module], images: torch.Tensor
 ) -> None:
     """Trained network evaluated as trained; the jump happens at the next begin_task."""
-    model = SDLoRAViT(tiny_backbone(), "tiny", compat="reference_code", magnitude_init=0.8)
+    model = SDLoRAViT(
+        tiny_backbone(), "tiny", method=build_method("sdlora", "reference_code"), magnitude_init=0.8
+    )
     pairs: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []
     for t, rank in enumerate([3, 2, 4]):
         model.begin_task(3, rank)
@@ -285,7 +290,7 @@ def test_reference_code_matches_the_public_formula(
 def test_head_init_follows_compat(tiny_backbone: Callable[..., nn.Module]) -> None:
     """reference_code: Kaiming-normal rows with the linear gain (std 1/sqrt(d)), zero bias."""
     torch.manual_seed(0)
-    public = SDLoRAViT(tiny_backbone(), "tiny", compat="reference_code")
+    public = SDLoRAViT(tiny_backbone(), "tiny", method=build_method("sdlora", "reference_code"))
     public.begin_task(2000, 2)
     paper = SDLoRAViT(tiny_backbone(), "tiny")
     paper.begin_task(2000, 2)
@@ -314,7 +319,7 @@ def test_bad_blocks_and_method_are_errors(tiny_backbone: Callable[..., nn.Module
     with pytest.raises(ValueError, match=r"model.blocks = \[0, 5\]: use distinct indices in 0..1"):
         SDLoRAViT(tiny_backbone(), "tiny", blocks=[0, 5])
     with pytest.raises(ValueError, match=r"model\.method"):
-        SDLoRAViT(tiny_backbone(), "tiny", method="ewc")
+        build_method("ewc")
 
 
 def test_end_task_without_begin_is_an_error(tiny_backbone: Callable[..., nn.Module]) -> None:

@@ -15,9 +15,9 @@ from sdlora.__main__ import main
 from sdlora.config import parse_config
 from sdlora.core.checkpoint import load_adapter, read_header
 from sdlora.core.evaluate import evaluate, outputs
+from sdlora.core.loop import run_sequence
 from sdlora.core.metrics import read_matrix_csv
 from sdlora.core.pretrain import pretrain_backbone
-from sdlora.core.sequence import run_sequence
 from sdlora.core.train import begin_task, build_model, resolve_device, task_classes, task_stream
 from sdlora.data.prepare import prepare
 

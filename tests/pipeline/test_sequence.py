@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from sdlora.config import load_config
+from sdlora.core.loop import run_sequence
 from sdlora.core.metrics import read_matrix_csv
-from sdlora.core.sequence import run_sequence
 from sdlora.ops.ray_train import ADAPTER
 from sdlora.pipeline.evaluate import evaluate_stage
 from sdlora.pipeline.layout import EVAL_DIR, PREPARED_DIR, task_output, write_tasks

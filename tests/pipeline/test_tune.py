@@ -20,7 +20,7 @@ import yaml
 from mlflow import MlflowClient
 
 from sdlora.config import ConfigError, RunInputs, load_config
-from sdlora.data.prepare import read_manifest
+from sdlora.data.prepare import open_prepared
 from sdlora.pipeline.layout import TUNE_RESULTS, read_inputs, write_tasks
 from sdlora.pipeline.tune import main, sweep_name, tune_stage
 from sdlora.report.tune import read_best
@@ -80,7 +80,7 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     assert metrics["best_final_accuracy"] == best["accuracy"] and metrics["trials"] == 3
     assert metrics["stopped_early"] == sum(r["status"] == "stopped" for r in table)
     assert Path(f"{TUNE_RESULTS}/pareto.png").stat().st_size > 10_000
-    name = sweep_name(cfg, read_inputs(read_manifest("data/prepared"), "artifacts/backbone"))
+    name = sweep_name(cfg, read_inputs(open_prepared("data/prepared"), "artifacts/backbone"))
     assert f"tune: sweep {name}: 3 trials of 3 tasks over 1 searched key(s) (train.lr)" in console
     assert len(re.findall(r"tune: trial \w+ task 1/3: accuracy", console)) == 3
     assert "tune: apply it to the pipeline: python -m sdlora exp-run results/tune/best_params" in (

@@ -9,8 +9,10 @@ into the old magnitudes (alpha_k += alpha_t delta_k, ``fold: scaled``; the paper
 delta_k alone, ``fold: paper``) and drops it, so nothing new is stored for task t. The function
 then changes by alpha_t times the residual.
 
-Every inner product comes from the low-rank factors (:func:`sdlora.core.lora.lowrank_inner`), never
-from d_out x d_in products, and the solve runs in float64.
+Every inner product comes from the low-rank factors (:func:`sdlora.core.lora.lowrank_inner`),
+never from d_out x d_in products, and the solve runs in float64. ``model.method: sdlora_kd``
+(:class:`SDLoRAKD`, settings ``model.kd_tau`` and ``model.kd_fold``) runs it at the end of every
+task and records rho and the decision.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from sdlora.core.lora import DecoupledLoRA, lowrank_inner
+from sdlora.core.methods.base import Method, register_method
+from sdlora.core.methods.sdlora import SDLoRA
 
 if TYPE_CHECKING:
     from sdlora.core.model import SDLoRAViT
@@ -148,3 +153,55 @@ def distill(model: SDLoRAViT, tau: float, fold: Fold = "scaled") -> KDDecision:
                 m.drop_stored(task)
         decision.groups.append(KDGroup(idx, kept, [float(d) for d in delta], rho, residual, folded))
     return decision
+
+
+class KDParams(BaseModel):
+    """SD-LoRA-KD's settings, the ``model.kd_*`` keys of params."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kd_tau: float = Field(
+        0.1, ge=0, description="fold a new direction when its relative residual is <= this"
+    )
+    kd_fold: Fold = Field(
+        "scaled", description="scaled: alpha_k += alpha_t delta_k | paper (Eq. 8): + delta_k"
+    )
+
+
+@register_method
+class SDLoRAKD(SDLoRA):
+    """SD-LoRA-KD (SPEC §3): SD-LoRA, then the new direction folds into the old ones when least
+    squares explains it (relative residual <= ``kd_tau``); the decision joins ``model.kd_log``."""
+
+    name = "sdlora_kd"
+    Params = KDParams
+    end_may_change_function = True
+
+    @classmethod
+    def variant(cls, compat: str) -> type[Method]:
+        if compat != "paper":
+            raise ValueError("model.method sdlora_kd follows the paper: use model.compat: paper")
+        return cls
+
+    @property
+    def tau(self) -> float:
+        return float(self.params.kd_tau)
+
+    @torch.no_grad()
+    def end_task(self, model: SDLoRAViT) -> None:
+        super().end_task(model)
+        if model.num_tasks > 1:  # task 0 has nothing to fold into
+            model.kd_log.append(distill(model, self.tau, self.params.kd_fold).summary())
+
+    def _entry(self, model: SDLoRAViT) -> dict | None:
+        t = model.num_tasks - 1
+        return next((e for e in model.kd_log if e["task"] == t), None)
+
+    def end_changed_function(self, model: SDLoRAViT) -> bool:
+        entry = self._entry(model)
+        return entry is not None and entry["groups_folded"] > 0
+
+    def note_end_accuracy(self, model: SDLoRAViT, before: float, after: float) -> None:
+        entry = self._entry(model)
+        if entry is not None:  # SPEC §3: "report accuracy before and after" the fold
+            entry["accuracy_before_fold"], entry["accuracy_after_fold"] = before, after
