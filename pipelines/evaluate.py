@@ -1,12 +1,12 @@
 """DVC stage ``evaluate``: accuracy matrix, metrics.json and plots (runs/pipeline/eval).
 
-All logic is :func:`sdlora.pipeline.evaluate.evaluate_stage`, the options (``--help``) are
-:func:`sdlora.pipeline.evaluate.main`'s; see dvc.yaml and docs/pipeline.md.
+All logic is :func:`sdlora.pipeline.evaluate.evaluate_stage`; the options (``--help``) are
+:func:`sdlora.cli.stage_main`'s; see dvc.yaml and docs/pipeline.md.
 """
 
 import sys
 
-from sdlora.pipeline.evaluate import main
+from sdlora.cli import stage_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main("evaluate"))

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sdlora.errors import BadInput
+
 EMBEDDED_DATASETS = {"digits": 10, "glyphs": 40}  # class counts (tests check them)
 # Read from disk by the prepare stage (sdlora.data.prepare); class counts known before reading.
 ON_DISK_DATASETS = {
@@ -36,7 +38,7 @@ def known_num_classes(dataset: str) -> int | None:
 TASKS_COMMAND = "python -m sdlora tasks --write"  # regenerates the tasks section
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """A params file or override that does not describe a valid run."""
 
 
@@ -354,28 +356,30 @@ class MlflowConfig(_Section):
     experiment: str = Field("sdlora", min_length=1)
 
 
-DEFAULT_COMPARE_METHODS: dict[str, dict[str, Any]] = {
-    "sdlora": {},
-    "sdlora_rr": {"model.rank_schedule": [[0, 10], [2, 8], [4, 6]]},
-    "sdlora_kd": {"model.method": "sdlora_kd"},
-    "magnitude_only": {"model.method": "magnitude_only"},
-    "seq_lora": {"model.method": "seq_lora"},
-    "frozen": {"model.method": "frozen"},
-    "prototype": {"model.method": "prototype"},
-    "joint": {"model.method": "joint"},
-}
-COMPARE_FIXED = ("seed", "data", "backbone", "compare", "tasks", "final_task", "ray", "mlflow")
+# What every variant of a comparison and every trial of a sweep shares with the pipeline: the
+# splits (seed, data, tasks), the backbone, and where it runs and is tracked. A compare method
+# or a tune key cannot change them.
+SHARED_BY_VARIANTS = (
+    "seed", "data", "backbone", "pretrain", "tasks", "final_task", "ray", "mlflow", "progress",
+)  # fmt: skip
+
+
+def _check_variant_key(key: str, where: str) -> None:
+    if str(key).split(".")[0] in SHARED_BY_VARIANTS:
+        raise ValueError(
+            f"{key}: every {where} shares it with the pipeline (splits, backbone, cluster, "
+            "tracking); set it in params.yaml"
+        )
 
 
 class CompareConfig(_Section):
-    """The compare stage (``dvc repro compare/dvc.yaml``): every entry of ``methods`` over
-    ``seeds`` on the same splits. An entry is a label and the params it changes (dotted keys,
-    applied over this file), so variants such as SD-LoRA-RR are a rank schedule away."""
+    """The compare stage (``dvc repro compare/dvc.yaml``), read from ``compare/params.yaml``:
+    every entry of ``methods`` over ``seeds`` on the same splits. An entry is a label and the
+    params it changes (dotted keys, applied over params.yaml), so variants such as SD-LoRA-RR
+    are a rank schedule away."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    methods: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: dict(DEFAULT_COMPARE_METHODS), min_length=1
-    )
+    methods: dict[str, dict[str, Any]] = Field(min_length=1)
 
     @field_validator("seeds")
     @classmethod
@@ -395,37 +399,23 @@ class CompareConfig(_Section):
                     f"{label}: give a mapping of params to change, e.g. {{}} or "
                     "{model.method: seq_lora}"
                 )
-            fixed = [k for k in overrides if str(k).split(".")[0] in COMPARE_FIXED]
-            if fixed:
-                raise ValueError(
-                    f"{label}: {fixed} cannot differ between methods (the splits, backbone, "
-                    "seeds and tracking are shared); set them at the top level"
-                )
+            for key in overrides:
+                try:
+                    _check_variant_key(key, "method of a comparison")
+                except ValueError as err:
+                    raise ValueError(f"{label}: {err}") from None
         return v
 
 
 # The tune stage's search space kinds: Ray Tune's sampler and how many arguments it takes
 # (None: a list of values). sdlora.ops.ray_tune turns them into Tune's objects.
 SPACE_KINDS: dict[str, int | None] = {"loguniform": 2, "uniform": 2, "choice": None, "grid": None}
-# What every trial shares with the pipeline (the splits, the backbone, where it runs and is
-# tracked): a sweep cannot search or fix them
-TUNE_SHARED = (
-    "seed", "data", "backbone", "pretrain", "tasks", "final_task", "ray", "mlflow", "compare",
-    "tune", "progress",
-)  # fmt: skip
-
-
-def _check_tune_key(key: str) -> None:
-    if key.split(".")[0] in TUNE_SHARED:
-        raise ValueError(
-            f"{key}: every trial shares it with the pipeline (splits, backbone, cluster, "
-            "tracking); set it at the top level of params.yaml"
-        )
 
 
 class TuneSettings(_Section):
-    """The tune stage (``dvc repro tune/dvc.yaml``): a Ray Tune sweep of whole task sequences
-    on the pipeline's splits and backbone, ASHA stopping weak trials after early tasks."""
+    """The tune stage (``dvc repro tune/dvc.yaml``), read from ``tune/params.yaml``: a Ray Tune
+    sweep of whole task sequences on the pipeline's splits and backbone, ASHA stopping weak
+    trials after early tasks."""
 
     space: dict[str, Any] = Field(
         min_length=1,
@@ -462,7 +452,7 @@ class TuneSettings(_Section):
     @classmethod
     def _space(cls, v: dict[str, Any]) -> dict[str, Any]:
         for key, entry in v.items():
-            _check_tune_key(key)
+            _check_variant_key(key, "trial")
             if not isinstance(entry, dict) or len(entry) != 1:
                 raise ValueError(
                     f"{key}: give one of {sorted(SPACE_KINDS)} as {{kind: arguments}}, e.g. "
@@ -485,7 +475,7 @@ class TuneSettings(_Section):
     @classmethod
     def _fixed(cls, v: dict[str, Any]) -> dict[str, Any]:
         for key in v:
-            _check_tune_key(key)
+            _check_variant_key(key, "trial")
         return v
 
     @model_validator(mode="after")
@@ -519,8 +509,6 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    compare: CompareConfig = Field(default_factory=CompareConfig)
-    tune: TuneSettings | None = Field(None, description="the tune stage's sweep")
     tasks: dict[int, TaskEntry] | None = Field(
         None, description="the pipeline's train@k stages; generated by `sdlora tasks --write`"
     )
@@ -631,6 +619,25 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(_format(err, source)) from None
 
 
+def _load_section(model: type[_Section], path: str | Path) -> Any:
+    """A stage's own params file (``compare/params.yaml``, ``tune/params.yaml``), validated."""
+    raw = read_params(path)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err, str(path))) from None
+
+
+def load_compare(path: str | Path = "compare/params.yaml") -> CompareConfig:
+    """The compare stage's settings (its own file, so the pipeline's tables stay its own)."""
+    return _load_section(CompareConfig, path)
+
+
+def load_tune(path: str | Path = "tune/params.yaml") -> TuneSettings:
+    """The tune stage's settings (its own file, so the pipeline's tables stay its own)."""
+    return _load_section(TuneSettings, path)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read ``params.yaml`` (plus dotted-key overrides such as ``{"train.lr": 0.1}``)."""
     raw = read_params(path)
@@ -655,7 +662,6 @@ RUNTIME_KEYS = frozenset({
     "mlflow.tracking_uri", "mlflow.experiment",
     "final_task",  # where the last task's output lies (the layout's, checked against tasks)
 })  # fmt: skip
-_NOT_A_SEQUENCE = ("compare", "tune")  # the settings of the stages that run many sequences
 _TASK_PATHS = ("split", "prev")  # a tasks entry's folders: the layout's, not the run's
 
 
@@ -670,11 +676,11 @@ class RunInputs:
 
 def identity(cfg: Config, inputs: RunInputs, upto: int | None = None) -> dict[str, Any]:
     """What decides the results of tasks ``0..upto`` (default: the whole sequence): the config
-    without :data:`RUNTIME_KEYS`, the entries of tasks after ``upto``, and the compare and tune
-    sections, plus the inputs' hashes (a weights file counts by its SHA-256, not its path).
-    Checkpoint resume, the Ray run folder, the MLflow run,
-    the tune sweep and the compare runs are all named by it (:func:`identity_key`)."""
-    raw = cfg.model_dump(mode="json", exclude=set(_NOT_A_SEQUENCE))
+    without :data:`RUNTIME_KEYS` and the entries of tasks after ``upto``, plus the inputs'
+    hashes (a weights file counts by its SHA-256, not its path). Checkpoint resume, the Ray run
+    folder, the MLflow run, the tune sweep and the compare runs are all named by it
+    (:func:`identity_key`)."""
+    raw = cfg.model_dump(mode="json")
     for key in RUNTIME_KEYS:
         *parents, leaf = key.split(".")
         node = raw

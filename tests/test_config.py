@@ -168,7 +168,7 @@ def test_params_file_that_cannot_be_read(tmp_path: Path) -> None:
 def test_tasks_command_reports_a_bad_params_file_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None
 ) -> None:
-    from sdlora.__main__ import main
+    from sdlora.cli import main
 
     path = tmp_path / "broken.yaml"
     if text is not None:

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from sdlora.config import RUNTIME_KEYS, RunInputs, identity, parse_config, read_params
+from sdlora.config import (
+    RUNTIME_KEYS,
+    RunInputs,
+    TuneSettings,
+    identity,
+    load_tune,
+    parse_config,
+    read_params,
+)
 from sdlora.pipeline.compare import summary_key
 from sdlora.pipeline.mlflow_run import run_key, run_params
 from sdlora.pipeline.train import task_run
@@ -19,6 +27,8 @@ from sdlora.report.compare import Variant
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = read_params(REPO / "params.yaml")
+TUNE_RAW = read_params(REPO / "tune" / "params.yaml")
+TUNE = load_tune(REPO / "tune" / "params.yaml")
 INPUTS = RunInputs("data-hash", "weights-sha")
 LAST = len(RAW["tasks"]) - 1
 # values to try where a key's own type gives no valid change (None, a fixed choice)
@@ -32,10 +42,9 @@ OTHER: dict[str, list[Any]] = {
     "train.precision": ["bf16"], "ray.address": ["auto"], "ray.storage_path": ["/tmp/ray"],
     "mlflow.tracking_uri": ["sqlite:///other.db"], "mlflow.experiment": ["other"],
     "backbone.kwargs.patch_size": [8],
-    "tune.objective": ["average_anytime_accuracy"], "tune.trial_mode": ["ray_train"],
-    "tune.storage_path": ["/tmp/tune"], "tune.storage_budget": [1000],
-    "tune.max_concurrent_trials": [1], "tune.space": [{"train.lr": {"uniform": [0.1, 0.2]}}],
-    "tune.fixed": [{}],
+    "objective": ["average_anytime_accuracy"], "trial_mode": ["ray_train"],
+    "storage_path": ["/tmp/tune"], "storage_budget": [1000], "max_concurrent_trials": [1],
+    "space": [{"train.lr": {"uniform": [0.1, 0.2]}}], "fixed": [{}],
 }  # fmt: skip
 
 
@@ -82,7 +91,7 @@ def _consumers(cfg: Any, inputs: RunInputs) -> dict[str, Any]:
         "checkpoint identity": checkpoint,
         "mlflow run key": run_key(cfg, inputs),
         "mlflow run params": run_params(cfg, inputs),
-        "tune sweep": sweep_name(cfg, inputs),
+        "tune sweep": sweep_name(cfg, TUNE, inputs),
         "compare runs": summary_key([Variant("m", cfg.seed, cfg)], {cfg.seed: inputs}),
     }
 
@@ -93,7 +102,7 @@ def _runtime(key: str) -> bool:
     return key in RUNTIME_KEYS or (key == "backbone.weights")  # a file counts by its SHA-256
 
 
-SEQUENCE_KEYS = [k for k in _leaves(RAW) if not k.startswith(("compare.", "tune."))]
+SEQUENCE_KEYS = _leaves(RAW)
 
 
 def test_every_params_key_is_covered() -> None:
@@ -148,11 +157,10 @@ def test_a_later_task_setting_leaves_earlier_tasks_runs_alone() -> None:
     assert "tasks" in identity(cfg, INPUTS, upto=0) and len(identity(cfg, INPUTS, 0)["tasks"]) == 1
 
 
-@pytest.mark.parametrize("key", [f"tune.{k}" for k in RAW["tune"]])
+@pytest.mark.parametrize("key", list(TUNE_RAW))
 def test_a_sweep_setting_changes_only_the_sweep_name_unless_it_is_runtime(key: str) -> None:
-    base = parse_config(RAW)
-    (value, *_) = _candidates(key, _get(RAW, key))
-    cfg = parse_config(_set(RAW, key, value))
-    assert task_run(cfg, LAST, INPUTS) == task_run(base, LAST, INPUTS)
-    renamed = sweep_name(cfg, INPUTS) != sweep_name(base, INPUTS)
-    assert renamed == (key.split(".")[1] not in TUNE_RUNTIME_KEYS), key
+    cfg = parse_config(RAW)
+    (value, *_) = _candidates(key, TUNE_RAW[key])
+    other = TuneSettings.model_validate({**TUNE_RAW, key: value})
+    renamed = sweep_name(cfg, other, INPUTS) != sweep_name(cfg, TUNE, INPUTS)
+    assert renamed == (key not in TUNE_RUNTIME_KEYS), key

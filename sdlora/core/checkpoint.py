@@ -15,13 +15,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sdlora.core.model import SDLoRAViT
+from sdlora.errors import BadInput
 from sdlora.files import atomic_path
 
 FORMAT_VERSION = 1
 _MATCH = ("backbone", "backbone_shape", "method", "magnitude_scope", "compat", "targets", "blocks")
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(BadInput, ValueError):
     """An adapter file that does not belong to this backbone or model configuration."""
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sdlora.core import metrics
+from sdlora.errors import BadInput
 
 if TYPE_CHECKING:
     from sdlora.core.model import SDLoRAViT
@@ -41,7 +42,7 @@ def task_record(
     return record
 
 
-class RecordError(ValueError):
+class RecordError(BadInput, ValueError):
     """A task record that is not what training wrote (a damaged or foreign record file)."""
 
 

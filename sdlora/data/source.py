@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from sdlora.data.tasks import ImageSet
+from sdlora.errors import BadInput
 
 # The suffixes torchvision's ImageFolder accepts (compared case-insensitively).
 IMG_EXTENSIONS: tuple[str, ...] = (
@@ -37,7 +38,7 @@ IMG_EXTENSIONS: tuple[str, ...] = (
 )
 
 
-class DataError(ValueError):
+class DataError(BadInput, ValueError):
     """Input the prepare stage cannot turn into task splits; the message says what to fix."""
 
 

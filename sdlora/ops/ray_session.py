@@ -48,12 +48,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sdlora.errors import Failed
+
 ENV_VAR = "RAY_ADDRESS"
 PROBE_TIMEOUT_S = 5.0  # how long a TCP connect to an explicit address may take
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
-class ClusterUnreachable(ConnectionError):
+class ClusterUnreachable(Failed, ConnectionError):
     """The Ray cluster that params or RAY_ADDRESS name cannot be reached or refused this
     process; the message says which address, where it came from and what to do."""
 

@@ -54,6 +54,7 @@ from sdlora.core.train import (
     local_batch_size,
 )
 from sdlora.data.prepare import Prepared, PreparedLike, open_prepared
+from sdlora.errors import BadInput, Failed
 from sdlora.files import atomic_path
 from sdlora.ops.console import FileProgress, ProgressRelay, redirect_output
 from sdlora.ops.ray_session import ensure_ray
@@ -68,11 +69,11 @@ PROGRESS = ".progress.jsonl"  # rank 0's progress, drawn by the driver; removed 
 SETUP_ERROR = ".setup_error.rank{rank}.json"  # a rank's set-up failure, read by the driver
 
 
-class TaskInputError(RuntimeError):
+class TaskInputError(BadInput, RuntimeError):
     """The workers could not set the task up (an input the driver's checks let through)."""
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(Failed, RuntimeError):
     """Training failed on the workers after Ray Train's retries; the message says where to look."""
 
 

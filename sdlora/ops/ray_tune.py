@@ -85,7 +85,8 @@ def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
         TuneSettings(space=dict(spec))
     except ValidationError as err:
         raise ConfigError(
-            "tune.space: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            "tune/params.yaml: space: "
+            + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
         ) from None
     space = {}
     for key, entry in spec.items():
@@ -103,7 +104,8 @@ def check_trials(params: str | Path, settings: TuneSettings) -> None:
         values = [None] if entry is None else next(iter(entry.values()))
         for value in values:
             change = {} if key is None else {key: value}
-            where = "tune.fixed" if key is None else f"tune.space.{key} = {value!r}"
+            where = "fixed" if key is None else f"space.{key} = {value!r}"
+            where = f"tune/params.yaml: {where}"
             try:
                 cfg = load_config(params, {**fixed, **change})
             except ConfigError as err:
@@ -182,7 +184,7 @@ def concurrency(
     ``tune.max_concurrent_trials`` asks for more than fit."""
     need = trial_need(settings, ray, device)
     fit = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
-    what = f"{settings.cpus_per_trial} (tune.cpus_per_trial)"
+    what = f"{settings.cpus_per_trial} (cpus_per_trial in tune/params.yaml)"
     if settings.trial_mode == "ray_train":
         what += (
             f" + {ray.num_workers} Train worker(s) x {ray.cpus_per_worker} (ray.num_workers x "
@@ -197,13 +199,15 @@ def concurrency(
         raise ConfigError(
             f"one trial needs {need['CPU']:g} CPUs{gpus} = {what}, but the Ray cluster has "
             f"{has}: it would wait forever. Lower ray.cpus_per_worker (fractions such as 0.5 "
-            "are fine), ray.num_workers or tune.cpus_per_trial, use tune.trial_mode: process, "
+            "are fine), ray.num_workers or cpus_per_trial, use trial_mode: process "
+            "(tune/params.yaml), "
             "or add nodes"
         )
     wanted = settings.max_concurrent_trials
     if settings.trial_mode == "ray_train" and wanted is not None and wanted > fit:
         raise ConfigError(
-            f"tune.max_concurrent_trials = {wanted}, but {fit} trial(s) of {need['CPU']:g} CPUs "
+            f"max_concurrent_trials = {wanted} (tune/params.yaml), but {fit} trial(s) of "
+            f"{need['CPU']:g} CPUs "
             f"({what}) fit the cluster's {has}: more would leave Train workers waiting forever "
             f"for CPUs; set it to {fit} or less, or null"
         )

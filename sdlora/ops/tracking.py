@@ -38,6 +38,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
+from sdlora.errors import BadInput
+
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 TRUNCATED = "...[truncated]"
@@ -52,7 +54,7 @@ EXPERIMENT_KIND = "custom_model_development"
 UI_VIEW_QUERY = "workflowType=machine_learning"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(BadInput, RuntimeError):
     """A tracking call that cannot do what was asked (unknown run id, run not open, ...)."""
 
 

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, RunInputs, check_pipeline_method, digest, identity
+from sdlora.config import CompareConfig, Config, RunInputs, check_pipeline_method, digest, identity
 from sdlora.core.records import task_metrics
 from sdlora.data.prepare import open_prepared, prepare
 from sdlora.files import write_json
 from sdlora.ops.tracking import SequenceTracker
-from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
 from sdlora.pipeline.layout import BACKBONE_DIR, COMPARE_DIR, COMPARE_RESULTS, read_inputs
 from sdlora.pipeline.mlflow_run import command_tag, open_run
 from sdlora.pipeline.preflight import check_backbone
@@ -114,6 +113,7 @@ def track_summary(cfg: Config, paths: dict[str, Path], rows: list[dict[str, Any]
 
 def compare_stage(
     cfg: Config,
+    settings: CompareConfig,
     *,
     params: str | Path = "params.yaml",
     backbone: str = BACKBONE_DIR,
@@ -121,16 +121,17 @@ def compare_stage(
     results: str | Path = COMPARE_RESULTS,
     track: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparison; write ``results`` and the per-run JSON under ``out``; return the rows.
+    """Run the comparison of ``settings`` (``compare/params.yaml``) over ``params``; write
+    ``results`` and the per-run JSON under ``out``; return the rows.
 
     Every (method, seed) config is validated and the backbone loaded before anything trains.
     """
     check_pipeline_method(cfg)  # the base file is the pipeline's: a per-task method
-    variants = compare.plan_variants(params, cfg)
+    variants = compare.plan_variants(params, settings)
     check_backbone(cfg)
     out = Path(out)
     labels = compare.labels_of(variants)
-    seeds = cfg.compare.seeds
+    seeds = settings.seeds
     print(
         f"compare: {len(variants)} runs ({len(labels)} methods x {len(seeds)} seeds) on "
         f"{cfg.data.dataset}; table and plots in {results}/",
@@ -168,27 +169,3 @@ def compare_stage(
     print(compare.markdown_table(rows), end="")
     print(f"compare: {len(variants)} runs in {(time.perf_counter() - start) / 60:.1f} min")
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/compare.py [--params P] [--backbone DIR] [--out DIR] [--results DIR]``."""
-    parser = stage_parser("compare", "Every compare.methods entry over compare.seeds: one table.")
-    add_dir(parser, "--backbone", "the pretrain stage's output", BACKBONE_DIR)
-    add_dir(parser, "--out", "each seed's splits and each run's JSON", COMPARE_DIR)
-    add_dir(parser, "--results", "table, CSV and plots (kept in git)", COMPARE_RESULTS)
-    parser.add_argument(
-        "--no-track", dest="track", action="store_false", help="do not log to MLflow"
-    )
-    return run_stage(
-        "compare",
-        parser,
-        argv,
-        lambda cfg, args: compare_stage(
-            cfg,
-            params=args.params,
-            backbone=args.backbone,
-            out=args.out,
-            results=args.results,
-            track=args.track,
-        ),
-    )

@@ -22,7 +22,6 @@ from sdlora.config import Config
 from sdlora.core import metrics
 from sdlora.core.records import accuracy_matrix
 from sdlora.files import atomic_directory, atomic_path, write_json, write_text
-from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
 from sdlora.pipeline.layout import (
     CURVE_FILE,
     EVAL_DIR,
@@ -100,42 +99,3 @@ def evaluate_stage(
     magnitude_rows = [np.asarray(r["magnitudes"]) for r in records]
     _write_image(lambda f: plots.magnitude_trajectories(magnitude_rows, f), Path(magnitudes_file))
     return final
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/evaluate.py [--params P] [--record DIR] [--out DIR] [--metrics FILE]
-    [--curve FILE] [--heatmap FILE] [--magnitudes FILE]``; prints the metrics."""
-    parser = stage_parser("evaluate", "Accuracy matrix, metrics.json and plots of the sequence.")
-    add_dir(parser, "--record", "the last task's output", None, "final_task")
-    add_dir(parser, "--out", "output folder (matrix, images, records)", EVAL_DIR)
-    parser.add_argument(
-        "--metrics", metavar="FILE", default=METRICS_FILE,
-        help=f"the final metrics, JSON (default: {METRICS_FILE})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--curve", metavar="FILE", default=CURVE_FILE,
-        help=f"accuracy on all seen classes after each task, CSV (default: {CURVE_FILE})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--heatmap", metavar="FILE", default=HEATMAP_FILE,
-        help=f"accuracy on each task after each task, PNG (default: {HEATMAP_FILE})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--magnitudes", metavar="FILE", default=MAGNITUDES_FILE,
-        help=f"the magnitudes after each task, PNG (default: {MAGNITUDES_FILE})",
-    )  # fmt: skip
-    return run_stage(
-        "evaluate",
-        parser,
-        argv,
-        lambda cfg, args: evaluate_stage(
-            cfg,
-            record=args.record,
-            out=args.out,
-            metrics_file=args.metrics,
-            curve_file=args.curve,
-            heatmap_file=args.heatmap,
-            magnitudes_file=args.magnitudes,
-        ),
-        show=lambda final: final,
-    )

@@ -35,6 +35,7 @@ from sdlora.config import (
     TaskEntry,
     known_num_classes,
 )
+from sdlora.errors import BadInput
 
 PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
@@ -108,7 +109,7 @@ RECORD = "record.json"  # in every task output: every task's record so far (sdlo
 BACKBONE_RECORD = "backbone.json"  # in the pretrain output
 
 
-class StageError(RuntimeError):
+class StageError(BadInput, RuntimeError):
     """A stage cannot run: an input is missing or does not belong to this configuration."""
 
 

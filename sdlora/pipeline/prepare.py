@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config
-from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
 from sdlora.pipeline.layout import PREPARED_DIR, count_tasks, known_num_tasks, require_plan
 
 
@@ -21,13 +20,6 @@ def prepare_stage(cfg: Config, *, out: str | Path = PREPARED_DIR) -> dict[str, A
     manifest = prepare(cfg.data, seed=cfg.seed, out=out, progress=cfg.progress)
     cfg.check_num_tasks(len(manifest["tasks"]), f"{out}/manifest.json")
     return manifest
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/prepare.py [--params params.yaml] [--out data/prepared]``."""
-    parser = stage_parser("prepare", "The configured benchmark into per-task Parquet splits.")
-    add_dir(parser, "--out", "output folder", PREPARED_DIR)
-    return run_stage("prepare", parser, argv, lambda cfg, args: prepare_stage(cfg, out=args.out))
 
 
 def num_tasks_of(cfg: Config) -> int:

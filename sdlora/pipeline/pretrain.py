@@ -9,7 +9,6 @@ from typing import Any
 
 from sdlora.config import Config, ConfigError
 from sdlora.files import atomic_directory, write_json
-from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
 from sdlora.pipeline.layout import BACKBONE_DIR, BACKBONE_RECORD
 
 
@@ -56,10 +55,3 @@ def pretrain_stage(cfg: Config, *, out: str | Path = BACKBONE_DIR) -> dict[str, 
             )
         write_json(tmp / BACKBONE_RECORD, record)
     return record
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/pretrain.py [--params params.yaml] [--out artifacts/backbone]``."""
-    parser = stage_parser("pretrain", "The backbone record, and the embedded backbone.")
-    add_dir(parser, "--out", "output folder", BACKBONE_DIR)
-    return run_stage("pretrain", parser, argv, lambda cfg, args: pretrain_stage(cfg, out=args.out))

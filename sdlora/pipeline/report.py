@@ -24,7 +24,6 @@ from sdlora.data.prepare import open_prepared, read_manifest
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.ray_train import ADAPTER
 from sdlora.ops.tracking import portable_uri, ui_path, ui_url
-from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     CURVE_FILE,
@@ -185,43 +184,3 @@ def _export_merged(
     data_config = {"mean": mean, "std": std, "crop_pct": 224 / 256, "interpolation": "bicubic"}
     names = [n for task in read_manifest(prepared)["tasks"] for n in task["class_names"]]
     return export_timm(merged, folder, data_config=data_config, label_names=names)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/report.py [--params P] [--eval DIR] [--metrics FILE] [--record DIR]
-    [--prepared DIR] [--backbone DIR] [--out DIR]``; prints the metrics."""
-    parser = stage_parser("report", "Final metrics, plots and the merged model to MLflow.")
-    add_dir(parser, "--eval", "the evaluate stage's output", EVAL_DIR, dest="eval_dir")
-    parser.add_argument(
-        "--metrics", metavar="FILE", default=METRICS_FILE,
-        help=f"the evaluate stage's metrics (default: {METRICS_FILE})",
-    )  # fmt: skip
-    add_dir(parser, "--record", "the last task's output", None, "final_task")
-    add_dir(parser, "--prepared", "the prepare stage's output", PREPARED_DIR)
-    add_dir(parser, "--backbone", "the pretrain stage's output", BACKBONE_DIR)
-    add_dir(parser, "--out", "output folder", REPORT_DIR)
-    return run_stage(
-        "report",
-        parser,
-        argv,
-        lambda cfg, args: report_stage(
-            cfg,
-            eval_dir=args.eval_dir,
-            metrics_file=args.metrics,
-            record=args.record,
-            prepared=args.prepared,
-            backbone=args.backbone,
-            out=args.out,
-        ),
-        show=lambda payload: {
-            k: payload[k]
-            for k in (
-                "mlflow_run_id",
-                "experiment",
-                "tracking_uri",
-                "ui",
-                "model_uri",
-                "timm_model",
-            )
-        },
-    )

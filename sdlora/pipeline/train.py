@@ -11,7 +11,6 @@ along with ``--verbose`` (or ``SDLORA_VERBOSE=1``)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime
@@ -32,7 +31,6 @@ from sdlora.ops.ray_train import (
     TrainingFailed,
     train_task_distributed,
 )
-from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     PREPARED_DIR,
@@ -195,35 +193,3 @@ def _summary(records: list[dict[str, Any]], result: Any, seconds: float) -> str:
         resumed = f" (resumed at epoch {result.start_epoch + 1})" if result.start_epoch else ""
         line += f"; {epochs} epochs{resumed}, {trained:.1f} s training"
     return f"{line}; {seconds:.1f} s in all"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/train.py --task K [--params P] [--prepared DIR] [--backbone DIR] [--prev DIR]
-    [--out DIR]``."""
-    parser = stage_parser("train", "Task K on Ray Train, evaluated on every task seen, tracked.")
-    parser.add_argument("--task", type=int, required=True, help="the task index K")
-    add_dir(parser, "--prepared", "the prepare stage's output", PREPARED_DIR)
-    add_dir(parser, "--backbone", "the pretrain stage's output (its record)", BACKBONE_DIR)
-    what = "what task K starts from: the backbone folder (K = 0) or task K-1's output"
-    add_dir(parser, "--prev", what, None, "tasks.K.prev")
-    add_dir(parser, "--out", "output folder", None, "runs/pipeline/task_K")
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        default=os.environ.get(VERBOSE_ENV, "") not in ("", "0"),
-        help=f"Ray's output on the console, not in {LOG.format(task='K')} ({VERBOSE_ENV}=1)",
-    )
-    return run_stage(
-        "train",
-        parser,
-        argv,
-        lambda cfg, args: train_stage(
-            cfg,
-            args.task,
-            prepared=args.prepared,
-            backbone=args.backbone,
-            prev=args.prev,
-            out=args.out,
-            verbose=args.verbose,
-        ),
-    )

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, ConfigError, RunInputs, digest, identity
+from sdlora.config import Config, ConfigError, RunInputs, TuneSettings, digest, identity
 from sdlora.core.loop import check_prepared
 from sdlora.ops.ray_session import ensure_ray
 from sdlora.ops.ray_tune import check_trials, concurrency, run_sweep, trial_need, trial_rows
-from sdlora.pipeline.cli import add_dir, run_stage, stage_parser
 from sdlora.pipeline.layout import BACKBONE_DIR, PREPARED_DIR, TUNE_RESULTS, read_inputs
 from sdlora.pipeline.preflight import check_backbone
 from sdlora.report.tune import COLUMN, EXP_RUN, SweepError, write_outputs
@@ -31,12 +30,11 @@ from sdlora.report.tune import COLUMN, EXP_RUN, SweepError, write_outputs
 TUNE_RUNTIME_KEYS = frozenset({"cpus_per_trial", "max_concurrent_trials", "storage_path"})
 
 
-def sweep_name(cfg: Config, inputs: RunInputs) -> str:
+def sweep_name(cfg: Config, settings: TuneSettings, inputs: RunInputs) -> str:
     """``tune-<dataset>-<hash>``: the pipeline's identity (:func:`sdlora.config.identity`)
     and the sweep's own settings, so a re-run with the same ones restores a cut sweep instead
     of starting over, and any change that alters the trials' numbers starts a new one."""
-    assert cfg.tune is not None
-    search = cfg.tune.model_dump(mode="json", exclude=set(TUNE_RUNTIME_KEYS))
+    search = settings.model_dump(mode="json", exclude=set(TUNE_RUNTIME_KEYS))
     return f"tune-{cfg.data.dataset}-{digest([identity(cfg, inputs), search], 10)}"
 
 
@@ -58,6 +56,7 @@ def _table(rows: list[dict[str, Any]], keys: list[str], col: str) -> str:
 
 def tune_stage(
     cfg: Config,
+    settings: TuneSettings,
     *,
     params: str | Path = "params.yaml",
     prepared: str | Path = PREPARED_DIR,
@@ -65,24 +64,20 @@ def tune_stage(
     results: str | Path = TUNE_RESULTS,
     track: bool = True,
 ) -> dict[str, Any]:
-    """Run (or restore) the sweep of ``cfg.tune``; write ``results``; return the best row."""
+    """Run (or restore) the sweep of ``settings`` (``tune/params.yaml``) over ``params``; write
+    ``results``; return the best row."""
     import ray
 
-    settings = cfg.tune
-    if settings is None:
-        raise ConfigError(
-            "params.yaml has no tune section: add one (see the repository's params.yaml and "
-            "docs/tune.md) to say what to search"
-        )
     if "://" in settings.storage_path:
         raise ConfigError(
-            f"tune.storage_path = {settings.storage_path!r}: give a file system path (on a "
+            f"tune/params.yaml: storage_path = {settings.storage_path!r}: give a file system "
+            "path (on a "
             "cluster, one every node mounts at the same place)"
         )
     check_trials(params, settings)  # every value a trial could get, before reading inputs
     prepared = check_prepared(prepared, cfg)  # opened once for the stage
     inputs = read_inputs(prepared, backbone)
-    name = sweep_name(cfg, inputs)
+    name = sweep_name(cfg, settings, inputs)
     check_backbone(cfg)
     keys = sorted(settings.space)
     num_tasks = prepared.num_tasks
@@ -145,27 +140,3 @@ def tune_stage(
         flush=True,
     )
     return {"best": dict(best), "paths": {k: str(v) for k, v in paths.items()}}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/tune.py [--params P] [--prepared DIR] [--backbone DIR] [--results DIR]``."""
-    parser = stage_parser("tune", "A Ray Tune sweep of whole task sequences over tune.space.")
-    add_dir(parser, "--prepared", "the prepare stage's output", PREPARED_DIR)
-    add_dir(parser, "--backbone", "the pretrain stage's output", BACKBONE_DIR)
-    add_dir(parser, "--results", "trials table, Pareto front, best params (in git)", TUNE_RESULTS)
-    parser.add_argument(
-        "--no-track", dest="track", action="store_false", help="do not log to MLflow"
-    )
-    return run_stage(
-        "tune",
-        parser,
-        argv,
-        lambda cfg, args: tune_stage(
-            cfg,
-            params=args.params,
-            prepared=args.prepared,
-            backbone=args.backbone,
-            results=args.results,
-            track=args.track,
-        ),
-    )

@@ -18,7 +18,6 @@ from typing import Any
 
 from sdlora.config import Config, check_pipeline_method
 from sdlora.files import atomic_path
-from sdlora.pipeline.cli import run_stage, stage_parser
 from sdlora.pipeline.layout import VALIDATED, require_plan
 
 
@@ -34,17 +33,3 @@ def validate_stage(
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
     return payload
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pipelines/validate.py [--params params.yaml] [--out runs/pipeline/params_valid.json]``."""
-    parser = stage_parser("validate", "Check every key and value of the params file.")
-    parser.add_argument(
-        "--out", metavar="FILE", default=VALIDATED, help=f"output file (default: {VALIDATED})"
-    )
-    return run_stage(
-        "validate",
-        parser,
-        argv,
-        lambda cfg, args: validate_stage(cfg, params=args.params, out=args.out),
-    )

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdlora.config import Config, ConfigError, load_config
+from sdlora.config import CompareConfig, Config, ConfigError, load_config
 from sdlora.core import metrics
 from sdlora.core.evaluate import evaluate
 from sdlora.core.loop import SequenceResult, run_sequence
@@ -58,18 +58,19 @@ class Variant:
         return f"{self.label}-s{self.seed}"
 
 
-def plan_variants(params: str | Path, base: Config) -> list[Variant]:
-    """Every (label, seed) of ``base.compare`` as a validated config, before anything trains.
+def plan_variants(params: str | Path, settings: CompareConfig) -> list[Variant]:
+    """Every (label, seed) of ``settings`` over ``params`` as a validated config, before
+    anything trains.
 
     A label whose changes do not make a valid params file is an error naming the label.
     """
     out = []
-    for seed in base.compare.seeds:
-        for label, changes in base.compare.methods.items():
+    for seed in settings.seeds:
+        for label, changes in settings.methods.items():
             try:
                 cfg = load_config(params, {**changes, "seed": seed, "progress": False})
             except ConfigError as err:
-                raise ConfigError(f"compare.methods.{label} changes {changes}: {err}") from None
+                raise ConfigError(f"methods.{label} changes {changes}: {err}") from None
             out.append(Variant(label, seed, cfg))
     return out
 

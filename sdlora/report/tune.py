@@ -1,7 +1,7 @@
 """What a sweep leaves: the trials table, the accuracy-vs-storage Pareto front, and the best
 configuration as a params file that ``dvc exp run`` applies (:func:`exp_run_args`).
 
-Rows come from :func:`sdlora.tune.trial_rows`. Only trials that ran every task are ranked:
+Rows come from :func:`sdlora.ops.ray_tune.trial_rows`. Only trials that ran every task are ranked:
 a trial ASHA stopped was measured on fewer classes, so its accuracy is not comparable.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sdlora.config import ConfigError, read_params
+from sdlora.errors import Failed
 from sdlora.files import write_json, write_text
 from sdlora.ops.ray_tune import pareto_front
 from sdlora.report.plots import pareto_plot
@@ -31,7 +32,7 @@ METRICS = "metrics.json"  # the best trial's figures and the sweep's counts (DVC
 EXP_RUN = "python -m sdlora exp-run"
 
 
-class SweepError(RuntimeError):
+class SweepError(Failed, RuntimeError):
     """A sweep whose trials cannot give a result (all failed or stopped)."""
 
 
@@ -55,13 +56,15 @@ def best_row(
         counts = {s: sum(r["status"] == s for r in rows) for s in ("stopped", "error")}
         raise SweepError(
             f"no trial ran every task ({counts['stopped']} stopped by ASHA, {counts['error']} "
-            "failed): raise tune.num_samples or tune.grace_period, or fix the failures above"
+            "failed): raise num_samples or grace_period in tune/params.yaml, or fix the failures "
+            "above"
         )
     fits = [r for r in done if budget is None or r["stored_params"] <= budget]
     if not fits:
         least = min(r["stored_params"] for r in done)
         raise ConfigError(
-            f"tune.storage_budget = {budget:,}: no finished trial stores that few parameters "
+            f"storage_budget = {budget:,} (tune/params.yaml): no finished trial stores that few "
+            "parameters "
             f"(the fewest: {least:,}); raise it, set it to null, or search smaller ranks"
         )
     col = COLUMN[objective]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdlora.__main__ import main
+from sdlora.cli import main
 from sdlora.core.metrics import (
     anytime_accuracy,
     average_anytime_accuracy,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from sdlora.__main__ import main
+from sdlora.cli import main
 from sdlora.config import parse_config
 from sdlora.core.checkpoint import load_adapter, read_header
 from sdlora.core.evaluate import evaluate, outputs

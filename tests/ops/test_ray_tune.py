@@ -29,7 +29,7 @@ def test_search_space_is_plain_data_and_a_bad_entry_names_its_key() -> None:
     })  # fmt: skip
     assert isinstance(space["train.lr"], tune.search.sample.Float)
     assert space["model.rank_schedule"].categories == [[[0, 4]], [[0, 4], [1, 2]]]
-    with pytest.raises(ConfigError, match=r"tune.space: train.lr: unknown kind 'logunif'"):
+    with pytest.raises(ConfigError, match=r"space: train.lr: unknown kind 'logunif'"):
         search_space({"train.lr": {"logunif": [1e-4, 1e-2]}})
     with pytest.raises(ConfigError, match=r"model.kd_tau: loguniform takes a list \[low, high\]"):
         search_space({"model.kd_tau": {"loguniform": [0.1]}})
@@ -49,14 +49,14 @@ def test_a_value_params_would_refuse_stops_the_sweep_before_it_starts(
     ok = TuneSettings(space={"model.rank": {"choice": [2, 4]}}, fixed={"model.method": "sdlora_kd"})
     check_trials(params, ok)
     bad = TuneSettings(space={"model.rank": {"choice": [2, 0]}})
-    with pytest.raises(ConfigError, match=r"tune.space.model.rank = 0 gives an invalid trial: .*"
+    with pytest.raises(ConfigError, match=r"space.model.rank = 0 gives an invalid trial: .*"
                        r"model.rank = 0: Input should be greater than or equal to 1"):  # fmt: skip
         check_trials(params, bad)
     typo = TuneSettings(space={"model.rnak": {"choice": [2]}})
     with pytest.raises(ConfigError, match=r"model.rnak: unknown key"):
         check_trials(params, typo)
     joint = TuneSettings(space={"train.lr": {"choice": [0.1]}}, fixed={"model.method": "joint"})
-    with pytest.raises(ConfigError, match=r"tune.fixed: joint training reports once"):
+    with pytest.raises(ConfigError, match=r"tune/params.yaml: fixed: joint training reports once"):
         check_trials(params, joint)
 
 
@@ -70,12 +70,15 @@ def test_trials_never_hold_the_cpus_their_train_workers_wait_for() -> None:
     assert concurrency(in_process, ray2, {"CPU": 2.0}) == 2  # workers unused in process mode
     assert concurrency(on_train, ray2, {"CPU": 2.0}) == 1  # 1 + 2 x 0.5
     assert concurrency(on_train, ray2, {"CPU": 8.0}) == 4
-    with pytest.raises(ConfigError, match=r"one trial needs 3 CPUs = 1.0 \(tune.cpus_per_trial\) "
+    with pytest.raises(ConfigError, match=r"one trial needs 3 CPUs = 1.0 \(cpus_per_trial in tune/"
+                       r"params.yaml\) "
                        r"\+ 2 Train worker\(s\) x 1.0 .* the Ray cluster has 2 CPUs: it would "
                        r"wait forever"):  # fmt: skip
         concurrency(on_train, RayConfig(num_workers=2), {"CPU": 2.0})
     capped = TuneSettings(space=space, trial_mode="ray_train", max_concurrent_trials=3)
-    with pytest.raises(ConfigError, match=r"tune.max_concurrent_trials = 3, but 1 trial"):
+    with pytest.raises(
+        ConfigError, match=r"concurrent_trials = 3 \(tune/params.yaml\), but 1 trial"
+    ):
         concurrency(capped, ray2, {"CPU": 2.0})
     gpu = RayConfig(num_workers=1, use_gpu=True)
     with pytest.raises(ConfigError, match=r"needs 2 CPUs and 2 GPU\(s\) .* has 4 CPUs and 1 GPUs"):

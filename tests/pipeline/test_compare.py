@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sdlora.config import ConfigError, load_config
-from sdlora.pipeline.compare import compare_stage, main
+from sdlora.cli import stage_main
+from sdlora.config import ConfigError, load_compare, load_config
+from sdlora.pipeline.compare import compare_stage
 from sdlora.pipeline.layout import COMPARE_DIR, COMPARE_RESULTS
 from sdlora.pipeline.pretrain import pretrain_stage
 
@@ -25,14 +26,22 @@ backbone:
   kwargs: {img_size: 16, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}
 model: {rank: 2}
 train: {epochs: 1, batch_size: 64, optimizer: adam, lr: 0.01}
-compare:
-  seeds: [0, 1]
-  methods:
-    sdlora: {}
-    sdlora_kd: {model.method: sdlora_kd, model.kd_tau: 1.0}
-    prototype: {model.method: prototype}
-    joint: {model.method: joint}
 """
+COMPARE = """\
+seeds: [0, 1]
+methods:
+  sdlora: {}
+  sdlora_kd: {model.method: sdlora_kd, model.kd_tau: 1.0}
+  prototype: {model.method: prototype}
+  joint: {model.method: joint}
+"""
+
+
+def _compare(text: str = COMPARE) -> Path:
+    path = Path("compare/params.yaml")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 @pytest.mark.slow
@@ -42,7 +51,7 @@ def test_compare_runs_every_method_over_seeds_into_one_table(
     write_params(PARAMS, tasks=2)
     cfg = load_config("params.yaml")
     pretrain_stage(cfg)
-    compare_stage(cfg)
+    compare_stage(cfg, load_compare(_compare()))
     out = capsys.readouterr().out
     assert "compare: 8 runs (4 methods x 2 seeds) on digits" in out
     assert out.count("compare [") == 8 and "compare [8/8] joint seed 1: final" in out
@@ -91,17 +100,20 @@ def test_compare_runs_every_method_over_seeds_into_one_table(
 def test_a_bad_method_entry_is_refused_before_anything_runs(
     write_params: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write_params(PARAMS.replace("prototype: {model.method: prototype}",
-                                "proto: {model.methd: prototype}"), tasks=2)  # fmt: skip
-    assert main(["--params", "params.yaml"]) == 2
+    write_params(PARAMS, tasks=2)
+    _compare(COMPARE.replace("prototype: {model.method: prototype}",
+                             "proto: {model.methd: prototype}"))  # fmt: skip
+    assert stage_main("compare", ["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
-    assert "compare.methods.proto changes {'model.methd': 'prototype'}" in err
+    assert "methods.proto changes {'model.methd': 'prototype'}" in err
     assert "model.methd: unknown key" in err
     assert not Path(COMPARE_DIR).exists() and not Path("mlflow.db").exists()
 
 
 def test_a_method_entry_cannot_change_the_shared_splits(write_params: Callable[..., Path]) -> None:
-    write_params(PARAMS.replace("sdlora: {}", "sdlora: {data.increment: 2}"), tasks=2)
-    with pytest.raises(ConfigError, match=r"compare.methods = .*sdlora: \['data.increment'\] "
-                                          r"cannot differ between methods"):  # fmt: skip
-        load_config("params.yaml")
+    write_params(PARAMS, tasks=2)
+    path = _compare(COMPARE.replace("sdlora: {}", "sdlora: {data.increment: 2}"))
+    with pytest.raises(ConfigError, match=r"compare/params.yaml: invalid configuration\n  "
+                       r"methods = .*sdlora: data.increment: every method of a comparison "
+                       r"shares it with the pipeline"):  # fmt: skip
+        load_compare(path)

@@ -1,5 +1,9 @@
 """Every DVC stage lists the code it runs: the import closure of its entry script (every
-``import`` in every module it reaches, function-level ones included) lies inside its deps."""
+``import`` in every module it reaches, function-level ones included) lies inside its deps.
+
+An entry script runs one command of :mod:`sdlora.cli`, which imports its stage's module
+(``sdlora/pipeline/<stage>.py``) only when the command runs: the closure is the CLI's
+module-level imports plus that stage module's whole closure."""
 
 from __future__ import annotations
 
@@ -22,10 +26,15 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+CLI = REPO / "sdlora" / "cli.py"
+
+
 def _imported(path: Path) -> set[str]:
-    """Every module name an import in ``path`` may load (``from a import b``: a and a.b)."""
+    """Every module name an import in ``path`` may load (``from a import b``: a and a.b); for
+    the CLI, its module-level imports (each command imports its own module when it runs)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in tree.body if path == CLI else ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -35,8 +44,11 @@ def _imported(path: Path) -> set[str]:
 
 
 def import_closure(entry: Path) -> set[Path]:
-    """The project files ``entry`` loads, itself included."""
+    """The project files ``entry`` loads, itself included (a stage's entry script: with the
+    stage module its command imports)."""
     seen, todo = set(), [entry]
+    if entry.parent.name == "pipelines":
+        todo.append(REPO / "sdlora" / "pipeline" / entry.name)
     while todo:
         path = todo.pop()
         if path in seen:
@@ -74,3 +86,15 @@ def test_the_closure_follows_function_level_imports(tmp_path: Path) -> None:
     closure = import_closure(REPO / "pipelines" / "pretrain.py")
     assert REPO / "sdlora" / "core" / "pretrain.py" in closure  # imported inside the stage
     assert not any("tracking" in f.name for f in closure)  # pretrain never touches MLflow
+
+
+def test_each_stage_command_imports_only_its_stage_module() -> None:
+    """What the closure above assumes of the CLI: a stage command's body imports its module."""
+    tree = ast.parse(CLI.read_text())
+    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        stages = [d for d in fn.decorator_list if "stage.command" in ast.unparse(d)]
+        if not stages:
+            continue
+        name = ast.literal_eval(stages[0].args[0])
+        modules = {n.module for n in ast.walk(fn) if isinstance(n, ast.ImportFrom)}
+        assert modules == {f"sdlora.pipeline.{name}"}, (fn.name, modules)

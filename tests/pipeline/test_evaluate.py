@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdlora.cli import stage_main
 from sdlora.config import load_config
 from sdlora.core import metrics
-from sdlora.pipeline.evaluate import evaluate_stage, main
+from sdlora.pipeline.evaluate import evaluate_stage
 from sdlora.pipeline.layout import (
     CURVE_FILE,
     EVAL_DIR,
@@ -82,7 +83,7 @@ def test_evaluate_reads_and_writes_where_it_is_told(
     (rec / RECORD).write_text(json.dumps({"key": "k", "tasks": records}))
     args = ["--record", str(rec), "--out", "ev", "--metrics", "m/final.json", "--curve", "c.csv",
             "--heatmap", "i/h.png", "--magnitudes", "i/m.png"]  # fmt: skip
-    assert main(args) == 0
+    assert stage_main("evaluate", args) == 0
     assert sorted(p.name for p in Path("i").iterdir()) == ["h.png", "m.png"]
     assert json.loads(Path("m/final.json").read_text())["final_accuracy"] == 75.0
     assert Path("c.csv").read_text().startswith("task,accuracy\n")

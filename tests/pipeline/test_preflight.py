@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import timm
 
+from sdlora.cli import stage_main
 from sdlora.config import Config, DataConfig, load_config
 from sdlora.core.backbone import save_backbone
 from sdlora.core.checkpoint import save_adapter
@@ -25,7 +26,6 @@ from sdlora.data.prepare import prepare
 from sdlora.data.source import imageset_source
 from sdlora.data.tasks import ImageSet
 from sdlora.pipeline.preflight import check_task_inputs
-from sdlora.pipeline.train import main
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 WEIGHTS = "artifacts/backbone/tiny.safetensors"
@@ -77,7 +77,7 @@ def _fails(capsys: pytest.CaptureFixture[str], *expected: str) -> None:
     """train@1 exits 2 with one stderr line holding ``expected``, having written nothing."""
     before = _files()
     capsys.readouterr()
-    assert main(["--task", "1", "--out", "out"]) == 2
+    assert stage_main("train", ["--task", "1", "--out", "out"]) == 2
     out, err = capsys.readouterr()
     assert err.startswith("train: error: ") and err.count("\n") == 1 and not out, err
     assert "Traceback" not in err

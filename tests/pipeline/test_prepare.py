@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from sdlora.cli import stage_main
 from sdlora.config import load_config
 from sdlora.pipeline.layout import PREPARED_DIR
-from sdlora.pipeline.prepare import main, prepare_stage
+from sdlora.pipeline.prepare import prepare_stage
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_prepare_stage_writes_the_splits(write_params: Callable[..., Path]) -> None:
     write_params("seed: 3\ndata: {dataset: digits, init_cls: 4, increment: 3}\n", tasks=3)
-    assert main(["--params", "params.yaml"]) == 0
+    assert stage_main("prepare", ["--params", "params.yaml"]) == 0
     manifest = json.loads((Path(PREPARED_DIR) / "manifest.json").read_text())
     assert [t["num_classes"] for t in manifest["tasks"]] == [4, 3, 3]
     assert manifest["params"]["seed"] == 3
@@ -30,7 +31,7 @@ def test_prepare_refuses_a_stale_task_list(
     capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
 ) -> None:
     write_params("data: {dataset: digits, init_cls: 4, increment: 3}\n", tasks=5)
-    assert main(["--params", "params.yaml"]) == 2
+    assert stage_main("prepare", ["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
     assert "tasks: params.yaml lists 5 task(s) but data.* has 3" in err
     assert "run `python -m sdlora tasks --write`" in err
@@ -53,7 +54,7 @@ def test_bad_input_exits_2(
     write_params: Callable[..., Path],
 ) -> None:
     write_params(text, tasks)
-    assert main(["--params", "params.yaml"]) == 2
+    assert stage_main("prepare", ["--params", "params.yaml"]) == 2
     assert message in capsys.readouterr().err
     assert not Path(PREPARED_DIR).exists()
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdlora.cli import stage_main
 from sdlora.config import ConfigError, load_config
 from sdlora.core.train import build_model
 from sdlora.pipeline.layout import BACKBONE_DIR, BACKBONE_RECORD
-from sdlora.pipeline.pretrain import main, pretrain_stage
+from sdlora.pipeline.pretrain import pretrain_stage
 
 
 def test_pretrain_records_a_configured_backbone_without_training(
@@ -55,6 +56,6 @@ def test_pretrain_trains_the_embedded_backbone(
 
 def test_pretrain_writes_where_it_is_told(write_params: Callable[..., Path]) -> None:
     write_params("backbone: {weights: null}\n", 1)
-    assert main(["--params", "params.yaml", "--out", "elsewhere/backbone"]) == 0
+    assert stage_main("pretrain", ["--params", "params.yaml", "--out", "elsewhere/backbone"]) == 0
     assert json.loads(Path("elsewhere/backbone", BACKBONE_RECORD).read_text())["weights"] is None
     assert not Path(BACKBONE_DIR).exists()

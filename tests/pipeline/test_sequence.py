@@ -81,7 +81,7 @@ def test_run_equals_the_pipeline_and_a_moved_project_reruns(
     monkeypatch.chdir(copy)
     project.rename(tmp_path / "gone")
     shutil.rmtree(task_output(1))
-    rerun = f"from sdlora.pipeline.train import main; raise SystemExit(main({ARGV!r}))"
+    rerun = f"from sdlora.cli import stage_main; raise SystemExit(stage_main('train', {ARGV!r}))"
     done = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (Path(task_output(1)) / ADAPTER).read_bytes() == adapter

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdlora.__main__ import main as cli
+from sdlora.cli import main as cli
 from sdlora.config import ConfigError, load_config
 
 

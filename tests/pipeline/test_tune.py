@@ -19,10 +19,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sdlora.config import ConfigError, RunInputs, load_config
+from sdlora.cli import stage_main
+from sdlora.config import RunInputs, load_config, load_tune
 from sdlora.data.prepare import open_prepared
 from sdlora.pipeline.layout import TUNE_RESULTS, read_inputs, write_tasks
-from sdlora.pipeline.tune import main, sweep_name, tune_stage
+from sdlora.pipeline.tune import sweep_name, tune_stage
 from sdlora.report.tune import read_best
 
 pytestmark = pytest.mark.slow
@@ -30,15 +31,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _project(tiny: Callable[[str | None], dict], tune: dict, tmp: Path) -> Path:
-    """params.yaml here (the cwd) with a tune section, the prepared splits and the backbone
+    """params.yaml and tune/params.yaml here (the cwd), the prepared splits and the backbone
     record in the pipeline's folders (the prepare and pretrain stages' functions)."""
     from sdlora.pipeline.prepare import prepare_stage
     from sdlora.pipeline.pretrain import pretrain_stage
 
     raw = tiny("artifacts/backbone/tiny.safetensors")
-    raw["tune"] = tune
     params = Path("params.yaml")
     params.write_text(yaml.safe_dump(raw))
+    Path("tune").mkdir(exist_ok=True)
+    Path("tune/params.yaml").write_text(yaml.safe_dump(tune))
     write_tasks(params, 3)  # the pipeline's stage list: 4 + 3 + 3 classes
     cfg = load_config(params)
     prepare_stage(cfg)
@@ -66,7 +68,8 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     _project(tiny_sweep_params, {"space": SPACE, "num_samples": 1, "grace_period": 1,
                                  "fixed": {"model.rank": 2}}, tmp_path)  # fmt: skip
     cfg = load_config("params.yaml")
-    out = tune_stage(cfg)
+    settings = load_tune()
+    out = tune_stage(cfg, settings)
     console = capsys.readouterr().out
     best = out["best"]
     table = _trials()
@@ -80,7 +83,9 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
     assert metrics["best_final_accuracy"] == best["accuracy"] and metrics["trials"] == 3
     assert metrics["stopped_early"] == sum(r["status"] == "stopped" for r in table)
     assert Path(f"{TUNE_RESULTS}/pareto.png").stat().st_size > 10_000
-    name = sweep_name(cfg, read_inputs(open_prepared("data/prepared"), "artifacts/backbone"))
+    name = sweep_name(
+        cfg, settings, read_inputs(open_prepared("data/prepared"), "artifacts/backbone")
+    )
     assert f"tune: sweep {name}: 3 trials of 3 tasks over 1 searched key(s) (train.lr)" in console
     assert len(re.findall(r"tune: trial \w+ task 1/3: accuracy", console)) == 3
     assert "tune: apply it to the pipeline: python -m sdlora exp-run results/tune/best_params" in (
@@ -100,7 +105,7 @@ def test_the_stage_writes_the_front_the_best_params_and_mlflow_runs(
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "accuracy")]
         assert steps == list(range(int(row["tasks"])))  # step = task index
     # the same sweep again: Tuner.restore finds it finished, nothing trains
-    again = tune_stage(cfg)
+    again = tune_stage(cfg, settings)
     console = capsys.readouterr().out
     assert again["best"]["trial"] == best["trial"] and "(restored" in console
     assert "started" not in console
@@ -111,15 +116,15 @@ def test_a_bad_sweep_stops_with_one_line_before_ray_starts(
     tiny_sweep_params: Callable, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     raw = tiny_sweep_params(None)
-    raw["tune"] = {"space": {"train.lr": {"choice": [0.1, -1.0]}}}
     Path("params.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["--params", "params.yaml"]) == 2
+    Path("tune").mkdir()
+    Path("tune/params.yaml").write_text("space: {train.lr: {choice: [0.1, -1.0]}}\n")
+    assert stage_main("tune", ["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
-    assert "tune: error: tune.space.train.lr = -1.0 gives an invalid trial" in err
-    del raw["tune"]
-    Path("params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"params.yaml has no tune section"):
-        tune_stage(load_config("params.yaml"))
+    assert "tune: error: tune/params.yaml: space.train.lr = -1.0 gives an invalid trial" in err
+    Path("tune/params.yaml").unlink()
+    assert stage_main("tune", ["--params", "params.yaml"]) == 2
+    assert "tune: error: tune/params.yaml: params file not found" in capsys.readouterr().err
 
 
 def _stage(env: dict[str, str]) -> subprocess.Popen:

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from sdlora.cli import stage_main
 from sdlora.pipeline.layout import VALIDATED
-from sdlora.pipeline.validate import main
 
 
 def test_valid_params_give_the_same_output_whatever_their_values(
     write_params: Callable[..., Path],
 ) -> None:
     write_params("seed: 1\ntrain: {lr: 0.01}\n", tasks=2)
-    assert main(["--params", "params.yaml"]) == 0
+    assert stage_main("validate", ["--params", "params.yaml"]) == 0
     first = Path(VALIDATED).read_bytes()
     write_params("seed: 7\ntrain: {lr: 0.5, epochs: 3}\n", tasks=3)
-    assert main(["--params", "params.yaml"]) == 0
+    assert stage_main("validate", ["--params", "params.yaml"]) == 0
     assert Path(VALIDATED).read_bytes() == first  # nothing downstream re-runs for a valid edit
     assert b'"valid": true' in first
 
@@ -27,7 +27,7 @@ def test_a_misspelt_key_exits_2_naming_it_and_writes_nothing(
     capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
 ) -> None:
     write_params("progres: true\n", tasks=None)
-    assert main(["--params", "params.yaml", "--out", "out/ok.json"]) == 2
+    assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("validate: error: params.yaml: invalid configuration\n")
     assert "progres: unknown key (check the spelling" in err
@@ -38,7 +38,7 @@ def test_joint_training_is_refused_by_the_per_task_pipeline(
     capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
 ) -> None:
     write_params("model: {method: joint}\n", tasks=None)
-    assert main(["--params", "params.yaml", "--out", "out/ok.json"]) == 2
+    assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 2
     err = capsys.readouterr().err
     assert "model.method = 'joint' trains every task at once" in err
     assert "python -m sdlora run" in err and not Path("out").exists()

@@ -17,7 +17,8 @@ def _run(label: str, seed: int, final: float, forgetting: float | None, stored: 
     task = {"storage": {"stored_params": stored, "stored_bytes": 4 * stored,
                         "backbone_params": 1000}}  # fmt: skip
     return {
-        "label": label, "seed": seed, "method": label, "joint": label == "joint", "seconds": 10.0 + seed,
+        "label": label, "seed": seed, "method": label, "joint": label == "joint",
+        "seconds": 10.0 + seed,
         "ncm_drop": None, "ncm_drift": [],
         "summary": {"final_accuracy": final, "average_anytime_accuracy": final + 5,
                     "forgetting": forgetting, "backward_transfer": None,

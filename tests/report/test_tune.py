@@ -41,8 +41,8 @@ def test_the_best_trial_is_the_finished_one_with_the_objective_highest_within_th
     assert best_row(ROWS, "final_accuracy", None)["trial"] == "a"  # d stopped: not comparable
     assert best_row(ROWS, "average_anytime_accuracy", None)["trial"] == "b"
     assert best_row(ROWS, "final_accuracy", 150_000)["trial"] == "b"
-    with pytest.raises(ConfigError, match=r"tune.storage_budget = 100,000: no finished trial "
-                       r"stores that few parameters \(the fewest: 120,000\)"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"budget = 100,000 \(tune/params.yaml\): no finished "
+                       r"trial stores that few parameters \(the fewest: 120,000\)"):  # fmt: skip
         best_row(ROWS, "final_accuracy", 100_000)
     with pytest.raises(SweepError, match=r"no trial ran every task \(1 stopped by ASHA, 0 fail"):
         best_row(ROWS[3:], "final_accuracy", None)
