@@ -89,7 +89,7 @@ def main() -> None:
 
     mark("driver: imports end")
     cfg = load_config(args.params, {"ray.storage_path": str(tmp / "ray"), "progress": False})
-    timed(stage, "evaluated_record", "driver: evaluation")
+    timed(stage, "assess_task", "driver: evaluation")
     timed(stage, "open_run", "driver: MLflow")
     timed(ray.train.torch.TorchTrainer, "fit", "driver: TorchTrainer.fit")
     here = str(Path(__file__).resolve().parent)

@@ -581,9 +581,8 @@ def check_pipeline_method(cfg: Config) -> None:
     if method_class(cfg.model.method).trains_jointly:
         raise ConfigError(
             f"model.method = {cfg.model.method!r} trains every task at once, which the pipeline's "
-            "one stage "
-            "per task cannot express; run it with `python -m sdlora run` or as a compare.methods "
-            "entry (`dvc repro compare/dvc.yaml`), and keep a per-task method here"
+            "one stage per task cannot express; run it with `python -m sdlora run` or as a method "
+            "of compare/params.yaml (`dvc repro compare/dvc.yaml`), and keep a per-task method here"
         )
 
 

@@ -1,17 +1,18 @@
 """Ray Tune over whole task sequences: the tune stage's library (issue 11).
 
 A trial is one task sequence on the pipeline's prepared splits and backbone, with params
-changed by the sampled values (``tune.space``) and the fixed ones (``tune.fixed``). It reports
+changed by the sampled values (``space`` in tune/params.yaml) and the fixed ones (``fixed``). It
+reports
 after every task, with ``task`` (1..T) as Tune's time attribute, so
 :class:`ray.tune.schedulers.ASHAScheduler` stops weak trials after early tasks. The metrics are
 the pipeline's own (:func:`sdlora.pipeline.layout.task_metrics`: ``accuracy`` on all seen
 classes, ``forgetting`` so far, ``stored_params``, ...) plus the running
 ``average_anytime_accuracy``.
 
-Two trial modes (``tune.trial_mode``), both through the pipeline's functions:
+Two trial modes (``trial_mode``), both through the pipeline's functions:
 
 - ``process``: :func:`sdlora.core.loop.run_sequence` in the trial's own process, world size 1
-  (``sdlora run``'s loop; one trial holds ``tune.cpus_per_trial`` CPUs);
+  (``sdlora run``'s loop; one trial holds ``cpus_per_trial`` CPUs);
 - ``ray_train``: the same loop with a learner that runs each task as the ``train@k`` stages
   do, with a ``TorchTrainer`` of ``ray.num_workers`` workers
   (:func:`sdlora.ops.ray_train.ray_learner`), under a deterministic run name per trial and
@@ -79,8 +80,8 @@ STATE_PERIOD_S = 1  # ... and (SyncConfig.sync_period) copies it to storage_path
 
 
 def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Tune's ``param_space`` from ``{key: {kind: arguments}}`` (``tune.space``); a bad entry
-    raises :class:`ConfigError` naming its key."""
+    """Tune's ``param_space`` from ``{key: {kind: arguments}}`` (``space`` in tune/params.yaml);
+    a bad entry raises :class:`ConfigError` naming its key."""
     try:
         TuneSettings(space=dict(spec))
     except ValidationError as err:
@@ -97,8 +98,8 @@ def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_trials(params: str | Path, settings: TuneSettings) -> None:
     """Refuse, before anything starts, a value some trial could get that params.yaml would
-    not accept: every choice/grid value and both ends of every range, with ``tune.fixed``.
-    The message names the ``tune.space`` key and the value."""
+    not accept: every choice/grid value and both ends of every range, with ``fixed``.
+    The message names the ``space`` (tune/params.yaml) key and the value."""
     fixed = dict(settings.fixed)
     for key, entry in [(None, None), *settings.space.items()]:
         values = [None] if entry is None else next(iter(entry.values()))
@@ -181,7 +182,7 @@ def concurrency(
     """How many trials may run at once on ``cluster`` (``ray.cluster_resources()``) without the
     Train workers of running trials waiting forever for CPUs other trials hold (module
     docstring). Raises :class:`ConfigError` when one trial does not fit, or when
-    ``tune.max_concurrent_trials`` asks for more than fit."""
+    ``max_concurrent_trials`` asks for more than fit."""
     need = trial_need(settings, ray, device)
     fit = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
     what = f"{settings.cpus_per_trial} (cpus_per_trial in tune/params.yaml)"

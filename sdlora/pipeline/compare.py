@@ -1,5 +1,5 @@
 """Stage ``compare`` (``compare/dvc.yaml``; not part of the default ``dvc repro``): every
-``compare.methods`` entry over ``compare.seeds`` on the same splits, one table.
+``methods`` (compare/params.yaml) entry over ``seeds`` on the same splits, one table.
 
 Each seed's splits are prepared once into ``runs/compare/prepared/seed<k>`` by the prepare
 stage's function; every method of that seed reads them. Each (method, seed) runs through

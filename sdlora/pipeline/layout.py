@@ -6,26 +6,19 @@ backbone for task 0, the previous task's output after that), so DVC chains them.
 follows ``data.*``: ``python -m sdlora tasks --write`` regenerates it (keeping per-task
 overrides), and the stages refuse a section that does not match the prepared data.
 
-The file is edited with ruamel.yaml's round-trip mode (what DVC uses to rewrite params.yaml for
-``dvc exp run -S``): comments, key order and the rest of the file survive a rewrite.
+The section is written plainly (:func:`write_tasks` replaces its lines and nothing else), so
+every other line of the file, comments included, survives a rewrite.
 """
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.representer import RoundTripRepresenter
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString
-
 if TYPE_CHECKING:
-    pass
+    from sdlora.data.prepare import Prepared
 
 from sdlora.config import (
     TASKS_COMMAND,
@@ -34,8 +27,10 @@ from sdlora.config import (
     RunInputs,
     TaskEntry,
     known_num_classes,
+    read_yaml,
 )
 from sdlora.errors import BadInput
+from sdlora.files import atomic_path
 
 PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
@@ -159,10 +154,12 @@ def read_backbone_record(backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
     )
 
 
-def read_inputs(manifest: dict[str, Any], backbone: str | Path = BACKBONE_DIR) -> RunInputs:
-    """The run's inputs by content: the prepared splits' ``manifest`` (read once by the stage)
-    and the pretrain stage's record in ``backbone``."""
-    return RunInputs(manifest["content_hash"], read_backbone_record(backbone).get("sha256"))
+def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunInputs:
+    """The run's inputs by content: the prepared splits' hash (from the manifest of the stage's
+    opened folder) and the weights' SHA-256 from the pretrain stage's record."""
+    return RunInputs(
+        prepared.manifest["content_hash"], read_backbone_record(backbone).get("sha256")
+    )
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:
@@ -170,147 +167,67 @@ def read_record(folder: str | Path) -> dict[str, Any]:
     return read_json(Path(folder) / RECORD, "a train stage's output", "run `dvc repro`")
 
 
-# ---- the params file, edited round-trip ------------------------------------------------------
+# ---- the params file: the generated section, written plainly ---------------------------------
 
 
-class _Representer(RoundTripRepresenter):
-    """ruamel's round-trip representer, but None is written ``null`` (ruamel writes nothing).
-
-    A subclass: ruamel's own class, which DVC also uses in this process, stays as it is.
-    """
-
-
-_Representer.add_representer(
-    type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
-)
-
-
-def _yaml() -> YAML:
-    y = YAML()  # round-trip: comments, key order, quoting and flow/block style are kept
-    y.Representer = _Representer
-    y.preserve_quotes = True
-    y.width = 4096  # never fold a line (each task entry is one flow mapping on one line)
-    return y
-
-
-def _entries(plan: Mapping[str, Mapping[str, Any]]) -> CommentedMap:
-    """The ``tasks`` mapping: double-quoted str keys (DVC's foreach wants str), flow entries."""
-    tasks = CommentedMap()
-    for key, entry in plan.items():
-        flow = CommentedMap(entry)
-        flow.fa.set_flow_style()
-        tasks[DoubleQuotedScalarString(key)] = flow
-    return tasks
-
-
-def _last_line_comment(node: CommentedMap) -> tuple[CommentedMap, Any] | None:
-    """The mapping and key whose end-of-line comment is on ``node``'s last line, if any."""
-    key = list(node)[-1]
-    value = node[key]
-    if isinstance(value, CommentedMap) and len(value) and not value.fa.flow_style():
-        return _last_line_comment(value)  # a block-style entry: its last line is inside it
-    item = node.ca.items.get(key)
-    return (node, key) if item and len(item) > 2 and item[2] is not None else None
-
-
-def _keep_comments(old: CommentedMap, new: CommentedMap) -> tuple[str, Any]:
-    """Carry ``old``'s entry comments over to the same keys of ``new``; return the tail.
-
-    ruamel glues the lines after a line with an end-of-line comment (blank lines, a comment on
-    its own line) to that comment. Lines glued to an entry belong to the next entry: dropped
-    with it when it goes. Lines glued to the section's last line belong to what follows the
-    section: that tail is cut off and returned (with the comment token it came in, or None) for
-    the caller to put after the new section.
-    """
-    tail, token = "", None
-    last = _last_line_comment(old) if len(old) else None
-    if last is not None:
-        node, key = last
-        token = copy.copy(node.ca.items[key][2])
-        eol, _, tail = token.value.partition("\n")
-        token.value = eol + "\n"
-        node.ca.items[key] = [*node.ca.items[key][:2], token, *node.ca.items[key][3:]]
-    keys = list(old)
-    for i, key in enumerate(keys):
-        if str(key) not in new or key not in old.ca.items:
-            continue
-        item = list(old.ca.items[key])
-        glued = item[2] is not None and "\n" in item[2].value.rstrip("\n")
-        if glued and i + 1 < len(keys) and str(keys[i + 1]) not in new:
-            item[2] = copy.copy(item[2])
-            item[2].value = item[2].value.partition("\n")[0] + "\n"
-        new.ca.items[str(key)] = item
-    return tail, token
-
-
-def _append_tail(node: CommentedMap, key: Any, tail: str, template: Any) -> None:
-    """Put ``tail`` (whole comment lines) after ``node[key]``'s line."""
-    item = node.ca.items.setdefault(key, [None, None, None, None])
-    line_end = item[2].value.rstrip("\n") + "\n" if item[2] is not None else "\n"
-    token = copy.copy(item[2] if item[2] is not None else template)
-    token.value = line_end + tail
-    item[2] = token
-
-
-def _set_tasks(doc: CommentedMap, plan: Mapping[str, Mapping[str, Any]], commented: bool) -> None:
-    """Put ``plan`` and its ``final_task`` into ``doc``: where the old ones were, or at the end.
-
-    ``commented``: the generated comment is already in the file (above ``tasks``, where ruamel
-    keeps it with the line before; it stays).
-    """
-    tasks = _entries(plan)
-    old = doc.get("tasks")
-    tail, token = _keep_comments(old, tasks) if isinstance(old, CommentedMap) else ("", None)
-    appended = "tasks" not in doc
-    doc["tasks"] = tasks  # an existing key keeps its place and its comments
-    if not commented:
-        doc.yaml_set_comment_before_after_key(
-            "tasks", before=("\n" if appended and len(doc) > 1 else "") + TASKS_COMMENT
-        )
-    final = task_output(len(plan) - 1)
-    if "final_task" in doc:
-        doc["final_task"] = final
-        if tail:
-            _append_tail(tasks, list(tasks)[-1], tail, token)
-    else:  # right after tasks, before what followed it
-        doc.insert(list(doc).index("tasks") + 1, "final_task", final)
-        doc.yaml_add_eol_comment(FINAL_COMMENT, "final_task", column=_FINAL_COLUMN)
-        if tail:
-            _append_tail(doc, "final_task", tail, token)
+def _scalar(value: Any) -> str:
+    """A task entry's value as YAML: null, a number or a plain path."""
+    return "null" if value is None else str(value)
 
 
 def tasks_block(plan: Mapping[str, Mapping[str, Any]]) -> str:
-    """The ``tasks`` and ``final_task`` sections' YAML text, as :func:`write_tasks` writes it."""
-    doc = CommentedMap()
-    _set_tasks(doc, plan, commented=False)
-    out = io.StringIO()
-    _yaml().dump(doc, out)
-    return out.getvalue()
+    """The ``tasks`` and ``final_task`` sections' YAML text, as :func:`write_tasks` writes it:
+    the generated comment, one flow mapping per task (str keys, as DVC's foreach wants them)."""
+    lines = [f"# {line}" for line in TASKS_COMMENT.splitlines()] + ["tasks:"]
+    for key, entry in plan.items():
+        cells = ", ".join(f"{name}: {_scalar(v)}" for name, v in entry.items())
+        lines.append(f'  "{key}": {{{cells}}}')
+    final = f"final_task: {task_output(len(plan) - 1)}"
+    lines.append(f"{final.ljust(_FINAL_COLUMN - 1)} # {FINAL_COMMENT}")
+    return "\n".join(lines) + "\n"
+
+
+def _section_span(lines: list[str]) -> tuple[int, int] | None:
+    """Where the tasks section lies in ``lines``: from its generated comment (or ``tasks:``)
+    through its indented entries and a ``final_task:`` line right after them; None if absent."""
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("tasks:")), None)
+    if start is None:
+        return None
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith((" ", "\t")) or not lines[end].strip()):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():  # blank lines belong to what follows
+        end -= 1
+    if end < len(lines) and lines[end].startswith("final_task:"):
+        end += 1
+    comment = [f"# {line}" for line in TASKS_COMMENT.splitlines()]
+    if lines[max(start - len(comment), 0) : start] == comment:
+        start -= len(comment)
+    return start, end
 
 
 def write_tasks(params_path: str | Path, num_tasks: int) -> dict[str, dict[str, Any]]:
-    """Regenerate ``params_path``'s ``tasks`` section for ``num_tasks`` tasks, keeping overrides.
-
-    Only ``tasks`` and ``final_task`` change, edited round-trip: every other line of the file
-    (comments included) is kept, and so are the comments on entries that stay. The sections stay
-    where they were, or are appended (with the generated comment) when missing. The file is
-    replaced atomically. Returns the new section.
-    """
-    from sdlora.files import atomic_path
-
+    """Regenerate ``params_path``'s ``tasks`` and ``final_task`` for ``num_tasks`` tasks, keeping
+    the per-task overrides (rank, epochs, lr). The section's lines are replaced where they are
+    (appended when missing); every other line of the file stays as it is, comments inside the
+    section do not. The file is replaced atomically. Returns the new section."""
     path = Path(params_path)
     text = path.read_text()
-    y = _yaml()
-    doc = y.load(text)
-    if doc is None:
-        doc = CommentedMap()
-    if not isinstance(doc, CommentedMap):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
-    old = doc.get("tasks")
-    old = old if isinstance(old, Mapping) else {}
+    raw = read_yaml(text, str(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    old = raw.get("tasks") if isinstance(raw.get("tasks"), Mapping) else {}
     overrides = {int(k): v for k, v in old.items() if isinstance(v, Mapping)}
     plan = plan_tasks(num_tasks, overrides)
-    _set_tasks(doc, plan, commented=TASKS_COMMENT.splitlines()[0] in text)
-    with atomic_path(path) as tmp, tmp.open("w") as f:
-        y.dump(doc, f)
+    lines = text.splitlines()
+    block = tasks_block(plan).splitlines()
+    span = _section_span(lines)
+    if span is None:  # appended, after a blank line
+        lines += [""] if any(ln.strip() for ln in lines) else []
+        span = (len(lines), len(lines))
+    lines[span[0] : span[1]] = block
+    inside = range(span[0], span[0] + len(block))  # a final_task elsewhere: replaced by this one
+    lines = [ln for i, ln in enumerate(lines) if i in inside or not ln.startswith("final_task:")]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return plan

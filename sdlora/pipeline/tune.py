@@ -1,10 +1,11 @@
 """Stage ``tune`` (``tune/dvc.yaml``; not part of the default ``dvc repro``): a Ray Tune sweep of
-whole task sequences over ``tune.space`` on the pipeline's splits and backbone.
+whole task sequences over ``space`` (tune/params.yaml) on the pipeline's splits and backbone.
 
 The sweep's name is a hash of everything its trials depend on (params, data, weights, the
 sweep's own settings), so a sweep cut by a kill or a crash is restored with
 ``Tuner.restore`` when the stage runs again with the same settings: finished trials are kept,
-unfinished ones start again. Ray Tune's folders live under ``tune.storage_path`` (default
+unfinished ones start again. Ray Tune's folders live under ``storage_path`` of tune/params.yaml
+(default
 ``runs/tune/ray``), outside DVC's outputs, so ``dvc repro`` never deletes them. The trials
 table, the Pareto front (CSV, PNG), the best params file and the metrics go to
 ``results/tune/`` (in git, like ``results/``); MLflow gets a parent run with a child per trial.

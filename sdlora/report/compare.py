@@ -1,8 +1,8 @@
 """Every method over several seeds on the same splits: the comparison the article's tables make.
 
-``compare.methods`` in params maps a label to the params it changes (``{}`` is the file as it
-is; ``{model.method: seq_lora}``; SD-LoRA-RR is ``{model.rank_schedule: [...]}``), and
-``compare.seeds`` lists the seeds. Each (label, seed) runs through
+``methods`` in compare/params.yaml maps a label to the params.yaml keys it changes (``{}`` is
+the file as it is; ``{model.method: seq_lora}``; SD-LoRA-RR is
+``{model.rank_schedule: [...]}``), and ``seeds`` lists the seeds. Each (label, seed) runs through
 :func:`sdlora.core.loop.run_sequence`, the pipeline's own loop, data path and evaluator, on the
 seed's prepared splits, which every method shares; then the merged model is measured at
 inference. :func:`summarize_runs` turns the runs into one row per label (mean and standard
@@ -47,7 +47,7 @@ METRIC_COLUMNS = (
 
 @dataclass(frozen=True)
 class Variant:
-    """One run of the comparison: a ``compare.methods`` label at one seed, with its config."""
+    """One run of the comparison: a label of compare/params.yaml at one seed, with its config."""
 
     label: str
     seed: int

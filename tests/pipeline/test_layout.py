@@ -130,12 +130,12 @@ def test_a_file_dvc_rewrote_comes_back_with_its_override(tmp_path: Path) -> None
     by_dvc = dumps_yaml(edited)
     assert by_dvc != text  # DVC writes nulls as nothing, single quotes, folded lines
     new = _rewrite(tmp_path, by_dvc, len(edited["tasks"]))
-    assert new == text.replace(
-        "task_2, rank: null, epochs: null, lr: null}", "task_2, rank: 4, epochs: null, lr: null}"
-    )
+    block = tasks_block(plan_tasks(len(edited["tasks"]), {3: {"rank": 4}}))
+    assert new.endswith(block) and "task_2, rank: 4, epochs: null, lr: null}" in block
+    assert new[: -len(block)] == by_dvc[: by_dvc.index("# One train@<key>")]  # DVC's lines stay
 
 
-def test_rewriting_keeps_overrides_and_entry_comments(tmp_path: Path) -> None:
+def test_rewriting_keeps_overrides_and_what_follows_the_section(tmp_path: Path) -> None:
     text = """\
 seed: 1
 tasks:
@@ -151,16 +151,18 @@ tasks:
 mlflow: {experiment: x}
 """
     new = _rewrite(tmp_path, text, 4)
-    assert "lr: 0.0005} # slower start" in new and '\n  # the middle task\n  "1":' in new
     cfg = parse_config(read_yaml(new))
     assert cfg.for_task(0).train.lr == 0.0005 and cfg.for_task(1).train.epochs == 3
     assert cfg.rank_for_task(2) == 7
-    # the comment about mlflow follows the new final_task, not the old last entry
+    assert "slower start" not in new and "middle task" not in new  # the section is generated
+    assert new.startswith("seed: 1\n# One train@<key> stage per task")  # where it was
     assert new.endswith(f"final_task: {task_output(3)}   # what evaluate reads: the last task's "
                         "output\n\n# MLflow: where runs go\nmlflow: {experiment: x}\n")  # fmt: skip
     fewer = _rewrite(tmp_path, new, 1)
-    assert "\n\n# MLflow: where runs go\nmlflow:" in fewer and "slower start" in fewer
-    assert "middle task" not in fewer and sorted(parse_config(read_yaml(fewer)).tasks or {}) == [0]
+    assert fewer.endswith("\n\n# MLflow: where runs go\nmlflow: {experiment: x}\n")
+    assert sorted(parse_config(read_yaml(fewer)).tasks or {}) == [0]
+    moved = "final_task: elsewhere\n" + text  # a final_task away from tasks: replaced
+    assert _rewrite(tmp_path, moved, 4) == new
 
 
 def test_missing_sections_are_appended_with_their_comment(tmp_path: Path) -> None:
