@@ -34,13 +34,28 @@ def _imported(path: Path) -> set[str]:
     the CLI, its module-level imports (each command imports its own module when it runs)."""
     names: set[str] = set()
     tree = ast.parse(path.read_text())
-    for node in tree.body if path == CLI else ast.walk(tree):
+    for node in tree.body if path == CLI else _run_nodes(tree):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
     parents = {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
     return names | parents  # importing a.b.c runs a/__init__.py and a/b/__init__.py
+
+
+def _run_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node that runs: ``if TYPE_CHECKING:`` blocks are left out."""
+    out: list[ast.AST] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        out.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return out
 
 
 def import_closure(entry: Path) -> set[Path]:
