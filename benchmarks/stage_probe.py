@@ -6,7 +6,8 @@ Every Python process of the stage (the driver and the Ray workers it starts) imp
 ``timm.create_model`` (each model build creates its backbone once) and the opens of
 ``manifest.json`` for reading (an audit hook). Tasks 0 and 1 run from the project's prepared
 splits and backbone (``dvc repro prepare pretrain`` first), with Ray's run folders, MLflow and
-the outputs in a temporary folder. ``--repo`` runs another checkout's code on the same inputs.
+the outputs in a temporary folder. ``--repo`` runs another checkout (its code, params, prepared
+splits and backbone: link them from this one to compare the code alone).
 
     python benchmarks/stage_probe.py
     python benchmarks/stage_probe.py --repo ../before   # the same against older code
@@ -69,7 +70,7 @@ def run(repo: Path, params: Path, tmp: Path) -> dict[str, collections.Counter]:
                "--out", str(out / f"task_{task}")]  # fmt: skip
         if task > 0:
             cmd += ["--prev", str(out / f"task_{task - 1}")]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -89,13 +90,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs per task (fewer: faster)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sdlora-probe-"))
-    raw = yaml.safe_load((REPO / args.params).read_text())
+    repo = Path(args.repo).resolve()  # its params, prepared splits and backbone are used
+    raw = yaml.safe_load((repo / args.params).read_text())
     raw["train"]["epochs"] = args.epochs
     raw["progress"] = False
     raw.setdefault("ray", {})["storage_path"] = str(tmp / "ray")
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    counts = run(Path(args.repo).resolve(), params, tmp)
+    counts = run(repo, params, tmp)
     print(f"\n{args.repo}: per train@k stage (1 Ray Train worker, {args.epochs} epoch(s))\n")
     print(
         "| stage | model builds (driver) | model builds (workers) | manifest reads (driver) "

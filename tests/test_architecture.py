@@ -83,3 +83,13 @@ def test_the_checks_see_imports_inside_functions(tmp_path: Path) -> None:
     code.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ray\n"
                     "def f():\n    import mlflow\n")  # fmt: skip
     assert _runtime_imports(code) == {"typing", "typing.TYPE_CHECKING", "mlflow"}
+
+
+def test_what_people_read_needs_no_outside_system() -> None:
+    """``sdlora.report`` (tables, plots, a run's files) imports the science, not Ray or MLflow."""
+    bad = {
+        name: sorted(m for m in _runtime_imports(path) if m.startswith(OUTSIDE[:-1]))
+        for name, path in _modules().items()
+        if name.startswith("sdlora.report")
+    }
+    assert not {k: v for k, v in bad.items() if v}

@@ -419,22 +419,6 @@ def run_sweep(
     return Sweep(grid, parent, restored, callbacks[0].first_report_s)
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points (stored parameters, accuracy) that no other point beats: none has
-    at most the storage and at least the accuracy with one of them strictly better. Sorted by
-    storage."""
-    front = []
-    for i, (s_i, a_i) in enumerate(points):
-        dominated = any(
-            s_j <= s_i and a_j >= a_i and (s_j < s_i or a_j > a_i)
-            for j, (s_j, a_j) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i])
-
-
 def trial_rows(
     grid: tune.ResultGrid,
     num_tasks: int,

@@ -20,7 +20,6 @@ import yaml
 from sdlora.config import ConfigError, read_params
 from sdlora.errors import Failed
 from sdlora.files import write_json, write_text
-from sdlora.ops.ray_tune import pareto_front
 from sdlora.report.plots import pareto_plot
 
 COLUMN = {"final_accuracy": "accuracy", "average_anytime_accuracy": "average_anytime_accuracy"}
@@ -34,6 +33,22 @@ EXP_RUN = "python -m sdlora exp-run"
 
 class SweepError(Failed, RuntimeError):
     """A sweep whose trials cannot give a result (all failed or stopped)."""
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (stored parameters, accuracy) that no other point beats: none has
+    at most the storage and at least the accuracy with one of them strictly better. Sorted by
+    storage."""
+    front = []
+    for i, (s_i, a_i) in enumerate(points):
+        dominated = any(
+            s_j <= s_i and a_j >= a_i and (s_j < s_i or a_j > a_i)
+            for j, (s_j, a_j) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
 
 
 def front_of(rows: Sequence[Mapping[str, Any]], objective: str) -> list[int]:

@@ -13,7 +13,6 @@ from sdlora.config import ConfigError, RayConfig, RunInputs, TuneSettings
 from sdlora.ops.ray_tune import (
     check_trials,
     concurrency,
-    pareto_front,
     run_sweep,
     search_space,
     trial_rows,
@@ -175,12 +174,3 @@ def test_a_restored_sweep_keeps_its_parent_run_and_a_new_one_gets_its_own(tmp_pa
     anew = _parent_run(client, "e", "tune-x", {}, restoring=False)  # started over
     assert anew != first
     assert _parent_run(client, "e", "tune-x", {}, restoring=True) == anew  # the newest
-
-
-def test_the_pareto_front_keeps_what_nothing_beats_on_both_storage_and_accuracy() -> None:
-    points = [(100.0, 60.0), (50.0, 60.0), (50.0, 55.0), (200.0, 70.0), (150.0, 65.0),
-              (150.0, 64.0), (300.0, 70.0)]  # fmt: skip
-    # (100, 60) loses to (50, 60); (50, 55) to (50, 60); (150, 64) to (150, 65); (300, 70)
-    # to (200, 70)
-    assert pareto_front(points) == [1, 4, 3]
-    assert pareto_front([(1.0, 1.0)]) == [0] and pareto_front([]) == []

@@ -16,6 +16,7 @@ from sdlora.report.tune import (
     best_row,
     exp_run_args,
     front_of,
+    pareto_front,
     read_best,
     write_outputs,
 )
@@ -101,3 +102,12 @@ def test_a_best_params_file_must_hold_dotted_keys(tmp_path: Path) -> None:
     bad.write_text("train:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=r"expected dotted params keys such as train.lr"):
         read_best(bad)
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_storage_and_accuracy() -> None:
+    points = [(100.0, 60.0), (50.0, 60.0), (50.0, 55.0), (200.0, 70.0), (150.0, 65.0),
+              (150.0, 64.0), (300.0, 70.0)]  # fmt: skip
+    # (100, 60) loses to (50, 60); (50, 55) to (50, 60); (150, 64) to (150, 65); (300, 70)
+    # to (200, 70)
+    assert pareto_front(points) == [1, 4, 3]
+    assert pareto_front([(1.0, 1.0)]) == [0] and pareto_front([]) == []
