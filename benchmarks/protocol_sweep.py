@@ -119,7 +119,8 @@ def head_diagnostics(model: Any, prepared: Path, cfg: Config) -> dict[str, Any]:
     """
     try:
         from sdlora.core.evaluate import outputs
-        from sdlora.core.train import resolve_device, task_classes, task_stream
+        from sdlora.core.train import resolve_device, task_stream
+        from sdlora.data.prepare import open_prepared
 
         device = resolve_device(cfg.device)
         model.eval().to(device)
@@ -129,7 +130,7 @@ def head_diagnostics(model: Any, prepared: Path, cfg: Config) -> dict[str, Any]:
         logits = model.forward_head(feats.to(device)).cpu()
         w, b = (x.detach().cpu() for x in model.head.full_weight())
         pred = logits.argmax(1)
-        spans = [task_classes(prepared, t) for t in range(num_tasks)]
+        spans = [open_prepared(prepared).task_classes(t) for t in range(num_tasks)]
         true_share, pred_share, bias, row_norm, win = [], [], [], [], []
         for lo, n in spans:
             true_share.append(100.0 * ((labels >= lo) & (labels < lo + n)).float().mean().item())

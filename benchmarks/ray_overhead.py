@@ -39,12 +39,12 @@ def one(params: str, prepared: str, workers: int, epochs: int) -> dict:
             begin_task,
             build_model,
             fit_task,
-            task_classes,
             torch_threads,
         )  # fmt: skip
+        from sdlora.data.prepare import open_prepared
 
         model = build_model(cfg)
-        begin_task(model, cfg, 0, task_classes(prepared, 0)[1])
+        begin_task(model, cfg, 0, open_prepared(prepared).task_classes(0)[1])
         t0 = time.perf_counter()
         with torch_threads(cfg.train.threads):  # as the Ray worker: train.threads
             epochs_log = fit_task(model, prepared, 0, cfg, World())

@@ -22,9 +22,9 @@ import click
 
 from sdlora.config import load_compare, load_config, load_tune
 from sdlora.errors import BadInput, Failed
+from sdlora.progress import VERBOSE_ENV
 
 PARAMS = "params.yaml"
-VERBOSE_ENV = "SDLORA_VERBOSE"  # 1: Ray's output on the console, as train's --verbose
 
 
 def _params_option(f: Callable) -> Callable:

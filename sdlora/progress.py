@@ -17,6 +17,8 @@ from typing import Protocol, TextIO
 
 from tqdm.auto import tqdm
 
+VERBOSE_ENV = "SDLORA_VERBOSE"  # 1: Ray's output on the console too (a train stage's --verbose)
+
 
 class EpochBar(Protocol):
     """One epoch's progress."""

@@ -156,12 +156,6 @@ def task_loader(
     return make_loader(stream, batch_size, loader_workers(cfg, world), world.device)
 
 
-def task_classes(prepared: PreparedLike, task: int | list[int]) -> tuple[int, int]:
-    """``(label_offset, num_classes)`` of ``task`` in a prepared folder; for a list of
-    consecutive tasks (joint training), of their classes together."""
-    return open_prepared(prepared).task_classes(task)
-
-
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the public code's protocol) or Adam (the paper's)."""
     if cfg.optimizer == "sgd":

@@ -43,9 +43,9 @@ from sdlora.pipeline.layout import (
 )
 from sdlora.pipeline.mlflow_run import open_run, run_key
 from sdlora.pipeline.preflight import check_task_inputs
+from sdlora.progress import VERBOSE_ENV
 
 LOG = "runs/logs/train@{task}.log"  # everything Ray prints while task k trains (appended)
-VERBOSE_ENV = "SDLORA_VERBOSE"  # 1: Ray's output on the console, as --verbose
 
 
 def _say(stage: str, text: str) -> None:

@@ -18,8 +18,8 @@ from sdlora.core.evaluate import evaluate, outputs
 from sdlora.core.loop import run_sequence
 from sdlora.core.metrics import read_matrix_csv
 from sdlora.core.pretrain import pretrain_backbone
-from sdlora.core.train import begin_task, build_model, resolve_device, task_classes, task_stream
-from sdlora.data.prepare import prepare
+from sdlora.core.train import begin_task, build_model, resolve_device, task_stream
+from sdlora.data.prepare import open_prepared, prepare
 
 TINY = {
     "img_size": 16,
@@ -136,12 +136,14 @@ def test_joint_trains_every_task_at_once_into_one_row(
     assert s["final_accuracy"] == s["average_anytime_accuracy"] == pytest.approx(weighted)
     assert s["forgetting"] is None and s["backward_transfer"] is None
     # its data: every task's training rows, shuffled together (a batch mixes the tasks)
-    from sdlora.core.train import task_classes, task_stream
+    from sdlora.core.train import task_stream
 
     model = build_model(cfg)
     stream = task_stream(prepared, [0, 1, 2], "train", cfg, model.backbone)
     singles = [task_stream(prepared, t, "train", cfg, model.backbone) for t in range(3)]
-    assert stream.num_rows == sum(x.num_rows for x in singles) and task_classes(prepared, [1, 2])
+    assert stream.num_rows == sum(x.num_rows for x in singles) and open_prepared(
+        prepared
+    ).task_classes([1, 2])
     _, y = next(iter(torch.utils.data.DataLoader(stream, batch_size=64)))
     tasks_in_batch = {0 if c < 4 else 1 if c < 7 else 2 for c in y.tolist()}
     assert tasks_in_batch == {0, 1, 2}
@@ -292,7 +294,7 @@ def test_evaluation_with_loader_workers_scores_each_task_on_its_own_images(
     cfg = parse_config(raw)
     model = build_model(cfg)
     for t in range(3):
-        begin_task(model, cfg, t, task_classes(prepared, t)[1])
+        begin_task(model, cfg, t, open_prepared(prepared).task_classes(t)[1])
     accs, counts = evaluate(model, prepared, range(3), cfg, torch.device("cpu"))
     for t in range(3):
         stream = task_stream(prepared, t, "test", cfg, model.backbone)

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from sdlora.config import load_config
 from sdlora.core.checkpoint import save_adapter
 from sdlora.core.records import task_record
-from sdlora.core.train import begin_task, build_model, task_classes
-from sdlora.data.prepare import read_manifest
+from sdlora.core.train import begin_task, build_model
+from sdlora.data.prepare import open_prepared, read_manifest
 from sdlora.ops.ray_train import ADAPTER
 from sdlora.ops.tracking import EXPERIMENT_KIND, KIND_TAG
 from sdlora.pipeline.evaluate import evaluate_stage
@@ -51,7 +51,7 @@ def project(write_params: Callable[..., Path], monkeypatch: pytest.MonkeyPatch):
     model = build_model(cfg)
     records = []
     for task in (0, 1):
-        begin_task(model, cfg, task, task_classes(PREPARED_DIR, task)[1])
+        begin_task(model, cfg, task, open_prepared(PREPARED_DIR).task_classes(task)[1])
         with torch.no_grad():
             for m in model.matrices():
                 m.B_cur.normal_()  # stands in for training: B starts at zero
