@@ -662,6 +662,8 @@ RUNTIME_KEYS = frozenset({
     "final_task",  # where the last task's output lies (the layout's, checked against tasks)
 })  # fmt: skip
 _TASK_PATHS = ("split", "prev")  # a tasks entry's folders: the layout's, not the run's
+# tune/params.yaml's keys that say where or how wide a sweep runs, not what its trials compute
+TUNE_RUNTIME_KEYS = frozenset({"cpus_per_trial", "max_concurrent_trials", "storage_path"})
 
 
 @dataclass(frozen=True)

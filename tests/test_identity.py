@@ -12,6 +12,7 @@ import pytest
 
 from sdlora.config import (
     RUNTIME_KEYS,
+    TUNE_RUNTIME_KEYS,
     RunInputs,
     TuneSettings,
     identity,
@@ -22,7 +23,7 @@ from sdlora.config import (
 from sdlora.pipeline.compare import summary_key
 from sdlora.pipeline.mlflow_run import run_key, run_params
 from sdlora.pipeline.train import task_run
-from sdlora.pipeline.tune import TUNE_RUNTIME_KEYS, sweep_name
+from sdlora.pipeline.tune import sweep_name
 from sdlora.report.compare import Variant
 
 REPO = Path(__file__).resolve().parents[1]

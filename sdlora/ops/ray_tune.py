@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pydantic import ValidationError
 from ray import tune
@@ -64,7 +63,7 @@ from sdlora.core.methods import method_class
 from sdlora.core.records import accuracy_matrix, task_metrics
 from sdlora.data.prepare import read_manifest
 from sdlora.ops.ray_train import ray_learner
-from sdlora.ops.tracking import resolve_tracking_uri
+from sdlora.ops.tracking import SequenceTracker
 
 _SAMPLERS = {
     "loguniform": tune.loguniform,
@@ -73,7 +72,7 @@ _SAMPLERS = {
     "grid": tune.grid_search,  # every value, times num_samples
 }
 SWEEP_TAG = "sdlora.tune"  # MLflow tag: "sweep" on the parent run, "trial" on its children
-NAME_TAG = "sdlora.tune.name"  # MLflow tag: the sweep's name, found again on restore
+NAME_TAG = "sdlora.tune.name"  # MLflow tag: the sweep's name (the parent's key is the name too)
 QUIET_ENV = "RAY_AIR_NEW_OUTPUT"  # "0" (with verbose=0): Tune prints no tables of its own
 STATE_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # how often Tune saves the experiment's state
 STATE_PERIOD_S = 1  # ... and (SyncConfig.sync_period) copies it to storage_path
@@ -290,35 +289,6 @@ class Sweep:
     first_report_s: dict[str, float]  # trial id: start to first report, seen by the driver
 
 
-def _parent_run(
-    client: MlflowClient, experiment: str, name: str, fixed: dict, restoring: bool
-) -> str:
-    """The sweep's parent run: when ``restoring``, the one the sweep of this name left (its
-    children that were still running are marked KILLED: their trials start again), else a new
-    one (a sweep started over gets a run of its own)."""
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    found = client.search_runs(
-        [exp_id],
-        f"tags.`{NAME_TAG}` = '{name}' and tags.`{SWEEP_TAG}` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-    )
-    if found and restoring:
-        parent = found[0].info.run_id
-        children = client.search_runs(
-            [exp_id],
-            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'RUNNING'",
-        )
-        for child in children:
-            client.set_terminated(child.info.run_id, "KILLED")
-        client.update_run(parent, "RUNNING")
-        return parent
-    run = client.create_run(exp_id, run_name=name, tags={SWEEP_TAG: "sweep", NAME_TAG: name})
-    for key, value in fixed.items():
-        client.log_param(run.info.run_id, key, value)
-    return run.info.run_id
-
-
 def run_sweep(
     params: str | Path,
     prepared: str | Path,
@@ -340,10 +310,9 @@ def run_sweep(
 
     With ``experiment``, MLflow gets one parent run named ``name`` and each trial as its child
     run (params, metrics at step = task index), all written by this driver process through
-    :class:`TaskStepMLflowLogger`: one writer, so the default SQLite store is safe whatever
-    process or node a trial runs in. ``tracking_uri`` as ``mlflow.tracking_uri`` (None: the
-    project's SQLite file); the callback sets the process-wide tracking URI, as
-    :meth:`sdlora.ops.tracking.SequenceTracker.open` does.
+    :class:`TaskStepMLflowLogger` (Ray's MLflow callback): one writer, so the default SQLite
+    store is safe whatever process or node a trial runs in. ``tracking_uri`` as
+    ``mlflow.tracking_uri`` (None: the project's SQLite file).
     """
     import ray as ray_module
 
@@ -369,14 +338,16 @@ def run_sweep(
     restored = tune.Tuner.can_restore(storage / name)
     callbacks: list[tune.Callback] = [ConsoleLines(num_tasks, sorted(settings.space))]
     parent = None
-    if experiment is not None:
-        uri = resolve_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri=uri)
-        parent = _parent_run(client, experiment, name, settings.fixed, restored)
-        children = {MLFLOW_PARENT_RUN_ID: parent, SWEEP_TAG: "trial", NAME_TAG: name}
-        callbacks.append(
-            TaskStepMLflowLogger(tracking_uri=uri, experiment_name=experiment, tags=children)
-        )
+    if experiment is not None:  # restored: the parent the cut sweep left; else a new one
+        parent = SequenceTracker()
+        tags = {SWEEP_TAG: "sweep", NAME_TAG: name}
+        parent.open(tracking_uri, experiment, name, params=settings.fixed, tags=tags, key=name,
+                    reopen=restored)  # fmt: skip
+        parent.end_children("KILLED")  # the trials that were running start again
+        children = {MLFLOW_PARENT_RUN_ID: parent.run_id, SWEEP_TAG: "trial", NAME_TAG: name}
+        callbacks.append(TaskStepMLflowLogger(
+            tracking_uri=parent.tracking_uri, experiment_name=experiment, tags=children
+        ))  # fmt: skip
     limit = concurrency(settings, ray, ray_module.cluster_resources(), base.device)
     os.environ.setdefault(QUIET_ENV, "0")  # Tune's tables off: ConsoleLines says what happens
     # the experiment's state (which trials finished) reaches storage_path within seconds, so a
@@ -410,13 +381,19 @@ def run_sweep(
                 sync_config=tune.SyncConfig(sync_period=STATE_PERIOD_S),
             ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        if parent is not None:
+            parent.close("FAILED")
+        raise
+    parent_id = None if parent is None else parent.run_id
     if parent is not None:
         done = [r for r in grid if r.error is None and r.metrics.get("task") == num_tasks]
         if done:  # a trial ASHA stopped was scored on fewer classes: not comparable
-            client.log_metric(parent, f"best_{metric}", max(r.metrics[metric] for r in done))
-        client.set_terminated(parent, "FAILED" if grid.errors else "FINISHED")
-    return Sweep(grid, parent, restored, callbacks[0].first_report_s)
+            parent.log_task(0, {f"best_{metric}": max(r.metrics[metric] for r in done)})
+        parent.close("FAILED" if grid.errors else "FINISHED")
+    return Sweep(grid, parent_id, restored, callbacks[0].first_report_s)
 
 
 def trial_rows(

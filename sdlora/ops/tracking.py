@@ -1,17 +1,14 @@
-"""MLflow tracking for a sequence run: one run per sequence, metrics at ``step=task``.
+"""MLflow tracking, the one module that talks to MLflow: one run per sequence (and per sweep),
+metrics at ``step=task``, through MLflow's fluent API.
 
-A thin layer over MLflow's documented API. The tracking URI is, in order: the explicit argument
-(from params), ``MLFLOW_TRACKING_URI``, or ``sqlite:///<abs root>/mlflow.db``. Experiments on a
-SQLite store are created with an explicit ``artifact_location`` (``mlartifacts/<name>`` beside
-the database), so nothing lands in ``./mlruns``. Resuming a stage passes the run id back to
-:meth:`SequenceTracker.open`, which reopens that run (``mlflow.start_run(run_id=...)``) instead of
-creating another.
-
-Params, metrics, tags and artifacts go through an :class:`mlflow.MlflowClient` bound to the
-resolved URI with the run id given explicitly; the run is also made MLflow's active run, because
-``mlflow.pytorch.log_model`` logs to the active run. :meth:`SequenceTracker.open` therefore
-sets the process-wide tracking URI (``mlflow.set_tracking_uri``), as MLflow documents, and
-creates runs with ``mlflow.start_run``, which records the source, user and git commit tags.
+The tracking URI is, in order: the explicit argument (from params), ``MLFLOW_TRACKING_URI``, or
+``sqlite:///<abs root>/mlflow.db``; :meth:`SequenceTracker.open` sets it process-wide
+(``mlflow.set_tracking_uri``), as MLflow documents. Experiments on a SQLite store are created
+with an explicit ``artifact_location`` (``mlartifacts/<name>`` beside the database), so nothing
+lands in ``./mlruns``. A run is opened with ``mlflow.start_run`` (which records the source, user
+and git commit tags) and stays MLflow's active run until :meth:`SequenceTracker.close`:
+``mlflow.pytorch.log_model`` logs to the active run. A run is found again by its key (tag
+:data:`KEY_TAG`), so a re-run stage reopens its run instead of creating another.
 
 What the MLflow UI shows is settled here too: experiments are created (or tagged) as model
 training (:data:`EXPERIMENT_KIND`), a task's metrics are logged once per step
@@ -25,7 +22,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +30,9 @@ from urllib.parse import unquote, urlparse
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
 from sdlora.errors import BadInput
@@ -185,18 +182,18 @@ def model_pip_requirements() -> list[str]:
 
 # ---- the tracker ---------------------------------------------------------------------------
 class SequenceTracker:
-    """One MLflow run per class-incremental sequence.
+    """One MLflow run per class-incremental sequence (or sweep), MLflow's active run while open.
 
     >>> tracker = SequenceTracker()
-    >>> run_id = tracker.open(None, "sdlora", "digits-5", params=flatten_params(cfg))
+    >>> run_id = tracker.open(None, "sdlora", "digits-5", params=flatten_params(cfg), key=key)
     >>> tracker.log_task(0, {"accuracy": 97.5, "forgetting": 0.0})
     >>> tracker.close()                       # or: with tracker: ...
 
-    ``open(..., run_id=run_id)`` later reopens the same run (metric history continues).
+    ``open(..., run_id=run_id)`` or the same ``key`` later reopens the run (metric history
+    continues).
     """
 
     def __init__(self) -> None:
-        self.client: MlflowClient | None = None
         self.tracking_uri: str | None = None
         self.experiment_id: str | None = None
         self.run_id: str | None = None
@@ -214,13 +211,14 @@ class SequenceTracker:
         root: str | Path = ".",
         code_dir: str | Path | None = None,
         key: str | None = None,
+        reopen: bool = True,
     ) -> str:
-        """Create the sequence's run, or reopen ``run_id``; return the run id.
+        """Create the run, or reopen ``run_id``; return the run id.
 
         ``key`` names the sequence (e.g. a hash of its config): without ``run_id``, the newest
-        live run of the experiment tagged with it is reopened, and a created run is tagged with
-        it, so re-running a stage never makes a second run for one sequence. ``self.created``
-        says which happened.
+        run of the experiment tagged with it is reopened (unless ``reopen`` is False: a new run
+        is wanted), and a created run is tagged with it, so re-running a stage never makes a
+        second run for one sequence. ``self.created`` says which happened.
 
         ``params`` (flat; see :func:`flatten_params`) are logged once; on reopening, params
         already logged must have the same value (MLflow never overwrites a param), so a
@@ -231,86 +229,71 @@ class SequenceTracker:
         if self.run_id is not None:
             raise TrackingError(f"tracker already has run {self.run_id} open; close() it first")
         uri = resolve_tracking_uri(tracking_uri, root)
-        db = sqlite_path(uri)
-        if db is not None:
+        if (db := sqlite_path(uri)) is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is not None and KIND_TAG not in exp.tags:  # made before it was tagged, or by hand
-            client.set_experiment_tag(exp.experiment_id, KIND_TAG, EXPERIMENT_KIND)
         mlflow.set_tracking_uri(uri)
-        if run_id is not None:
-            run = self._existing_run(client, uri, run_id)
-            if exp is None or run.info.experiment_id != exp.experiment_id:
-                raise TrackingError(
-                    f"run {run_id} belongs to experiment id {run.info.experiment_id}, not to "
-                    f"experiment {experiment!r} in {uri}"
-                )
-            self._check_params(run.data.params, params or {})
-            created = False
-        elif key is not None and exp is not None and (found := self._find(client, exp, key)):
-            run_id = found
-            self._check_params(client.get_run(run_id).data.params, params or {})
-            created = False
+        exp = mlflow.get_experiment_by_name(experiment)
+        if run_id is not None and (
+            (run := self._existing_run(uri, run_id)).info.experiment_id
+            != getattr(exp, "experiment_id", None)
+        ):
+            raise TrackingError(
+                f"run {run_id} belongs to experiment id {run.info.experiment_id}, not to "
+                f"experiment {experiment!r} in {uri}"
+            )
+        if exp is None:
+            location = default_artifact_location(uri, experiment)
+            exp_id = mlflow.create_experiment(experiment, location, {KIND_TAG: EXPERIMENT_KIND})
         else:
-            if exp is None:
-                exp_id = client.create_experiment(
-                    experiment,
-                    artifact_location=default_artifact_location(uri, experiment),
-                    tags={KIND_TAG: EXPERIMENT_KIND},
-                )
-            else:
-                exp_id = exp.experiment_id
-            run_tags = {k: str(v) for k, v in (tags or {}).items()}
-            if key is not None:
-                run_tags[KEY_TAG] = key
-            # start_run adds MLflow's context tags (mlflow.source.name/type, mlflow.user, git)
-            run_id = mlflow.start_run(
-                experiment_id=exp_id, run_name=run_name, tags=run_tags
-            ).info.run_id
-            exp = client.get_experiment(exp_id)
-            created = True
-        if not created:  # make it the active run: mlflow.pytorch.log_model logs to the active run
-            mlflow.start_run(run_id=run_id)
-        self.client, self.tracking_uri = client, uri
-        self.experiment_id, self.run_id = exp.experiment_id, run_id
-        self.created = created
-
+            exp_id = exp.experiment_id
+        mlflow.set_experiment(experiment_id=exp_id)
+        if exp is not None and KIND_TAG not in exp.tags:  # made before it was tagged, or by hand
+            mlflow.set_experiment_tag(KIND_TAG, EXPERIMENT_KIND)
+        if run_id is None and key is not None and reopen:
+            run_id = self._find(exp_id, key)
+        logged = {} if run_id is None else mlflow.get_run(run_id).data.params
+        self._check_params(logged, params or {})
+        run_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if run_id is None and key is not None:
+            run_tags[KEY_TAG] = key
+        # start_run adds MLflow's context tags (mlflow.source.name/type, mlflow.user, git)
+        if run_id is None:  # a new run; else reopen it as it is (name and tags kept)
+            active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=run_tags)
+        else:
+            active = mlflow.start_run(run_id=run_id)
+        self.created, self.tracking_uri = run_id is None, uri
+        self.experiment_id, self.run_id = exp_id, active.info.run_id
         commit = git_commit(Path(__file__).parent if code_dir is None else code_dir)
-        extra_tags = dict(tags or {})
         all_params = dict(params or {})
         if commit is not None:
-            extra_tags.setdefault(GIT_COMMIT_TAG, commit)
+            run_tags.setdefault(GIT_COMMIT_TAG, commit)
             all_params.setdefault("git_commit", commit)
         try:
-            logged = client.get_run(run_id).data.params
-            new = {k: v for k, v in all_params.items() if k not in logged}
-            client.log_batch(
-                run_id,
-                params=[Param(k, _param_value(v)) for k, v in new.items()],
-                tags=[RunTag(k, str(v)) for k, v in extra_tags.items()],
-            )
+            new = {k: _param_value(v) for k, v in all_params.items() if k not in logged}
+            mlflow.log_params(new)
+            mlflow.set_tags(run_tags)
         except BaseException:
             self.close("FAILED")  # never leave a half-opened run active
             raise
-        return run_id
+        return self.run_id
 
     @staticmethod
-    def _find(client: MlflowClient, exp: Any, key: str) -> str | None:
+    def _find(experiment_id: str, key: str) -> str | None:
         if not re.fullmatch(r"[A-Za-z0-9_.:-]+", key):
             raise ValueError(f"run key {key!r}: use letters, digits and _ . : - only")
-        runs = client.search_runs(
-            [exp.experiment_id],
+        runs = mlflow.search_runs(
+            [experiment_id],
             filter_string=f"tags.{KEY_TAG} = '{key}'",
             max_results=1,
             order_by=["attributes.start_time DESC"],
+            output_format="list",
         )
         return runs[0].info.run_id if runs else None
 
     @staticmethod
-    def _existing_run(client: MlflowClient, uri: str, run_id: str):
+    def _existing_run(uri: str, run_id: str):
         try:
-            run = client.get_run(run_id)
+            run = mlflow.get_run(run_id)
         except MlflowException as err:
             raise TrackingError(
                 f"cannot resume MLflow run {run_id!r}: no such run in {uri} ({err.message})"
@@ -333,16 +316,28 @@ class SequenceTracker:
             )
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the run (``FINISHED``, ``FAILED`` or ``KILLED``); closing twice does nothing."""
+        """End the run (``FINISHED``, ``FAILED``, ``KILLED``, or ``RUNNING`` for a sequence that
+        goes on in the next stage); closing twice does nothing."""
         if self.run_id is None:
             return
         RunStatus.from_string(status)  # a clear error for an unknown status
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            mlflow.end_run(status=status)
-        else:
-            self._require().set_terminated(self.run_id, status=status)
+        self._require()
+        mlflow.end_run(status=status)
         self.run_id = None
+
+    def end_children(self, status: str = "KILLED") -> int:
+        """Mark this run's child runs that are still ``RUNNING`` as ``status`` (a restored
+        sweep: the trials that were running start again as new runs); return how many."""
+        self._require()
+        children = mlflow.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.run_id}' and attributes.status = 'RUNNING'",
+            output_format="list",
+        )
+        for child in children:
+            mlflow.start_run(run_id=child.info.run_id, nested=True)
+            mlflow.end_run(status=status)
+        return len(children)
 
     def __enter__(self) -> SequenceTracker:
         return self
@@ -350,10 +345,12 @@ class SequenceTracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("FAILED" if exc_type is not None else "FINISHED")
 
-    def _require(self) -> MlflowClient:
-        if self.client is None or self.run_id is None:
+    def _require(self) -> None:
+        if self.run_id is None:
             raise TrackingError("no MLflow run is open: call open() first")
-        return self.client
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            raise TrackingError(f"run {self.run_id} is not MLflow's active run any more")
 
     # logging
     def log_task(self, task: int, metrics: Mapping[str, float]) -> list[str]:
@@ -363,40 +360,30 @@ class SequenceTracker:
         stage logging its task again) keeps that first point: MLflow appends every logged
         point to the history, so logging it again would draw a second point at the step.
         """
-        client = self._require()
+        self._require()
         if isinstance(task, bool) or not isinstance(task, int | np.integer) or task < 0:
             raise ValueError(f"task must be a task index >= 0, got {task!r}")
         step = int(task)
-        logged = self._logged_at(client, step, metrics.keys())
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if k not in logged and v is not None and np.isfinite(float(v))
-        ]
-        client.log_batch(self.run_id, metrics=batch)
-        return sorted(logged)
-
-    def _logged_at(self, client: MlflowClient, step: int, keys: Iterable[str]) -> set[str]:
-        """Which of ``keys`` already have a point at ``step`` in this run's history."""
-        present = client.get_run(self.run_id).data.metrics  # latest values: one call
-        return {
-            k
-            for k in keys
-            if k in present
-            and any(m.step == step for m in client.get_metric_history(self.run_id, k))
+        present = mlflow.get_run(self.run_id).data.metrics  # latest values: one call
+        history = MlflowClient().get_metric_history  # the fluent API has no history call
+        logged = {
+            k for k in metrics if k in present and step in {m.step for m in history(self.run_id, k)}
         }
+        new = {k: float(v) for k, v in metrics.items()
+               if k not in logged and v is not None and np.isfinite(float(v))}  # fmt: skip
+        mlflow.log_metrics(new, step=step)
+        return sorted(logged)
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         """Copy files (or whole folders) into the run's artifacts, under ``artifact_path``."""
-        client = self._require()
+        self._require()
         for p in paths:
             path = Path(p)
             if path.is_dir():
                 sub = path.name if artifact_path is None else f"{artifact_path}/{path.name}"
-                client.log_artifacts(self.run_id, str(path), sub)
+                mlflow.log_artifacts(str(path), sub)
             elif path.is_file():
-                client.log_artifact(self.run_id, str(path), artifact_path)
+                mlflow.log_artifact(str(path), artifact_path)
             else:
                 raise FileNotFoundError(f"artifact {path} does not exist")
 
@@ -406,10 +393,10 @@ class SequenceTracker:
         A re-run stage uses it to keep the model it logged before (``tags`` holding, say, a
         hash of the weights) instead of logging the same model a second time.
         """
-        client = self._require()
-        outputs = client.get_run(self.run_id).outputs
+        self._require()
+        outputs = mlflow.get_run(self.run_id).outputs
         for out in reversed(outputs.model_outputs if outputs is not None else []):
-            model = client.get_logged_model(out.model_id)
+            model = mlflow.get_logged_model(out.model_id)
             if (
                 model.name == name
                 and str(model.status) == "READY"
@@ -434,9 +421,6 @@ class SequenceTracker:
         from mlflow.models import infer_signature
 
         self._require()
-        active = mlflow.active_run()
-        if active is None or active.info.run_id != self.run_id:
-            raise TrackingError(f"run {self.run_id} is not MLflow's active run any more")
         x = example_input
         x_np = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         was_training = getattr(model, "training", False)

@@ -19,16 +19,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, ConfigError, RunInputs, TuneSettings, digest, identity
+from sdlora.config import (
+    TUNE_RUNTIME_KEYS,
+    Config,
+    ConfigError,
+    RunInputs,
+    TuneSettings,
+    digest,
+    identity,
+)
 from sdlora.core.loop import check_prepared
 from sdlora.ops.ray_session import ensure_ray
 from sdlora.ops.ray_tune import check_trials, concurrency, run_sweep, trial_need, trial_rows
 from sdlora.pipeline.layout import BACKBONE_DIR, PREPARED_DIR, TUNE_RESULTS, read_inputs
 from sdlora.pipeline.preflight import check_backbone
 from sdlora.report.tune import COLUMN, EXP_RUN, SweepError, write_outputs
-
-# tune.* keys that change where or how wide the sweep runs, not what its trials compute
-TUNE_RUNTIME_KEYS = frozenset({"cpus_per_trial", "max_concurrent_trials", "storage_path"})
 
 
 def sweep_name(cfg: Config, settings: TuneSettings, inputs: RunInputs) -> str:

@@ -154,23 +154,3 @@ def test_a_sweep_reports_every_task_to_tune_and_mlflow_in_either_trial_mode(
     (trial,) = (tmp_path / "ray_train" / "m" / "work").iterdir()  # deterministic names
     assert sorted(p.name for p in trial.iterdir()) == ["ray", "task_0", "task_1"]
     assert sorted(p.name for p in (trial / "ray").iterdir()) == ["task0", "task1"]
-
-
-def test_a_restored_sweep_keeps_its_parent_run_and_a_new_one_gets_its_own(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    from sdlora.ops.ray_tune import _parent_run
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    first = _parent_run(client, "e", "tune-x", {"model.method": "sdlora_kd"}, restoring=False)
-    exp = client.get_experiment_by_name("e").experiment_id
-    cut = client.create_run(exp, tags={"mlflow.parentRunId": first})  # a trial cut by a kill
-    done = client.create_run(exp, tags={"mlflow.parentRunId": first})
-    client.set_terminated(done.info.run_id)
-    assert _parent_run(client, "e", "tune-x", {}, restoring=True) == first
-    assert client.get_run(cut.info.run_id).info.status == "KILLED"  # its trial starts again
-    assert client.get_run(done.info.run_id).info.status == "FINISHED"
-    assert client.get_run(first).data.params == {"model.method": "sdlora_kd"}
-    anew = _parent_run(client, "e", "tune-x", {}, restoring=False)  # started over
-    assert anew != first
-    assert _parent_run(client, "e", "tune-x", {}, restoring=True) == anew  # the newest

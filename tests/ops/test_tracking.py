@@ -326,3 +326,30 @@ def test_portable_uri_keeps_a_project_database_relative(tmp_path: Path) -> None:
     assert portable_uri(f"sqlite:///{tmp_path / 'a' / 'b.db'}", tmp_path) == "sqlite:///a/b.db"
     assert portable_uri("sqlite:////elsewhere/x.db", tmp_path) == "sqlite:////elsewhere/x.db"
     assert portable_uri("http://host:5000", tmp_path) == "http://host:5000"
+
+
+def test_a_restored_sweep_keeps_its_parent_run_and_a_new_one_gets_its_own(store: Path) -> None:
+    """The tune stage's parent run: ``reopen=False`` starts over, ``reopen=True`` (a restored
+    sweep) takes the newest run of the key and marks its children still running as killed."""
+    first, parent = _open(store, "exp-sweep", key="tune-x", params={"model.method": "kd"},
+                          reopen=False)  # fmt: skip
+    client = MlflowClient(resolve_tracking_uri(None, store))
+    exp = first.experiment_id
+    cut = client.create_run(exp, tags={"mlflow.parentRunId": parent})  # a trial cut by a kill
+    done = client.create_run(exp, tags={"mlflow.parentRunId": parent})
+    client.set_terminated(done.info.run_id)
+    first.close("KILLED")
+    again, same = _open(store, "exp-sweep", key="tune-x", params={})
+    assert same == parent and again.end_children("KILLED") == 1
+    assert client.get_run(cut.info.run_id).info.status == "KILLED"  # its trial starts again
+    assert client.get_run(done.info.run_id).info.status == "FINISHED"
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert {k: v for k, v in client.get_run(parent).data.params.items()
+            if k != "git_commit"} == {"model.method": "kd"}  # fmt: skip
+    again.close()
+    anew, new_id = _open(store, "exp-sweep", key="tune-x", params={}, reopen=False)  # over
+    assert new_id != parent and anew.created
+    anew.close()
+    newest, found = _open(store, "exp-sweep", key="tune-x", params={})
+    assert found == new_id  # the newest
+    newest.close()
