@@ -250,13 +250,17 @@ def stage() -> None:
     """The DVC pipeline's stages; dvc.yaml runs them as ``python pipelines/<stage>.py``."""
 
 
-@stage.command("validate", help="Check every key and value of the params file.")
+@stage.command(
+    "validate",
+    help="Check every key and value of the params file; record an outside weights file's hash.",
+)
 @_params_option
 @_file("--out", "output file", "runs/pipeline/params_valid.json")
-def validate_stage(params: str, out: str) -> None:
+@_file("--weights", "the weights record", "runs/pipeline/weights.json")
+def validate_stage(params: str, out: str, weights: str) -> None:
     from sdlora.pipeline.validate import validate_stage
 
-    validate_stage(load_config(params), params=params, out=out)
+    validate_stage(load_config(params), params=params, out=out, weights=weights)
 
 
 @stage.command("prepare", help="The configured benchmark into per-task Parquet splits.")

@@ -12,11 +12,22 @@ from safetensors import safe_open
 from torch import nn
 
 from sdlora.config import BackboneConfig
+from sdlora.errors import BadInput
 from sdlora.files import atomic_path
 
 
-class BackboneError(ValueError):
-    """A backbone that cannot be built or adapted."""
+class BackboneError(BadInput, ValueError):
+    """A backbone that cannot be built, loaded or adapted."""
+
+
+def check_finite(model: nn.Module, path: Path) -> None:
+    """Refuse weights holding NaN or infinity (a damaged file), naming the first such tensor."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise BackboneError(
+                f"backbone.weights {path}: tensor {name} holds NaN or infinite values: the file "
+                "is damaged; re-create it (`dvc repro -f pretrain`, `dvc checkout`) or replace it"
+            )
 
 
 def check_fused_qkv(model: nn.Module, name: str) -> None:
@@ -76,7 +87,10 @@ def create_backbone(cfg: BackboneConfig) -> nn.Module:
         try:
             model = _create(cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except (RuntimeError, OSError, ValueError) as err:
-            raise BackboneError(f"backbone.weights: cannot load {path.resolve()}: {err}") from err
+            reason = " ".join(str(err).split())[:400]  # a state_dict error lists every key
+            where = f"backbone.weights: cannot load {path.resolve()}"
+            raise BackboneError(f"{where}: {reason}") from err
+        check_finite(model, path)
     check_fused_qkv(model, cfg.name)
     model.requires_grad_(False)
     return model.eval()

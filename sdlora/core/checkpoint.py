@@ -1,15 +1,20 @@
 """Save and load the adapter state (components, magnitudes, head; never the backbone).
 
 One safetensors file; its metadata holds a JSON header (key ``sdlora``) with the format version,
-the backbone, the structure (classes and ranks per task) and the settings that must match on load.
+the backbone, the structure (classes and ranks per task), the settings that must match on load,
+and the SHA-256 of the tensors (:func:`tensor_digest`): a file damaged inside its data is refused
+on load, not trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -18,12 +23,26 @@ from sdlora.core.model import SDLoRAViT
 from sdlora.errors import BadInput
 from sdlora.files import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header holds the tensors' SHA-256
 _MATCH = ("backbone", "backbone_shape", "method", "magnitude_scope", "compat", "targets", "blocks")
 
 
 class AdapterMismatchError(BadInput, ValueError):
     """An adapter file that does not belong to this backbone or model configuration."""
+
+
+class AdapterDamagedError(BadInput, ValueError):
+    """An adapter file whose tensors are not the ones it was saved with."""
+
+
+def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _is_adapter_key(key: str) -> bool:
@@ -60,7 +79,7 @@ def save_adapter(model: SDLoRAViT, path: str | Path, extra: dict[str, Any] | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in adapter_state(model).items()}
-    head = header(model) | {"extra": extra or {}}
+    head = header(model) | {"extra": extra or {}, "sha256": tensor_digest(tensors)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"sdlora": json.dumps(head)})
     return path
@@ -82,7 +101,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if head.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: adapter format version {head.get('format_version')}, this sdlora reads "
-            f"version {FORMAT_VERSION}"
+            f"version {FORMAT_VERSION} (version 1 files carry no checksum): train it again"
         )
     return head
 
@@ -112,6 +131,11 @@ def load_adapter(model: SDLoRAViT, path: str | Path) -> dict[str, Any]:
     # restored run's end_task would not give the bytes the trained run gave.
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open API)
+    if tensor_digest(tensors) != head.get("sha256"):
+        raise AdapterDamagedError(
+            f"{path}: damaged adapter: its tensors do not match the checksum saved with them; "
+            "re-run the stage that wrote it (DVC: `dvc checkout` restores it from the cache)"
+        )
     expected = set(adapter_state(model))
     optional = {k for k in expected if k.endswith((".A_cur", ".B_cur"))}
     missing = expected - optional - set(tensors)

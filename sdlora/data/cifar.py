@@ -3,14 +3,15 @@
 Classes are the 100 fine labels in label-id order (SPEC §1: label ids for CIFAR), named by
 ``meta[b'fine_label_names']``. Images (``b'data'``: uint8 (N, 3072), planes R, G, B of 32x32,
 row-major) are stored as lossless PNG. The source path of a row is ``{split}/{filename}`` from
-``b'filenames'``.
+``b'filenames'``. The pickles are read by an unpickler that builds numpy arrays and nothing
+else: a crafted file is refused before any of its code could run (issue 19).
 """
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -20,17 +21,47 @@ LAYOUT = (
     "ROOT/cifar-100-python/{train,test,meta} (the official python pickles, "
     "cifar-100-python.tar.gz extracted), or ROOT pointing at cifar-100-python itself"
 )
+# The only globals an official file names (its numpy arrays, pickled by Python 2 and numpy 1);
+# numpy 2 writes _reconstruct under numpy._core. Anything else could run code when loaded.
+ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+)
 
 
 def _error(root: Path, what: str) -> DataError:
     return DataError(f"dataset 'cifar100' at {root}: {what}; expected layout: {LAYOUT}")
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only the numpy arrays the official files hold: a crafted file runs no code."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed global, or a DataError naming the one the file asks for (nothing runs)."""
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise DataError(
+                f"cifar100: {self.path} refers to {module}.{name}, which no official CIFAR-100 "
+                f"file uses (refused, nothing run); re-download the official CIFAR-100 python "
+                f"version (cifar-100-python.tar.gz)"
+            )
+        return super().find_class(module, name)
+
+
 def _load_pickle(path: Path) -> dict[str, Any]:
     """Unpickle a Python-2 era CIFAR file; keys come back as str whatever they were written as."""
     try:
         with path.open("rb") as f:
-            raw = pickle.load(f, encoding="bytes")
+            raw = _CifarUnpickler(f, path).load()
+    except DataError:  # a refused global: its own message (DataError is also a ValueError)
+        raise
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
         raise DataError(f"cifar100: cannot read {path}: {type(err).__name__}: {err}") from None
     if not isinstance(raw, dict):

@@ -57,7 +57,7 @@ from sdlora.data.prepare import Prepared, PreparedLike, open_prepared
 from sdlora.errors import BadInput, Failed
 from sdlora.files import atomic_path
 from sdlora.ops.console import FileProgress, ProgressRelay, redirect_output
-from sdlora.ops.ray_session import ensure_ray
+from sdlora.ops.ray_session import ensure_ray, resolve_address
 from sdlora.progress import ConsoleProgress
 
 ADAPTER = "adapter.safetensors"
@@ -174,22 +174,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     failure: BaseException | None = None
     finished = False
     try:
-        build_cfg = cfg
-        if config.get("weights"):  # workers run in their own folders: the file's absolute path
-            backbone = cfg.backbone.model_copy(update={"weights": config["weights"]})
-            build_cfg = cfg.model_copy(update={"backbone": backbone})
-        model = load_task_model(build_cfg, task, config["prev_adapter"])
-        begin_task(model, cfg, task, prepared.task_classes(task)[1])
-        start_epoch, opt_state, epoch_log = 0, None, []
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
+        state: dict[str, Any] = {}
+        if checkpoint is not None:  # read first: a finished run needs no model at all
             with checkpoint.as_directory() as folder:
                 state = _read_state(Path(folder), fingerprint)
-                finished = bool(state.get("finished"))  # Ray restored the finished run
-                if not finished:  # resume: the current pair, the optimizer, the epoch log
-                    start_epoch, epoch_log = int(state["epoch"]) + 1, list(state["epochs"])
-                    load_adapter(model, Path(folder) / ADAPTER)
-                    opt_state = torch.load(Path(folder) / OPTIMIZER, map_location="cpu")
+        finished = bool(state.get("finished"))  # Ray restored the finished run
+        if not finished:
+            build_cfg = cfg
+            if config.get("weights"):  # workers run in their own folders: the absolute path
+                backbone = cfg.backbone.model_copy(update={"weights": config["weights"]})
+                build_cfg = cfg.model_copy(update={"backbone": backbone})
+            model = load_task_model(build_cfg, task, config["prev_adapter"])
+            begin_task(model, cfg, task, prepared.task_classes(task)[1])
+            start_epoch, opt_state, epoch_log = 0, None, []
+        if state and not finished:  # resume: the current pair, the optimizer, the epoch log
+            with checkpoint.as_directory() as folder:
+                start_epoch, epoch_log = int(state["epoch"]) + 1, list(state["epochs"])
+                load_adapter(model, Path(folder) / ADAPTER)
+                opt_state = torch.load(
+                    Path(folder) / OPTIMIZER, map_location="cpu", weights_only=True
+                )
     except Exception as err:  # every set-up error is reported, none retried
         failure = err
         traceback.print_exc()  # into Ray's log, for the full story
@@ -236,6 +241,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 # ---- the driver ----------------------------------------------------------------------------------
+
+
+def check_workers_fit(
+    resources: dict[str, float], num_workers: int, cpus_per_worker: float, use_gpu: bool
+) -> str | None:
+    """Why ``num_workers`` workers cannot all start on a cluster of ``resources``
+    (``ray.cluster_resources()``), or None: Ray Train would wait for them without a word."""
+    need = {"CPU": num_workers * cpus_per_worker, "GPU": float(num_workers if use_gpu else 0)}
+    short = [f"{need[k]:g} {k}s, the cluster has {resources.get(k, 0.0):g}"
+             for k in need if need[k] > resources.get(k, 0.0) + 1e-9]  # fmt: skip
+    if not short:
+        return None
+    keys = "ray.num_workers x ray.cpus_per_worker" + (", ray.use_gpu" if use_gpu else "")
+    return f"{num_workers} Ray Train worker(s) ({keys}) need " + "; ".join(short)
 
 
 def train_task_distributed(
@@ -321,6 +340,16 @@ def train_task_distributed(
         started = not ray.is_initialized()
         try:
             ensure_ray(address)
+            have = ray.cluster_resources()
+            short = check_workers_fit(have, num_workers, cpus_per_worker, use_gpu)
+            if short and resolve_address(address).address == "local":  # nothing will be added
+                raise TaskInputError(
+                    f"{short}: they would wait forever. Lower ray.num_workers or "
+                    "ray.cpus_per_worker (fractions such as 0.5 are fine), or name a cluster in "
+                    "ray.address"
+                )
+            if short:  # a cluster may add nodes on demand: say why it waits, then wait
+                print(f"warning: {short} now: Ray Train waits for more nodes", file=shown)
             relay = ProgressRelay(out_dir / PROGRESS, ConsoleProgress(progress, shown))
             with relay if progress else nullcontext():  # no thread polling a file never written
                 result = trainer.fit()

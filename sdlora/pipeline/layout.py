@@ -12,6 +12,7 @@ every other line of the file, comments included, survives a rewrite.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.js
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
 PIPELINE_DIR = "runs/pipeline"  # train@k: task_<k>/; evaluate: eval/; report: report/
 VALIDATED = f"{PIPELINE_DIR}/params_valid.json"  # validate: the same bytes while params are valid
+WEIGHTS_RECORD = f"{PIPELINE_DIR}/weights.json"  # validate: an outside weights file's SHA-256
 EVAL_DIR = f"{PIPELINE_DIR}/eval"
 REPORT_DIR = f"{PIPELINE_DIR}/report"
 # evaluate's files kept in git (DVC's `cache: false`): the baseline `dvc metrics diff`,
@@ -154,12 +156,37 @@ def read_backbone_record(backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
     )
 
 
+_SHA256: dict[tuple[str, int, int], str] = {}  # a file's hash by (path, size, mtime): once
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (computed once per process while the file is unchanged)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        with path.open("rb") as f:
+            _SHA256[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _SHA256[key]
+
+
 def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunInputs:
     """The run's inputs by content: the prepared splits' hash (from the manifest of the stage's
-    opened folder) and the weights' SHA-256 from the pretrain stage's record."""
-    return RunInputs(
-        prepared.manifest["content_hash"], read_backbone_record(backbone).get("sha256")
-    )
+    opened folder) and the weights' SHA-256 from the pretrain stage's record, after checking
+    the weights file still has it (a damaged or replaced file stops the stage)."""
+    record = read_backbone_record(backbone)
+    sha = record.get("sha256")
+    if sha is not None:
+        path = Path(record["weights"])
+        fix = "`dvc repro` records a replaced file anew; `dvc checkout` restores the embedded one"
+        if not path.is_file():
+            raise StageError(f"{path} not found (backbone.weights, recorded in {backbone}); {fix}")
+        if (actual := file_sha256(path)) != sha:
+            raise StageError(
+                f"{path} is not the file the pretrain stage recorded (SHA-256 {actual[:12]}..., "
+                f"recorded {sha[:12]}...): damaged or replaced since; {fix}"
+            )
+    return RunInputs(prepared.manifest["content_hash"], sha)
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config, ConfigError
 from sdlora.files import atomic_directory, write_json
-from sdlora.pipeline.layout import BACKBONE_DIR, BACKBONE_RECORD
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+from sdlora.pipeline.layout import BACKBONE_DIR, BACKBONE_RECORD, file_sha256
 
 
 def pretrain_stage(cfg: Config, *, out: str | Path = BACKBONE_DIR) -> dict[str, Any]:
@@ -45,9 +39,9 @@ def pretrain_stage(cfg: Config, *, out: str | Path = BACKBONE_DIR) -> dict[str, 
             report.path = weights
             write_json(target.with_suffix(".json"), asdict(report))
             record.update(source="pre-trained by this stage", pretrain=asdict(report))
-            record["sha256"] = _sha256(target)
+            record["sha256"] = file_sha256(target)
         elif Path(weights).is_file():
-            record.update(source="weights file", sha256=_sha256(Path(weights)))
+            record.update(source="weights file", sha256=file_sha256(Path(weights)))
         else:
             raise ConfigError(
                 f"backbone.weights = {weights!r}: no such file; give a .pth/.safetensors path, "

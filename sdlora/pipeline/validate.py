@@ -8,6 +8,11 @@ loads the file with :func:`sdlora.config.load_config` (unknown keys, wrong types
 range: an error naming the key) and writes a file whose bytes depend only on the params file's
 path. ``prepare`` depends on that file, so a valid edit re-runs nothing else and an invalid one
 stops ``dvc repro`` here.
+
+It also runs on every ``dvc repro`` (``always_changed``) to hash a ``backbone.weights`` file that
+lies outside the project's tracked folders (:func:`weights_record`): DVC does not track such a
+file, so without this a file replaced under the same path would re-run nothing. ``pretrain``
+depends on the record, which changes only when the file's bytes do.
 """
 
 from __future__ import annotations
@@ -18,18 +23,40 @@ from typing import Any
 
 from sdlora.config import Config, check_pipeline_method
 from sdlora.files import atomic_path
-from sdlora.pipeline.layout import VALIDATED, require_plan
+from sdlora.pipeline.layout import (
+    BACKBONE_DIR,
+    VALIDATED,
+    WEIGHTS_RECORD,
+    file_sha256,
+    require_plan,
+)
+
+
+def weights_record(cfg: Config, backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
+    """``backbone.weights`` and, for a file outside ``backbone`` (which the pretrain stage
+    writes and DVC tracks), its SHA-256; None for timm's weights, none, or a missing file
+    (the pretrain stage names a missing one)."""
+    weights = cfg.backbone.weights
+    path = None if weights in (None, "timm") else Path(weights)
+    outside = path is not None and not path.resolve().is_relative_to(Path(backbone).resolve())
+    sha = file_sha256(path) if outside and path.is_file() else None
+    return {"weights": weights, "sha256": sha}
 
 
 def validate_stage(
-    cfg: Config, *, params: str | Path = "params.yaml", out: str | Path = VALIDATED
+    cfg: Config,
+    *,
+    params: str | Path = "params.yaml",
+    out: str | Path = VALIDATED,
+    weights: str | Path = WEIGHTS_RECORD,
 ) -> dict[str, Any]:
-    """Write ``out`` for the already validated ``cfg``: the same bytes whatever its values."""
+    """Write ``out`` for the already validated ``cfg`` (the same bytes whatever its values) and
+    ``weights`` (:func:`weights_record`)."""
     check_pipeline_method(cfg)  # load_config validated the rest
     require_plan(cfg)  # the task list matches the pipeline's layout
     payload = {"params": str(params), "valid": True}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)  # DVC creates no parent of an output
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    for path, content in ((out, payload), (weights, weights_record(cfg))):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # DVC creates no output's parent
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(json.dumps(content, indent=2) + "\n")
     return payload

@@ -78,3 +78,15 @@ def test_published_backbone_name_is_accepted_without_download() -> None:
     )
     assert model.num_features == 768
     SDLoRAViT(model, "vit_base").begin_task(10, 10)
+
+
+def test_weights_holding_nan_are_refused(tmp_path: Path) -> None:
+    """A file damaged into NaN loads without complaint in timm: the check names the tensor."""
+    src = timm.create_model("vit_tiny_patch16_224", num_classes=0, **KW)
+    with torch.no_grad():
+        src.blocks[1].attn.qkv.weight[3, :5] = float("nan")
+    path = tmp_path / "w.safetensors"
+    save_backbone(src, path, "vit_tiny_patch16_224", KW)
+    cfg = BackboneConfig(name="vit_tiny_patch16_224", weights=str(path), kwargs=KW)
+    with pytest.raises(BackboneError, match=r"blocks\.1\.attn\.qkv\.weight holds NaN"):
+        create_backbone(cfg)

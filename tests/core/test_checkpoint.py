@@ -10,7 +10,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from sdlora.core.checkpoint import AdapterMismatchError, load_adapter, read_header, save_adapter
+from sdlora.core.checkpoint import (
+    AdapterDamagedError,
+    AdapterMismatchError,
+    load_adapter,
+    read_header,
+    save_adapter,
+)
 from sdlora.core.model import SDLoRAViT
 
 
@@ -73,7 +79,7 @@ def test_file_holds_no_backbone_weights(
         keys = list(f.keys())
     assert keys and not [k for k in keys if k.startswith("backbone.") and ".lora." not in k]
     header = read_header(path)
-    assert header["format_version"] == 1 and header["backbone"] == "tiny"
+    assert header["format_version"] == 2 and header["backbone"] == "tiny"
     assert header["magnitude_scope"] == "task" and header["compat"] == "paper"
     assert header["num_classes"] == 5
 
@@ -119,3 +125,24 @@ def test_missing_and_foreign_files_are_clear_errors(
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors adapter"):
         load_adapter(model, junk)
+
+
+def _overwrite_data(path: Path, at: int, data: bytes) -> None:
+    """Overwrite bytes inside the tensor data of a safetensors file, leaving its header whole."""
+    raw = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")  # u64 header length, then the JSON header
+    raw[start + at : start + at + len(data)] = data
+    path.write_bytes(bytes(raw))
+
+
+def test_damage_inside_the_tensors_is_refused(
+    tiny_backbone: Callable[..., nn.Module], tmp_path: Path
+) -> None:
+    """The header still parses and every tensor has its shape: only the checksum tells."""
+    path = save_adapter(_trained(tiny_backbone(), False), tmp_path / "adapter.safetensors")
+    read_header(path)
+    _overwrite_data(path, 40, b"\x7f" * 400)
+    read_header(path)  # intact: the damage is in the data
+    with pytest.raises(AdapterDamagedError, match="damaged adapter") as err:
+        load_adapter(SDLoRAViT(tiny_backbone(), "tiny"), path)
+    assert "\n" not in str(err.value)

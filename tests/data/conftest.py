@@ -1,7 +1,8 @@
 """Tiny on-disk fixtures in every real format, built on the fly in tmp_path (nothing downloaded).
 
 - ``make_cifar``: ``cifar-100-python/{train,test,meta}`` pickled as the official files are
-  (Python-2 protocol, bytes keys, ``b'data'`` uint8 (N, 3072) in R, G, B planes).
+  (Python-2 protocol, bytes keys, ``b'data'`` uint8 (N, 3072) in R, G, B planes), through
+  ``dump_py2``: bytes as Python 2's str, so the files name no global but numpy's.
 - ``make_folder``: small random JPEGs under ImageNet-R-like WordNet-id folders, in the split
   (``train/``, ``test/``) or the archive (one folder per class) layout.
 - ``make_domainnet``: ``{domain}/{class}/{file}.jpg`` plus ``{domain}_{train,test}.txt`` lists.
@@ -10,8 +11,10 @@
 from __future__ import annotations
 
 import pickle
+import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -42,6 +45,27 @@ def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> None:
     Image.fromarray(pixels).save(path, format="JPEG", quality=90)
 
 
+class _Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote it: bytes as str opcodes, not Python 3's ``_codecs.encode``."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def _save_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_str
+
+
+def dump_py2(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``path`` pickled as the official CIFAR files are (Python 2, protocol 2)."""
+    with path.open("wb") as f:
+        _Py2Pickler(f, protocol=2).dump(obj)
+
+
 def make_cifar(
     root: Path, num_classes: int = 100, train_per_class: int = 2, test_per_class: int = 1
 ) -> dict[str, np.ndarray]:
@@ -61,15 +85,13 @@ def make_cifar(
             b"coarse_labels": (labels // 5).tolist(),
             b"data": data,
         }
-        with (base / split).open("wb") as f:
-            pickle.dump(payload, f, protocol=2)
+        dump_py2(payload, base / split)
         written[f"{split}_data"], written[f"{split}_labels"] = data, labels
     meta = {
         b"fine_label_names": [f"fine_{i:02d}".encode() for i in range(num_classes)],
         b"coarse_label_names": [f"coarse_{i:02d}".encode() for i in range(20)],
     }
-    with (base / "meta").open("wb") as f:
-        pickle.dump(meta, f, protocol=2)
+    dump_py2(meta, base / "meta")
     return written
 
 
@@ -121,6 +143,12 @@ def make_domainnet(
 def cifar_factory() -> Callable[..., dict[str, np.ndarray]]:
     """``make_cifar(root, num_classes=100, train_per_class=2, test_per_class=1)``."""
     return make_cifar
+
+
+@pytest.fixture
+def py2_dump() -> Callable[[Any, Path], None]:
+    """``dump_py2(obj, path)``: pickle as the official CIFAR files are."""
+    return dump_py2
 
 
 @pytest.fixture

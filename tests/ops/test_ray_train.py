@@ -29,6 +29,7 @@ from sdlora.ops.ray_train import (
     TaskInputError,
     TrainingFailed,
     _read_state,
+    check_workers_fit,
     load_task_model,
     train_task_distributed,
 )
@@ -126,6 +127,10 @@ def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> Non
     cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
     kw = dict(num_workers=1, storage_path=tmp_path / "ray", name="t0", identity="t")
     first = train_task_distributed(cfg, 0, None, prepared, tmp_path / "a", **kw)
+    # the restore reads the finished checkpoint before building anything: a backbone file that
+    # is gone now would fail the set-up, so the run proves no model was built
+    gone = cfg.backbone.model_copy(update={"weights": str(tmp_path / "gone.safetensors")})
+    cfg = cfg.model_copy(update={"backbone": gone})
     again = train_task_distributed(cfg, 0, None, prepared, tmp_path / "b", **kw)
     assert first.metrics["start_epoch"] == 0
     assert again.metrics["epoch"] == 1  # the last report is still the finished run's
@@ -211,3 +216,24 @@ def test_the_driver_draws_rank_0s_epochs(ray_session, tmp_path: Path) -> None:
     losses = [float(ln.split("loss ")[1].split(",")[0]) for ln in lines]
     assert losses == pytest.approx([e["train_loss"] for e in result.epochs], abs=1e-4)
     assert not (tmp_path / "out" / PROGRESS).exists()
+
+
+def test_workers_that_cannot_all_start_are_named_with_the_keys() -> None:
+    cluster = {"CPU": 2.0}
+    assert check_workers_fit(cluster, 4, 0.5, False) is None
+    why = check_workers_fit(cluster, 64, 1.0, False)
+    assert why == (
+        "64 Ray Train worker(s) (ray.num_workers x ray.cpus_per_worker) need 64 CPUs, the "
+        "cluster has 2"
+    )
+    assert "1 GPUs, the cluster has 0" in str(check_workers_fit(cluster, 1, 1.0, True))
+
+
+def test_too_many_workers_for_in_process_ray_fail_at_once(ray_session, tmp_path: Path) -> None:
+    """Ray Train would wait forever for 64 workers on 2 CPUs, printing nothing: refused."""
+    cfg, prepared = _cfg(batch=64), _prepared(tmp_path, 8)
+    with pytest.raises(TaskInputError, match=r"64 Ray Train worker.*would wait forever"):
+        train_task_distributed(
+            cfg, 0, None, prepared, tmp_path / "out", identity="t", num_workers=64,
+            cpus_per_worker=1, storage_path=tmp_path / "ray",
+        )  # fmt: skip

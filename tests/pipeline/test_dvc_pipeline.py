@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from sdlora.core.metrics import read_matrix_csv
@@ -107,7 +108,8 @@ def test_a_misspelt_key_stops_repro_though_no_stage_reads_it(tmp_path: Path) -> 
     write_tasks(params, 5)
     _run(tmp_path, "git", "init", "-q")
     assert _ran(_dvc(tmp_path, "repro", "prepare")) == ["validate", "prepare"]
-    assert "Data and pipelines are up to date" in _dvc(tmp_path, "repro", "prepare")
+    output = _dvc(tmp_path, "repro", "prepare")  # validate always runs; its outputs stay
+    assert _ran(output) == ["validate"] and "Stage 'prepare' didn't change" in output
     manifest = (tmp_path / PREPARED_DIR / "manifest.json").read_bytes()
     params.write_text(params.read_text().replace("epochs: 10", "epochs: 3"))  # train.epochs
     output = _dvc(tmp_path, "repro", "prepare")
@@ -123,6 +125,35 @@ def test_a_misspelt_key_stops_repro_though_no_stage_reads_it(tmp_path: Path) -> 
     assert "progres: unknown key (check the spelling" in output
     assert "failed to reproduce 'validate'" in output
     assert (tmp_path / PREPARED_DIR / "manifest.json").read_bytes() == manifest
+
+
+def test_an_outside_weights_file_replaced_under_its_path_reruns_pretrain(tmp_path: Path) -> None:
+    """DVC does not track a backbone.weights file outside the project's folders: validate
+    hashes it on every repro, so replacing the file re-runs pretrain (and what follows)."""
+    import timm
+
+    from sdlora.core.backbone import save_backbone
+
+    _copy_repo(tmp_path)
+    kwargs = TINY["backbone"]["kwargs"]
+    outside = tmp_path.parent / f"{tmp_path.name}-weights.safetensors"
+    net = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs)
+    save_backbone(net, outside, "vit_tiny_patch16_224", kwargs)
+    params = tmp_path / "params.yaml"
+    extra = {"progress": False, "backbone": {"weights": str(outside), "kwargs": kwargs}}
+    params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), extra)))
+    _run(tmp_path, "git", "init", "-q")
+    assert _ran(_dvc(tmp_path, "repro", "pretrain")) == ["validate", "pretrain"]
+    assert _ran(_dvc(tmp_path, "repro", "pretrain")) == ["validate"]  # unchanged: skipped
+    with torch.no_grad():
+        net.blocks[0].attn.qkv.weight.add_(1.0)
+    save_backbone(net, outside, "vit_tiny_patch16_224", kwargs)  # the same path, new bytes
+    assert _ran(_dvc(tmp_path, "repro", "pretrain")) == ["validate", "pretrain"]
+    record = json.loads((tmp_path / "artifacts" / "backbone" / "backbone.json").read_text())
+    assert (
+        record["sha256"]
+        == json.loads((tmp_path / "runs/pipeline/weights.json").read_text())["sha256"]
+    )
 
 
 @pytest.fixture(scope="module")

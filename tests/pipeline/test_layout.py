@@ -237,3 +237,33 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
 def test_committed_params_list_one_stage_per_task() -> None:
     cfg = load_config(REPO / "params.yaml")
     assert cfg.tasks is not None and len(cfg.tasks) == num_tasks_of(cfg)
+
+
+def test_read_inputs_refuses_weights_that_changed_since_they_were_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pretrain stage records the file's SHA-256; every stage that reads the inputs checks
+    the file still has it (damage in the data, or a file replaced under the same path)."""
+    import json
+    from types import SimpleNamespace
+
+    from sdlora.pipeline.layout import StageError, file_sha256, read_inputs
+
+    monkeypatch.chdir(tmp_path)
+    weights = Path("w.safetensors")
+    weights.write_bytes(b"weights " * 100)
+    backbone = Path("backbone")
+    backbone.mkdir()
+    record = {"weights": str(weights), "sha256": file_sha256(weights)}
+    (backbone / "backbone.json").write_text(json.dumps(record))
+    prepared = SimpleNamespace(manifest={"content_hash": "sha256:data"})
+    inputs = read_inputs(prepared, backbone)
+    assert (inputs.data_hash, inputs.weights_sha256) == ("sha256:data", record["sha256"])
+    raw = bytearray(weights.read_bytes())
+    raw[300:304] = b"\0\0\0\0"  # same size: only the content tells
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(StageError, match=r"w\.safetensors is not the file the pretrain stage"):
+        read_inputs(prepared, backbone)
+    weights.unlink()
+    with pytest.raises(StageError, match="not found"):
+        read_inputs(prepared, backbone)

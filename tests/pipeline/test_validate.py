@@ -42,3 +42,27 @@ def test_joint_training_is_refused_by_the_per_task_pipeline(
     err = capsys.readouterr().err
     assert "model.method = 'joint' trains every task at once" in err
     assert "python -m sdlora run" in err and not Path("out").exists()
+
+
+def test_the_weights_record_hashes_only_a_file_outside_the_backbone_folder(
+    write_params: Callable[..., Path], tmp_path: Path
+) -> None:
+    """DVC tracks artifacts/backbone (the pretrain stage's output), not a file elsewhere: the
+    record holds that file's SHA-256, so replacing it changes the record pretrain depends on."""
+    import hashlib
+    import json
+
+    from sdlora.config import load_config
+    from sdlora.pipeline.layout import WEIGHTS_RECORD
+    from sdlora.pipeline.validate import weights_record
+
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"w" * 64)
+    write_params(f"backbone: {{weights: {outside}}}\n", tasks=2)
+    assert stage_main("validate", ["--params", "params.yaml"]) == 0
+    record = json.loads(Path(WEIGHTS_RECORD).read_text())
+    assert record == {"weights": str(outside), "sha256": hashlib.sha256(b"w" * 64).hexdigest()}
+    write_params("backbone: {weights: artifacts/backbone/tiny.safetensors}\n", tasks=2)
+    assert weights_record(load_config("params.yaml"))["sha256"] is None  # DVC tracks it
+    write_params("backbone: {weights: timm}\n", tasks=2)
+    assert weights_record(load_config("params.yaml")) == {"weights": "timm", "sha256": None}
