@@ -440,7 +440,8 @@ def stage_main(name: str, argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow's informational lines
     command = stage.commands[name]  # usage reads "pipelines/<name>.py [OPTIONS]", as DVC runs it
-    return _invoke(command, args, f"pipelines/{name}.py", name, (BadInput, FileExistsError))
+    bad = (BadInput, FileExistsError)
+    return _invoke(command, args, f"pipelines/{name}.py", name, bad, "re-run `dvc repro` to resume")
 
 
 def _invoke(
@@ -449,6 +450,7 @@ def _invoke(
     prog: str,
     who: str,
     bad: tuple[type[BaseException], ...],
+    resume: str = "run it again",
 ) -> int:
     """Run ``group`` on ``argv``: 0, or 2 with one line for ``bad`` input and usage errors, 1
     with its message for :class:`sdlora.errors.Failed`; other errors keep their traceback."""
@@ -457,8 +459,8 @@ def _invoke(
     except click.ClickException as err:
         err.show()
         return err.exit_code
-    except click.Abort:
-        click.echo("interrupted", err=True)
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C: no traceback, and how to go on
+        click.echo(f"{who}: interrupted: {resume}", err=True)
         return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1

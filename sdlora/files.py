@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -24,6 +32,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        if tmp.is_file():  # some writers (safetensors) create 0600: give the usual permissions
+            tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -50,9 +60,7 @@ def atomic_directory(out: str | os.PathLike[str], marker: str) -> Iterator[Path]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the output gets normal permissions
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets normal permissions
         yield tmp
         if out.exists():
             old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
@@ -82,3 +90,17 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}  # a file's hash by (path, size, mtime): once
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (computed once per process while its size and mtime stay)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        with path.open("rb") as f:
+            _SHA256[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _SHA256[key]

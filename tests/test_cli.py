@@ -80,3 +80,17 @@ def test_sdlora_reports_bad_input_with_its_command_name(
     assert main(["metrics", "nothere.csv"]) == 2
     assert capsys.readouterr().err.startswith("sdlora metrics: error: nothere.csv")
     assert main(["--help"]) == 0
+
+
+def test_ctrl_c_in_a_stage_says_how_to_resume_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sdlora.pipeline.validate as validate
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate, "validate_stage", interrupted)
+    assert stage_main("validate", []) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "validate: interrupted: re-run `dvc repro` to resume"

@@ -27,3 +27,20 @@ def test_failure_keeps_the_old_file_and_cleans_up(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_file_created_private_gets_the_usual_permissions(tmp_path: Path) -> None:
+    """safetensors creates its file 0600; the adapter should read like every other output."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp))
+            assert tmp.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644

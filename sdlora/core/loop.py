@@ -110,7 +110,8 @@ class SequenceResult:
 
 
 def check_prepared(prepared: PreparedLike, cfg: Config) -> Prepared:
-    """``prepared`` opened, refused unless it was prepared from ``cfg.data`` and seed."""
+    """``prepared`` opened, refused unless it was prepared from ``cfg.data`` and seed and its
+    files are intact."""
     prepared = open_prepared(prepared)
     manifest = prepared.manifest
     p = manifest["params"]
@@ -123,6 +124,7 @@ def check_prepared(prepared: PreparedLike, cfg: Config) -> Prepared:
             f"{prepared} was prepared from other settings ({'; '.join(diffs)}); "
             "prepare it again or point at the matching folder"
         )
+    prepared.verify()  # every split's bytes, as the prepare stage wrote them
     return prepared
 
 

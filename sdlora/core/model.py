@@ -19,6 +19,11 @@ from sdlora.config import ModelConfig
 from sdlora.core.head import IncrementalHead
 from sdlora.core.lora import DecoupledLoRA, Magnitudes, SDLoRAQKV
 from sdlora.core.methods import Method, build_method
+from sdlora.errors import BadInput
+
+
+class ModelSettingError(BadInput, ValueError):
+    """A ``model.*`` setting that does not fit the backbone (e.g. a block it does not have)."""
 
 
 class SDLoRAViT(nn.Module):
@@ -41,7 +46,10 @@ class SDLoRAViT(nn.Module):
         blocks = list(range(depth)) if blocks is None else list(blocks)
         bad = [b for b in blocks if not 0 <= b < depth] or len(set(blocks)) != len(blocks)
         if bad:
-            raise ValueError(f"model.blocks = {blocks}: use distinct indices in 0..{depth - 1}")
+            raise ModelSettingError(
+                f"model.blocks = {blocks}: use distinct indices in 0..{depth - 1} (the backbone "
+                f"has {depth} blocks)"
+            )
         self.backbone = backbone.requires_grad_(False)
         self.backbone_name = backbone_name
         self.method = self.policy.name

@@ -41,9 +41,11 @@ from sdlora.data.benchmarks import open_source
 from sdlora.data.source import CorruptImageError, DataError, Listing, Source
 from sdlora.data.tasks import class_order, split_classes
 from sdlora.files import atomic_directory as _atomic_directory
+from sdlora.files import file_sha256
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each split's entry holds the file's SHA-256
 MANIFEST = "manifest.json"
+REPREPARE = "re-create the prepared splits (the pipeline: `dvc repro -f prepare`)"
 SPLITS = ("train", "test")
 
 PARQUET_SCHEMA = pa.schema(
@@ -136,6 +138,24 @@ class Prepared:
         if bad:
             raise ValueError(f"tasks {bad} not in {self} (it has tasks 0..{self.num_tasks - 1})")
         return [self.folder / self.tasks[t][split]["file"] for t in wanted]
+
+    def verify(self, files: list[tuple[int, str]] | None = None) -> None:
+        """Check that the split files (``(task, split)`` pairs; default: all) still have the
+        SHA-256 the prepare stage recorded: damage inside a file (its footer and row count
+        intact) is refused before it is trained or evaluated on."""
+        every = [(t, s) for t in range(self.num_tasks) for s in SPLITS]
+        pairs = every if files is None else files
+        for task, split in pairs:
+            entry = self.tasks[task][split]
+            path = self.folder / entry["file"]
+            if not path.is_file():
+                listed = self.folder / MANIFEST
+                raise DataError(f"{path} not found (listed in {listed}); {REPREPARE}")
+            if file_sha256(path) != entry["sha256"]:
+                raise DataError(
+                    f"{path} is not the file the prepare stage wrote (its SHA-256 differs from "
+                    f"the one in {self.folder / MANIFEST}): damaged or replaced since; {REPREPARE}"
+                )
 
 
 PreparedLike = Prepared | str | Path  # a prepared folder, opened or by path
@@ -338,7 +358,8 @@ def prepare(
                 )
                 kept[split] += kept_t
                 skipped += [{"split": split, **item} for item in skipped_t]
-                entry[split] = {"file": rel, "rows": n, "row_groups": groups}
+                entry[split] = {"file": rel, "rows": n, "row_groups": groups,
+                                "sha256": file_sha256(tmp / rel)}  # fmt: skip
             entries.append(entry)
         note = f" after skipping {len(skipped)} corrupt image(s)"
         for split in SPLITS:

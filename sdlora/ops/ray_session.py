@@ -38,13 +38,19 @@ writes) require one. Ray picks the token up by itself only when it finds the clu
 RAY_ADDRESS) must set ``RAY_AUTH_MODE=token`` and have the cluster's token (``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), else ``ray.init`` fails after about 20 s.
 ``RAY_AUTH_MODE=disabled``, set for the cluster and the driver, turns it off.
+
+Binding: a Ray instance that :func:`ensure_ray` starts in this process listens on 127.0.0.1
+only (GCS, raylet and object manager, workers, dashboard and runtime-env agents, metrics
+exporters): its node IP is loopback (:func:`_loopback_node`). Ray's default would be every
+interface. A cluster named by an address is used as it was started: ``ray start`` decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -144,15 +150,37 @@ def _auth_refused(err: BaseException) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While Ray starts a new instance in this process, make its node IP 127.0.0.1.
+
+    Ray 2.60 binds its servers to all interfaces unless the node IP is loopback, and
+    ``ray.init`` replaces ``_node_ip_address="127.0.0.1"`` by this machine's address
+    (``services.resolve_ip_for_localhost``) unless multi-node clusters are off
+    (``ray_constants.ENABLE_RAY_CLUSTER``, read only by ``services.get_node_ip_address``; off on
+    macOS and Windows, which is why Ray stays on loopback there). So: off for the call. The
+    processes Ray starts are handed the node IP (``--node-ip-address``) and need nothing else.
+    """
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
 def ensure_ray(address: str | None) -> None:
     """Attach to the cluster ``address`` (params ``ray.address``) or RAY_ADDRESS names, or start
     Ray in this process; nothing when Ray is already initialised here.
 
     Precedence (Ray's, see the module docstring): an explicit ``ray.address`` beats
     RAY_ADDRESS, RAY_ADDRESS beats null and ``'auto'``; ``'auto'`` alone finds a cluster on
-    this machine; null without RAY_ADDRESS (or ``'local'``) starts Ray in this process. The
-    dashboard is never started here. Raises :class:`ClusterUnreachable` (a ConnectionError)
-    naming the address, where it came from and what to do when the cluster cannot be reached.
+    this machine; null without RAY_ADDRESS (or ``'local'``) starts Ray in this process, on
+    127.0.0.1 only. The dashboard is never started here. Raises :class:`ClusterUnreachable` (a
+    ConnectionError) naming the address, where it came from and what to do when the cluster
+    cannot be reached.
     """
     import ray
 
@@ -168,8 +196,14 @@ def ensure_ray(address: str | None) -> None:
                 f"cannot reach the Ray cluster at {target.address} ({target.why}): "
                 f"{err.strerror or err}. {_advice(target)}"
             ) from err
+    in_process = target.address == "local"
     try:
-        ray.init(address=target.address, include_dashboard=False)
+        with _loopback_node() if in_process else contextlib.nullcontext():
+            ray.init(
+                address=target.address,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1" if in_process else None,
+            )
     except (ConnectionError, ray.exceptions.AuthenticationError) as err:
         if target.source == "default":
             raise

@@ -12,7 +12,6 @@ every other line of the file, comments included, survives a rewrite.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from sdlora.config import (
     read_yaml,
 )
 from sdlora.errors import BadInput
-from sdlora.files import atomic_path
+from sdlora.files import atomic_path, file_sha256
 
 PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
@@ -154,20 +153,6 @@ def read_backbone_record(backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
     return read_json(
         Path(backbone) / BACKBONE_RECORD, "the pretrain stage's output", "run `dvc repro`"
     )
-
-
-_SHA256: dict[tuple[str, int, int], str] = {}  # a file's hash by (path, size, mtime): once
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (computed once per process while the file is unchanged)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256:
-        with path.open("rb") as f:
-            _SHA256[key] = hashlib.file_digest(f, "sha256").hexdigest()
-    return _SHA256[key]
 
 
 def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunInputs:

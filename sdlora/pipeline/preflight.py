@@ -19,13 +19,19 @@ from safetensors import SafetensorError
 
 from sdlora.config import Config, ConfigError, check_pipeline_method
 from sdlora.core.checkpoint import AdapterMismatchError, load_adapter, read_header
-from sdlora.core.model import SDLoRAViT
+from sdlora.core.model import ModelSettingError, SDLoRAViT
 from sdlora.core.train import build_model, local_batch_size, resolve_device
-from sdlora.data.prepare import MANIFEST, PARQUET_SCHEMA, Prepared, PreparedLike, open_prepared
+from sdlora.data.prepare import (
+    MANIFEST,
+    PARQUET_SCHEMA,
+    REPREPARE,
+    Prepared,
+    PreparedLike,
+    open_prepared,
+)
 from sdlora.data.source import DataError
 from sdlora.pipeline.layout import StageError
 
-REPREPARE = "re-create the prepared splits with `dvc repro -f prepare`"
 # What loading a weights or adapter file raises when the file is damaged or foreign.
 LOAD_ERRORS = (ValueError, RuntimeError, OSError, EOFError, SafetensorError, pickle.PickleError)
 MAX_REASON = 400  # characters of a low-level reason kept (a state_dict error lists every key)
@@ -80,8 +86,8 @@ def stage_files(manifest: dict[str, Any], task: int) -> list[tuple[str, dict[str
 
 
 def check_splits(prepared: PreparedLike, task: int) -> None:
-    """Every Parquet file the stage reads has a readable footer, the prepare stage's schema and
-    the manifest's row count."""
+    """Every Parquet file the stage reads has a readable footer, the prepare stage's schema,
+    the manifest's row count and its SHA-256."""
     prepared = open_prepared(prepared)
     manifest = prepared.manifest
     if not 0 <= task < len(manifest["tasks"]):
@@ -91,6 +97,7 @@ def check_splits(prepared: PreparedLike, task: int) -> None:
         )
     for rel, entry in stage_files(manifest, task):
         check_split(Path(prepared) / rel, entry.get("rows"), Path(prepared) / MANIFEST)
+    prepared.verify([(task, "train"), *((t, "test") for t in range(task + 1))])  # the bytes
 
 
 def check_split(path: Path, rows: int | None, manifest: Path) -> None:
@@ -151,6 +158,8 @@ def check_backbone(cfg: Config) -> SDLoRAViT:
             raise StageError(f"{bb.weights} not found (backbone.weights); {fix}")
     try:
         return build_model(cfg)
+    except ModelSettingError as err:  # the backbone is fine: a model.* key does not fit it
+        raise StageError(f"{err}; fix it in params.yaml") from None
     except (*LOAD_ERRORS, TypeError) as err:  # TypeError: timm refusing a backbone.kwargs key
         raise StageError(f"{what} ({_reason(err, Path(str(bb.weights)))}); {fix}") from None
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config, ConfigError
-from sdlora.files import atomic_directory, write_json
-from sdlora.pipeline.layout import BACKBONE_DIR, BACKBONE_RECORD, file_sha256
+from sdlora.files import atomic_directory, file_sha256, write_json
+from sdlora.pipeline.layout import BACKBONE_DIR, BACKBONE_RECORD
 
 
 def pretrain_stage(cfg: Config, *, out: str | Path = BACKBONE_DIR) -> dict[str, Any]:

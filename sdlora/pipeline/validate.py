@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config, check_pipeline_method
-from sdlora.files import atomic_path
+from sdlora.files import atomic_path, file_sha256
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     VALIDATED,
     WEIGHTS_RECORD,
-    file_sha256,
     require_plan,
 )
 

@@ -272,3 +272,24 @@ def test_read_manifest_checks_version(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text('{"schema_version": 0}')
     with pytest.raises(DataError, match="schema_version 0"):
         read_manifest(tmp_path)
+
+
+def test_damage_inside_a_split_is_refused_by_its_checksum(
+    tmp_path: Path, folder_factory: Callable[..., list]
+) -> None:
+    """The footer and the row count stay as they were: only the recorded SHA-256 tells."""
+    from sdlora.data.prepare import open_prepared
+
+    folder_factory(tmp_path / "src", classes=[f"class_{i}" for i in range(4)])
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path / "src"), init_cls=2, increment=2)
+    prepare(cfg, seed=0, out=tmp_path / "out")
+    prepared = open_prepared(tmp_path / "out")
+    prepared.verify()
+    split = tmp_path / "out" / "task_01" / "train.parquet"
+    raw = bytearray(split.read_bytes())
+    raw[200:600] = bytes(400)  # inside the data pages
+    split.write_bytes(bytes(raw))
+    pq.ParquetFile(split)  # still opens: footer intact
+    prepared.verify([(0, "train"), (1, "test")])  # the other files are fine
+    with pytest.raises(DataError, match=r"task_01/train\.parquet is not the file the prepare"):
+        prepared.verify()

@@ -4,12 +4,15 @@
 The slow tests start real local clusters with ``ray start --head`` (in their own session, in a
 private RAY_TMPDIR, so that nothing here sees or touches another Ray on the machine) and end
 them by killing that session's processes: ``ray stop`` would stop every Ray on the machine.
-Run them inside a loopback-only network namespace (see .ci/run and NOTES-ENV).
+Run them inside a loopback-only network namespace (see .ci/run and NOTES-ENV). The binding test
+starts in-process Ray in a child process, in a namespace of its own where Ray sees a non-loopback
+address (as on a host), and lists the sockets that process and its descendants listen on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -133,7 +136,11 @@ def _start(name: str, env: dict[str, str]) -> Cluster:
 
 def _stop(cluster: Cluster) -> None:
     """End the cluster's processes (and only those: its session's), by their ids."""
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _sid(int(p)) == cluster.session]
+    _end_session(cluster.session)
+
+
+def _end_session(session: int) -> None:
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _sid(int(p)) == session]
     for pid in pids:
         _kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 3  # gcs_server does not exit on SIGTERM: it gets SIGKILL
@@ -318,3 +325,121 @@ def test_a_token_cluster_needs_ray_auth_mode_token() -> None:
     assert runs["unset"].startswith(f"ERROR the Ray cluster at {cluster.address}"), runs
     assert "uses token authentication" in runs["unset"] and "RAY_AUTH_MODE=token" in runs["unset"]
     assert "ATTACHED 1.0" in runs["token"], runs
+
+
+# ---- where in-process Ray listens ---------------------------------------------------------------
+
+# A namespace whose only device is loopback, with a second, non-loopback address on it and a
+# default route from it: Ray takes that address for the machine's own (as it takes eth0's on a
+# host), but no packet can leave. Without the namespace the test runs on the host's network.
+_FAKE_HOST = (
+    "ip link set lo up && ip addr add 198.18.0.2/32 dev lo && "
+    "ip route add default dev lo src 198.18.0.2"
+)
+_STARTS_RAY = textwrap.dedent("""
+    import sys, ray
+    from sdlora.ops.ray_session import ensure_ray
+    ensure_ray(None)
+    ray.get(ray.remote(lambda: 0).remote())  # a worker, with its own server, is up
+    print(ray.util.get_node_ip_address(), ray.get_runtime_context().gcs_address, flush=True)
+    sys.stdin.read()  # until the test closes stdin
+    ray.shutdown()
+""")
+# Ray 2.60's servers, by process name (comm, at most 15 characters): GCS, raylet (node and object
+# manager), a worker's core-worker server, the dashboard and runtime-env agents; "python" is this
+# driver's core-worker server and the metrics exporters of the autoscaler monitor and the
+# dashboard head (which runs even without the dashboard)
+_COMPONENTS = {
+    "gcs_server", "raylet", "python", "ray::IDLE", "ray::DashboardA", "ray::RuntimeEnv",
+}  # fmt: skip
+
+
+def _fake_host_prefix() -> list[str]:
+    """``unshare -n sh -c ...`` that runs a command in a private namespace (see _FAKE_HOST)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        return []
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
+        return []
+    return ["unshare", "-n", "sh", "-c", f'{_FAKE_HOST} && exec "$0" "$@"']
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _ip(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    raw = bytes.fromhex(hex_address)  # /proc/net/tcp*: 32-bit words in host (little-endian) order
+    return ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def _listening(root: int) -> set[tuple[str, int, str]]:
+    """``(address, port, process name)`` of every TCP socket that ``root`` or a process it
+    started (Ray: GCS, raylet, agents, workers) listens on."""
+    owners: dict[str, set[int]] = {}
+    for pid in _descendants(root):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        owners.setdefault(link[8:-1], set()).add(pid)
+    found = set()
+    for table in ("tcp", "tcp6"):  # the tables of root's network namespace
+        for line in Path(f"/proc/{root}/net/{table}").read_text().splitlines()[1:]:
+            local, state, inode = (line.split()[i] for i in (1, 3, 9))
+            if state != "0A":  # TCP_LISTEN
+                continue
+            address, port = local.split(":")
+            for pid in owners.get(inode, ()):
+                with contextlib.suppress(OSError):
+                    name = Path(f"/proc/{pid}/comm").read_text().strip()
+                    found.add((str(_ip(address)), int(port, 16), name))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a v6 socket's v4 loopback
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.mark.slow
+def test_in_process_ray_listens_on_loopback_only(tmp_root: str) -> None:
+    """Every server of the Ray that ensure_ray(None) starts listens on 127.0.0.1 (Ray's default
+    is every interface), on a host that has a non-loopback address."""
+    cmd = [*_fake_host_prefix(), sys.executable, "-c", _STARTS_RAY]
+    proc = subprocess.Popen(
+        cmd, env=_cluster_env(tmp_root), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, start_new_session=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    seen: set[tuple[str, int, str]] = set()
+    try:
+        started = proc.stdout.readline().split()  # node IP and GCS address: Ray is up
+        assert started, "Ray did not start (its output is above)"
+        deadline, stable = time.monotonic() + 60, 0
+        while time.monotonic() < deadline and stable < 4:  # the agents start beside the raylet
+            before = len(seen)
+            seen |= _listening(proc.pid)
+            up = {name for _, _, name in seen} >= _COMPONENTS
+            stable = stable + 1 if up and len(seen) == before else 0
+            time.sleep(0.5)
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    finally:
+        _end_session(proc.pid)
+    listed = "\n".join(f"{name} {address} {port}" for address, port, name in sorted(seen))
+    assert {name for _, _, name in seen} >= _COMPONENTS, f"not all of Ray was up:\n{listed}"
+    exposed = sorted(s for s in seen if not _loopback(s[0]))
+    assert not exposed, f"listening beyond loopback: {exposed}\nall:\n{listed}"
+    node_ip, gcs = started
+    assert (node_ip, gcs.rsplit(":", 1)[0]) == ("127.0.0.1", "127.0.0.1")

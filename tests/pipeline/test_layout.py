@@ -247,7 +247,8 @@ def test_read_inputs_refuses_weights_that_changed_since_they_were_recorded(
     import json
     from types import SimpleNamespace
 
-    from sdlora.pipeline.layout import StageError, file_sha256, read_inputs
+    from sdlora.files import file_sha256
+    from sdlora.pipeline.layout import StageError, read_inputs
 
     monkeypatch.chdir(tmp_path)
     weights = Path("w.safetensors")

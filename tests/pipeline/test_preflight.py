@@ -34,7 +34,7 @@ data: {{image_size: 16, augment: none, init_cls: 2, increment: 2}}
 backbone: {{name: vit_tiny_patch16_224, weights: {WEIGHTS}, kwargs: {TINY}}}
 model: {{rank: 2}}
 """
-REPREPARE = "re-create the prepared splits with `dvc repro -f prepare`"
+REPREPARE = "re-create the prepared splits (the pipeline: `dvc repro -f prepare`)"
 RERUN_0 = "re-run the previous task's stage with `dvc repro -f train@0`"
 PRETRAIN = "re-create it with `dvc repro -f pretrain` or fix `backbone.weights` in params.yaml"
 
@@ -185,3 +185,34 @@ def test_batch_that_does_not_split_over_the_workers(
 ) -> None:
     write_params(PARAMS + "train: {batch_size: 8}\nray: {num_workers: 3}\n", 2)
     _fails(capsys, "params: train.batch_size = 8 does not divide over 3 workers; use a multiple")
+
+
+def _overwrite_inside(path: str, at: int, size: int) -> None:
+    """``size`` bytes from ``at`` set to 0x7f: the file keeps its length, header and footer."""
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(b"\x7f" * size)
+
+
+def test_previous_adapter_damaged_inside(
+    project: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """400 bytes inside the tensors, header intact: the checksum stops the stage before Ray."""
+    path = "runs/pipeline/task_0/adapter.safetensors"
+    with open(path, "rb") as f:
+        start = 8 + int.from_bytes(f.read(8), "little")
+    _overwrite_inside(path, start + 16, 400)
+    _fails(capsys, f"{path} is a corrupt adapter", "damaged adapter", "dvc repro -f train@0")
+
+
+def test_split_damaged_inside(project: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    path = "data/prepared/task_01/train.parquet"
+    _overwrite_inside(path, 100, 200)
+    _fails(capsys, f"{path} is not the file the prepare stage wrote", "dvc repro -f prepare")
+
+
+def test_blocks_the_backbone_lacks(
+    project: Config, capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    write_params(PARAMS.replace("model: {rank: 2}", "model: {rank: 2, blocks: [0, 5]}"), 2)
+    _fails(capsys, "model.blocks = [0, 5]: use distinct indices in 0..1", "fix it in params.yaml")
