@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -21,6 +22,29 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _remove_orphans(folder: Path, prefix: str) -> None:
+    """Remove ``<prefix><pid>.*.tmp`` files and folders whose writing process (on this machine)
+    is gone: a kill left them before the rename, and they would pile up beside the output."""
+    for p in folder.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = p.name[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it replaces ``path``.
@@ -29,6 +53,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     left as it was. The parent folder must exist.
     """
     path = Path(path)
+    _remove_orphans(path.parent, f".{path.name}.")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
@@ -58,7 +83,10 @@ def atomic_directory(out: str | os.PathLike[str], marker: str) -> Iterator[Path]
                 "a folder this stage did not write"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_orphans(out.parent, f".{out.name}.")
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent)
+    )
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets normal permissions
         yield tmp

@@ -371,6 +371,10 @@ def train_task_distributed(
     if result.checkpoint is None:
         raise TrainingFailed(f"task {task}: Ray Train's run {result.path} reported no checkpoint")
     final = Path(result.checkpoint.path)
+    kept = {final.name, *(Path(c.path).name for c, _ in result.best_checkpoints)}
+    for folder in (storage / run_name).glob("checkpoint_*"):  # a kill's unregistered ones
+        if folder.is_dir() and folder.name not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
     state = json.loads((final / STATE).read_text())
     if not state.get("finished"):
         raise TrainingFailed(f"task {task}: Ray Train's run {result.path} did not finish the task")

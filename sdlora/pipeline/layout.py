@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sdlora.data.prepare import Prepared
 
 from sdlora.config import (
+    ON_DISK_DATASETS,
     TASKS_COMMAND,
     Config,
     ConfigError,
@@ -153,6 +154,16 @@ def read_backbone_record(backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
     return read_json(
         Path(backbone) / BACKBONE_RECORD, "the pretrain stage's output", "run `dvc repro`"
     )
+
+
+def check_data_root(cfg: Config) -> None:
+    """Refuse an on-disk dataset whose ``data.root`` is not a folder (before anything else)."""
+    root = cfg.data.root
+    if cfg.data.dataset in ON_DISK_DATASETS and root is not None and not Path(root).is_dir():
+        raise ConfigError(
+            f"data.root = {root!r}: no such folder (dataset {cfg.data.dataset!r}); point it at "
+            "the downloaded dataset (docs/data.md says what each one expects)"
+        )
 
 
 def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunInputs:

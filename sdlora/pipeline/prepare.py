@@ -6,7 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config
-from sdlora.pipeline.layout import PREPARED_DIR, count_tasks, known_num_tasks, require_plan
+from sdlora.pipeline.layout import (
+    PREPARED_DIR,
+    check_data_root,
+    count_tasks,
+    known_num_tasks,
+    require_plan,
+)
 
 
 def prepare_stage(cfg: Config, *, out: str | Path = PREPARED_DIR) -> dict[str, Any]:
@@ -14,6 +20,7 @@ def prepare_stage(cfg: Config, *, out: str | Path = PREPARED_DIR) -> dict[str, A
     from sdlora.data.prepare import prepare
 
     require_plan(cfg)
+    check_data_root(cfg)  # a missing folder is named as such, not as a task-count mismatch
     known = known_num_tasks(cfg)
     if known is not None:  # fail before reading anything when the count is known
         cfg.check_num_tasks(known, "data.*")

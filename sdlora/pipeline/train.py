@@ -60,21 +60,25 @@ def _start_log(path: Path, stage: str) -> None:
 
 
 def _ray_run_note(run_folder: Path, epochs: int) -> str | None:
-    """What Ray Train will do with what ``run_folder`` holds: resume, restore, or nothing (None)."""
-    found = run_folder.glob("checkpoint_*") if run_folder.is_dir() else []
-    checkpoints = sorted(p for p in found if p.is_dir())  # not Ray's checkpoint_manager_*.json
-    if not checkpoints:
-        return None
+    """What Ray Train will do with the run in ``run_folder``: resume, restore, or nothing (None).
+    Read from Ray's own record of the run (``Result.from_path``): a checkpoint folder a kill left
+    before Ray registered it is not the run's."""
+    import ray.train
+
     try:
-        last = int(json.loads((checkpoints[-1] / STATE).read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return f"resuming from the last checkpoint in {run_folder}"
-    if last + 1 >= epochs:
+        checkpoint = ray.train.Result.from_path(str(run_folder)).checkpoint
+        state = json.loads((Path(checkpoint.path) / STATE).read_text()) if checkpoint else None
+    except (RuntimeError, OSError, ValueError):  # no run there, or Ray registered nothing yet
+        return None
+    if state is None:
+        return None
+    if state.get("finished"):
         return (
             f"{run_folder} holds this task's finished run: restoring it instead of training "
             "again (delete that folder to train anew)"
         )
-    return f"resuming at epoch {last + 2} of {epochs} from the checkpoints in {run_folder}"
+    where = f"from the checkpoints in {run_folder}"
+    return f"resuming at epoch {int(state['epoch']) + 2} of {epochs} {where}"
 
 
 def task_run(cfg: Config, task: int, inputs: RunInputs) -> tuple[str, str]:

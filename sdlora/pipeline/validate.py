@@ -27,6 +27,7 @@ from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     VALIDATED,
     WEIGHTS_RECORD,
+    check_data_root,
     require_plan,
 )
 
@@ -53,6 +54,7 @@ def validate_stage(
     ``weights`` (:func:`weights_record`)."""
     check_pipeline_method(cfg)  # load_config validated the rest
     require_plan(cfg)  # the task list matches the pipeline's layout
+    check_data_root(cfg)  # before prepare: a missing folder is named, not a task count
     payload = {"params": str(params), "valid": True}
     for path, content in ((out, payload), (weights, weights_record(cfg))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # DVC creates no output's parent

@@ -33,6 +33,7 @@ from sdlora.ops.ray_train import (
     load_task_model,
     train_task_distributed,
 )
+from sdlora.pipeline.train import _ray_run_note
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray Train V2's controller takes reports (and notices start and end) once per health-check
@@ -132,6 +133,13 @@ def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> Non
     gone = cfg.backbone.model_copy(update={"weights": str(tmp_path / "gone.safetensors")})
     cfg = cfg.model_copy(update={"backbone": gone})
     again = train_task_distributed(cfg, 0, None, prepared, tmp_path / "b", **kw)
+    # the stage's note reads Ray's record of the run, not the newest folder a kill may leave
+    stray = tmp_path / "ray" / "t0" / "checkpoint_9999-01-01_00-00-00.000000"
+    stray.mkdir()
+    (stray / STATE).write_text(json.dumps({"epoch": 0, "finished": False}))
+    assert "holds this task's finished run" in str(_ray_run_note(tmp_path / "ray" / "t0", 2))
+    third = train_task_distributed(cfg, 0, None, prepared, tmp_path / "c", **kw)
+    assert third.restored and not stray.exists()  # what Ray never registered is removed
     assert first.metrics["start_epoch"] == 0
     assert again.metrics["epoch"] == 1  # the last report is still the finished run's
     assert (first.restored, first.start_epoch) == (False, 0)

@@ -20,6 +20,7 @@ from sdlora.pipeline.layout import (
     REPORT_DIR,
     TASKS_COMMENT,
     VALIDATED,
+    WEIGHTS_RECORD,
     count_tasks,
     plan_tasks,
     task_output,
@@ -192,7 +193,9 @@ def test_write_tasks_follows_data_and_keeps_overrides(tmp_path: Path) -> None:
 def test_dvc_yaml_uses_the_plan_paths() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
     s = stages["stages"]
-    assert s["validate"]["outs"] == [VALIDATED] and VALIDATED in s["prepare"]["deps"]
+    assert s["validate"]["outs"] == [VALIDATED, WEIGHTS_RECORD]
+    assert VALIDATED in s["prepare"]["deps"]
+    assert WEIGHTS_RECORD in s["pretrain"]["deps"]
     assert s["prepare"]["outs"] == [PREPARED_DIR]
     assert s["pretrain"]["outs"] == [BACKBONE_DIR]
     train = s["train"]
@@ -211,7 +214,8 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
         args = stage.get("cmd", stage.get("do", {}).get("cmd", "")).split()
         assert args[:2] == ["python", f"pipelines/{name}.py"], args
         cmd[name] = dict(zip(args[2::2], args[3::2], strict=True))
-    assert cmd["validate"] == {"--params": "params.yaml", "--out": VALIDATED}
+    want = {"--params": "params.yaml", "--out": VALIDATED, "--weights": WEIGHTS_RECORD}
+    assert cmd["validate"] == want
     assert cmd["prepare"] == {"--params": "params.yaml", "--out": PREPARED_DIR}
     assert cmd["pretrain"] == {"--params": "params.yaml", "--out": BACKBONE_DIR}
     assert cmd["train"] == {

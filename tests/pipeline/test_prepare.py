@@ -43,7 +43,7 @@ def test_prepare_refuses_a_stale_task_list(
     [
         ("data: {dataset: imagenet-r}\n", None, "data.root is required"),
         ("data: {dataset: digits}\n", None, "params.yaml has no tasks section"),
-        ("data: {dataset: imagenet-r, root: /nonexistent/x}\n", 1, "'imagenet-r' at /nonexist"),
+        ("data: {dataset: imagenet-r, root: /no/x}\n", 1, "'/no/x': no such folder"),
     ],
 )
 def test_bad_input_exits_2(

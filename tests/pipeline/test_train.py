@@ -23,18 +23,11 @@ def test_train_stage_needs_its_inputs(write_params: Callable[..., Path]) -> None
         train_stage(cfg, 1, prepared="elsewhere")
 
 
-def test_the_stage_says_what_ray_will_do_with_an_earlier_run(tmp_path: Path) -> None:
-    """Checkpoints of the same run name: resume at the next epoch, or restore a finished run."""
+def test_no_note_without_a_run_ray_registered(tmp_path: Path) -> None:
+    """A checkpoint folder a kill left before Ray registered it is not the run's: no note
+    (tests/ops/test_ray_train.py checks the notes on a real run)."""
     run = tmp_path / "key-task01"
     assert _ray_run_note(run, 10) is None
-    run.mkdir()
-    (run / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's own file, not a checkpoint
+    (run / "checkpoint_2026-01-01_10-00-01.2").mkdir(parents=True)
+    (run / "checkpoint_2026-01-01_10-00-01.2" / STATE).write_text(json.dumps({"epoch": 9}))
     assert _ray_run_note(run, 10) is None
-    for name, epoch in (
-        ("checkpoint_2026-01-01_10-00-00.1", 4),
-        ("checkpoint_2026-01-01_10-00-01.2", 5),
-    ):
-        (run / name).mkdir()
-        (run / name / STATE).write_text(json.dumps({"epoch": epoch}))
-    assert _ray_run_note(run, 10) == f"resuming at epoch 7 of 10 from the checkpoints in {run}"
-    assert "holds this task's finished run: restoring it" in _ray_run_note(run, 6)

@@ -66,3 +66,15 @@ def test_the_weights_record_hashes_only_a_file_outside_the_backbone_folder(
     assert weights_record(load_config("params.yaml"))["sha256"] is None  # DVC tracks it
     write_params("backbone: {weights: timm}\n", tasks=2)
     assert weights_record(load_config("params.yaml")) == {"weights": "timm", "sha256": None}
+
+
+def test_a_missing_dataset_folder_is_named_before_the_task_count(
+    capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    """CIFAR-100 in 10 tasks with a 5-task list and no folder: the folder is what is wrong."""
+    data = "data: {dataset: cifar100, root: /nonexistent/cifar, init_cls: 10, increment: 10}\n"
+    write_params(data, tasks=5)
+    assert stage_main("validate", ["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("validate: error: data.root = '/nonexistent/cifar': no such folder")
+    assert "task" not in err
