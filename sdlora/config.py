@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sdlora.errors import BadInput
 
@@ -49,6 +62,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                break  # a list or mapping as a key: SafeLoader's own error says where
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice", key_node.start_mark
@@ -114,8 +129,96 @@ def read_params(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def _has_bool(value: Any) -> bool:
+    """Whether ``value`` is true/false, or a list holding one (at any depth)."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list | tuple) and any(_has_bool(v) for v in value)
+
+
+def _scalars(value: Any) -> list[Any]:
+    """The values in ``value`` (lists and mappings opened, at any depth)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [x for v in value for x in _scalars(v)]
+    return [value]
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type takes true/false anywhere: bool, Any, or a model (which checks
+    its own fields)."""
+    if annotation is bool or annotation is Any:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_takes_bool(a) for a in get_args(annotation))
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    """``annotation`` and every type inside it (``list[tuple[int, int]] | None``: all five)."""
+    return [annotation, *(t for a in get_args(annotation) for t in _types_in(a))]
+
+
+def _number_kind(annotation: Any) -> str:
+    """What a number field takes, in words: 'a number', "an integer or 'auto'", ..."""
+    types = _types_in(annotation)
+    words = ["a number" if float in types else "an integer"]
+    words += [repr(v) for t in types if get_origin(t) is Literal for v in get_args(t)]
+    return " or ".join(words)
+
+
+def _bool_problem(value: Any, annotation: Any) -> str | None:
+    """The message for true/false given where a number belongs (YAML's ``true`` would pass as
+    1, so ``batch_size: true`` trained with batches of one); None when ``value`` is fine."""
+    if _has_bool(value) and not _takes_bool(annotation):
+        return f"expected {_number_kind(annotation)}, not true/false"
+    return None
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: every float refuses inf and nan (`lr: .inf` trained to NaN and exited 0)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        problem = _bool_problem(v, cls.model_fields[info.field_name].annotation)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState (the class order, SPEC §1) takes 0 .. 2**32 - 1
+
+
+def _seed(v: int) -> int:
+    if not 0 <= v <= SEED_MAX:
+        raise ValueError(f"must be a seed in 0 .. {SEED_MAX} (numpy's range)")
+    return v
+
+
+Seed = Annotated[int, AfterValidator(_seed)]
+
+# The tracking stores MLflow 3.17 registers (mlflow/tracking/_tracking_service/utils.py,
+# _register_tracking_stores), less the Unity Catalog schemes it registers only to refuse them;
+# "" is a folder path (and the bare word "databricks"). Plugins add theirs as entry points.
+MLFLOW_SCHEMES = frozenset(
+    {"", "file", "databricks", "http", "https", "sqlite", "postgresql", "mysql", "mssql"}
+)
+MLFLOW_SCHEMES_SHOWN = (
+    "null, a folder path, file:, sqlite:, postgresql:, mysql:, mssql:, http:, https: or databricks"
+)
+
+
+def _tracking_scheme(uri: str) -> str:
+    """The store MLflow picks for ``uri`` (as mlflow.utils.uri.get_uri_scheme reads it)."""
+    scheme = urlparse(uri).scheme
+    if len(scheme) == 1:  # a Windows drive letter (C:\\mlruns): a folder path
+        return ""
+    db = re.fullmatch(r"(sqlite|postgresql|mysql|mssql)(\+\w+)?", scheme)
+    return db.group(1) if db else scheme
 
 
 class DataConfig(_Section):
@@ -139,7 +242,7 @@ class DataConfig(_Section):
     test_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="digits and unsplit folder layouts: held-out share"
     )
-    split_seed: int = Field(
+    split_seed: Seed = Field(
         0, description="digits and unsplit folder layouts: seed of the train/test split"
     )
     train_per_class: int = Field(60, ge=1, description="glyphs: rendered training images")
@@ -198,6 +301,14 @@ class BackboneConfig(_Section):
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="timm.create_model kwargs")
 
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():  # Any: allow_inf_nan does not reach timm's arguments
+            if any(isinstance(x, float) and not math.isfinite(x) for x in _scalars(value)):
+                raise ValueError(f"backbone.kwargs.{key} = {value!r}: timm takes finite numbers")
+        return v
+
 
 class PretrainConfig(_Section):
     """Pre-training of the embedded backbone on rendered Latin letters (offline)."""
@@ -207,7 +318,7 @@ class PretrainConfig(_Section):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ModelConfig(_Section):
@@ -240,17 +351,27 @@ class ModelConfig(_Section):
 
         raw = dict(raw)
         name = raw.get("method", "sdlora")
-        if name not in METHODS:
+        if not isinstance(name, str) or name not in METHODS:
             raise ValueError(f"model.method = {name!r}: use one of {tuple(sorted(METHODS))}")
         for params in param_models():
             given = {k: raw.pop(k) for k in list(raw) if k in params.model_fields}
+            for key, value in given.items():  # the methods' models are not _Sections
+                problem = _bool_problem(value, params.model_fields[key].annotation)
+                if problem:
+                    raise ValueError(f"model.{key} = {value!r}: {problem}")
             try:
-                raw.update(params.model_validate(given).model_dump(mode="json"))
+                own = params.model_validate(given)
             except ValidationError as err:
                 e = err.errors()[0]
                 key = ".".join(str(p) for p in e["loc"])
                 raise ValueError(f"model.{key} = {e.get('input')!r}: {e['msg']}") from None
-        unknown = sorted(set(raw) - set(cls.model_fields) - _method_keys())
+            for key, value in own:
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(
+                        f"model.{key} = {given[key]!r}: Input should be a finite number"
+                    )
+            raw.update(own.model_dump(mode="json"))
+        unknown = sorted(set(raw) - set(cls.model_fields) - _method_keys(), key=str)
         if unknown:
             raise ValueError(f"model.{unknown[0]}: unknown key (check the spelling; see "
                              "params.yaml for the keys)")  # fmt: skip
@@ -355,6 +476,22 @@ class MlflowConfig(_Section):
     )
     experiment: str = Field("sdlora", min_length=1)
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError(f"must be a tracking URI: {MLFLOW_SCHEMES_SHOWN}; not empty")
+        scheme = _tracking_scheme(v)
+        if scheme in MLFLOW_SCHEMES:
+            return v
+        if scheme in {e.name for e in entry_points(group="mlflow.tracking_store")}:
+            return v  # an installed MLflow plugin's store
+        raise ValueError(
+            f"scheme {scheme!r} is not an MLflow tracking store; use {MLFLOW_SCHEMES_SHOWN}"
+        )
+
 
 # What every variant of a comparison and every trial of a sweep shares with the pipeline: the
 # splits (seed, data, tasks), the backbone, and where it runs and is tracked. A compare method
@@ -378,7 +515,7 @@ class CompareConfig(_Section):
     params it changes (dotted keys, applied over params.yaml), so variants such as SD-LoRA-RR
     are a rank schedule away."""
 
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
 
     @field_validator("seeds")
@@ -443,7 +580,7 @@ class TuneSettings(_Section):
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="null: as many as the cluster's CPUs hold"
     )
-    seed: int = Field(0, description="the search's random state: the same trials for one seed")
+    seed: Seed = Field(0, description="the search's random state: the same trials for one seed")
     storage_path: str = Field(
         "runs/tune/ray", min_length=1, description="Ray Tune's experiment folders (restored)"
     )
@@ -465,6 +602,12 @@ class TuneSettings(_Section):
             if not isinstance(args, list) or not args or (arity and len(args) != arity):
                 shape = "[low, high]" if arity else "[value, value, ...]"
                 raise ValueError(f"{key}: {kind} takes a list {shape}, got {args!r}")
+            if arity and not all(
+                isinstance(a, int | float) and not isinstance(a, bool) for a in args
+            ):
+                raise ValueError(f"{key}: {kind} takes numbers, got {args!r}")
+            if arity and not all(math.isfinite(a) for a in args):
+                raise ValueError(f"{key}: {kind} takes finite numbers, got {args!r}")
             positive = kind == "loguniform"
             if arity and not (args[0] < args[1] and (args[0] > 0 or not positive)):
                 need = "0 < low < high" if positive else "low < high"
@@ -499,7 +642,7 @@ class TaskEntry(_Section):
 class Config(_Section):
     """A whole run: data, backbone, model, training, and how the pipeline runs it."""
 
-    seed: int = 0
+    seed: Seed = 0
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
     progress: bool = True
     data: DataConfig = Field(default_factory=DataConfig)
@@ -569,6 +712,52 @@ class Config(_Section):
             raise ValueError(
                 f"data.init_cls = {self.data.init_cls} but dataset {self.data.dataset!r} has "
                 f"only {total} classes; use 1..{total}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> Config:
+        d, total = self.data, known_num_classes(self.data.dataset)
+        if total is None or self.model.rank_schedule is None:
+            return self  # the class count is known once prepare has read the folder
+        num_tasks = 1 + -(-(total - d.init_cls) // d.increment)  # SPEC §1: init_cls, increment..
+        late = [list(e) for e in self.model.rank_schedule if e[0] >= num_tasks]
+        if late:
+            raise ValueError(
+                f"model.rank_schedule entry {late[0]} starts at task {late[0][0]}, but the data "
+                f"make {num_tasks} tasks (0 .. {num_tasks - 1}: dataset {d.dataset!r} has "
+                f"{total} classes, data.init_cls = {d.init_cls}, data.increment = "
+                f"{d.increment}); drop the entry or start it at a task <= {num_tasks - 1}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _patches_fit(self) -> Config:
+        # The ViT gets data.image_size pixels (the transforms resize to it); a patch size that
+        # does not divide it makes timm's patch embedding drop the last rows and columns.
+        kwargs, size = self.backbone.kwargs, self.data.image_size
+        patch = kwargs.get("patch_size")
+        where = f"backbone.kwargs.patch_size = {patch!r}"
+        if "patch_size" not in kwargs:
+            named = re.search(r"patch(\d+)", self.backbone.name)
+            if named is None:
+                return self  # no patch size in the name (a hybrid ViT): timm decides
+            patch = int(named.group(1))
+            where = (
+                f"backbone.name = {self.backbone.name!r} has patch size {patch} (backbone.kwargs "
+                "has no patch_size), which"
+            )
+        if type(patch) is not int or kwargs.get("dynamic_img_pad"):
+            return self  # a (h, w) pair, or timm pads the last patch
+        if patch < 1:
+            raise ValueError(f"{where}: a patch size is a positive number of pixels")
+        if size % patch:
+            fits = [str(k) for k in range(2, min(size, 64) + 1) if size % k == 0]  # ViT patches
+            some = f" (e.g. {', '.join(fits)})" if fits else ""
+            raise ValueError(
+                f"{where} does not divide data.image_size = {size}: the ViT would leave out the "
+                f"last {size % patch} pixel row(s) and column(s); use a patch size that divides "
+                f"{size}{some}, or data.image_size a multiple of {patch}"
             )
         return self
 

@@ -88,7 +88,9 @@ def test_bad_values_name_the_key(raw: dict, expected: str) -> None:
 
 
 def test_rank_schedule_gives_each_task_its_rank() -> None:
-    model = parse_config({"model": {"rank_schedule": [[0, 10], [4, 8], [8, 6]]}}).model
+    ten_tasks = {"dataset": "glyphs", "init_cls": 4, "increment": 4}
+    raw = {"data": ten_tasks, "model": {"rank_schedule": [[0, 10], [4, 8], [8, 6]]}}
+    model = parse_config(raw).model
     assert [model.rank_for_task(t) for t in range(10)] == [10] * 4 + [8] * 4 + [6] * 2
     assert parse_config({"model": {"rank": 7}}).model.rank_for_task(99) == 7
 
@@ -194,3 +196,216 @@ def test_tasks_command_reports_a_bad_params_file_in_one_line(
 def test_a_task_list_off_the_pipeline_layout_is_refused(raw: dict, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace("`", ".")):
         require_plan(parse_config(raw))
+
+
+# ---- values that used to pass and run wrong (issue 19: nothing silently wrong) ------------
+
+
+TINY_KW = {"img_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def _problem(raw: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "params.yaml")
+    assert str(err.value).startswith("params.yaml: invalid configuration\n  ")
+    assert str(err.value).count("\n") == 1, str(err.value)  # one line under the header
+    return str(err.value).split("\n")[1].strip()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"lr": float("inf")}}, "train.lr = inf: Input should be a finite number"),
+        ({"train": {"lr": "inf"}}, "train.lr = 'inf': Input should be a finite number"),
+        ({"model": {"magnitude_init": float("nan")}}, "model.magnitude_init = nan: Input should"),
+        ({"model": {"kd_tau": float("inf")}}, "model.kd_tau = inf: Input should be a finite"),
+        ({"model": {"kd_tau": "inf"}}, "model.kd_tau = 'inf': Input should be a finite number"),
+        ({"pretrain": {"lr": float("-inf")}}, "pretrain.lr = -inf: Input should be a finite"),
+        ({"ray": {"poll_interval_s": float("inf")}}, "ray.poll_interval_s = inf: Input should"),
+        ({"data": {"test_fraction": float("nan")}}, "data.test_fraction = nan: Input should"),
+        (
+            {"backbone": {"kwargs": {**TINY_KW, "patch_size": 4, "mlp_ratio": float("inf")}}},
+            "backbone.kwargs.mlp_ratio = inf: timm takes finite numbers",
+        ),
+        (
+            {"tasks": {0: {**_entry(0), "lr": float("inf")}}, "final_task": "runs/pipeline/task_0"},
+            "tasks.0.lr = inf: Input should be a finite number",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_refused(raw: dict, expected: str) -> None:
+    assert _problem(raw).startswith(expected)
+
+
+def test_non_finite_numbers_from_yaml_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: .inf\nmodel:\n  magnitude_init: .nan\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "train.lr = inf: Input should be a finite number" in str(err.value)
+    assert "model.magnitude_init = nan: Input should be a finite number" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"batch_size": True}}, "train.batch_size = True: expected an integer, not"),
+        ({"train": {"lr": False}}, "train.lr = False: expected a number, not true/false"),
+        ({"seed": True}, "seed = True: expected an integer, not true/false"),
+        ({"model": {"blocks": [0, True]}}, "model.blocks = [0, True]: expected an integer"),
+        ({"model": {"rank_schedule": [[0, True]]}}, "model.rank_schedule = [[0, True]]: exp"),
+        ({"model": {"kd_tau": True}}, "model.kd_tau = True: expected a number, not true/false"),
+        ({"data": {"workers": True}}, "data.workers = True: expected an integer or 'auto', not"),
+        ({"ray": {"max_failures": False}}, "ray.max_failures = False: expected an integer, not"),
+    ],
+)
+def test_booleans_are_not_numbers(raw: dict, expected: str) -> None:
+    assert _problem(raw).startswith(expected)
+
+
+def test_numbers_from_yaml_keep_their_types(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1\n  batch_size: 8\n  compile: true\npretrain:\n  lr: 1e-3\n")
+    cfg = load_config(path)  # PyYAML reads 1e-3 (no dot) as a string: still a number here
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.batch_size == 8 and cfg.train.compile is True and cfg.pretrain.lr == 0.001
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"seed": -1}, "seed = -1: must be a seed in 0 .. 4294967295 (numpy's range)"),
+        ({"seed": 2**32}, "seed = 4294967296: must be a seed in 0 .. 4294967295"),
+        ({"pretrain": {"seed": -3}}, "pretrain.seed = -3: must be a seed in 0 .. 4294967295"),
+        ({"data": {"split_seed": 2**40}}, "data.split_seed = 1099511627776: must be a seed in"),
+    ],
+)
+def test_seeds_are_in_numpy_range(raw: dict, expected: str) -> None:
+    assert _problem(raw).startswith(expected)
+    assert parse_config({"seed": 2**32 - 1, "pretrain": {"seed": 0}}).seed == 2**32 - 1
+
+
+def test_compare_and_tune_seeds_are_in_numpy_range(tmp_path: Path) -> None:
+    from sdlora.config import load_compare, load_tune
+
+    (tmp_path / "c.yaml").write_text("seeds: [0, -1]\nmethods: {a: {}}\n")
+    with pytest.raises(ConfigError, match=r"seeds\.1 = -1: must be a seed in 0 \.\. 4294967295"):
+        load_compare(tmp_path / "c.yaml")
+    (tmp_path / "t.yaml").write_text("space: {train.lr: {uniform: [0.1, 0.2]}}\nseed: -1\n")
+    with pytest.raises(ConfigError, match=r"seed = -1: must be a seed in 0 \.\. 4294967295"):
+        load_tune(tmp_path / "t.yaml")
+
+
+GLYPHS_5 = {"dataset": "glyphs", "init_cls": 8, "increment": 8}  # 40 classes: tasks 0..4
+
+
+def test_a_rank_schedule_entry_past_the_last_task_is_refused() -> None:
+    raw = {"data": GLYPHS_5, "model": {"rank_schedule": [[0, 10], [4, 8], [5, 6]]}}
+    assert _problem(raw) == (
+        "model.rank_schedule entry [5, 6] starts at task 5, but the data make 5 tasks (0 .. 4: "
+        "dataset 'glyphs' has 40 classes, data.init_cls = 8, data.increment = 8); drop the "
+        "entry or start it at a task <= 4"
+    )
+    assert parse_config({"data": GLYPHS_5, "model": {"rank_schedule": [[0, 10], [4, 8]]}})
+    on_disk = {"dataset": "imagefolder", "root": "/d"}  # class count unknown until prepare
+    assert parse_config({"data": on_disk, "model": {"rank_schedule": [[0, 10], [99, 8]]}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"backbone": {"kwargs": {**TINY_KW, "patch_size": 5}}},
+            "backbone.kwargs.patch_size = 5 does not divide data.image_size = 16: the ViT would "
+            "leave out the last 1 pixel row(s) and column(s); use a patch size that divides 16 "
+            "(e.g. 2, 4, 8, 16), or data.image_size a multiple of 5",
+        ),
+        (
+            {"data": {"image_size": 24}, "backbone": {"kwargs": {**TINY_KW, "img_size": 24}}},
+            "backbone.name = 'vit_tiny_patch16_224' has patch size 16 (backbone.kwargs has no "
+            "patch_size), which does not divide data.image_size = 24: the ViT would leave out the "
+            "last 8 pixel row(s) and column(s); use a patch size that divides 24 (e.g. 2, 3, 4, "
+            "6, 8, 12, 24), or data.image_size a multiple of 16",
+        ),
+        (
+            {"backbone": {"kwargs": {**TINY_KW, "patch_size": 0}}},
+            "backbone.kwargs.patch_size = 0: a patch size is a positive number of pixels",
+        ),
+    ],
+)
+def test_a_patch_size_that_does_not_divide_the_image_is_refused(raw: dict, expected: str) -> None:
+    assert _problem(raw) == expected
+
+
+def test_patch_sizes_that_fit_are_accepted() -> None:
+    assert parse_config({"backbone": {"kwargs": {**TINY_KW, "patch_size": 4}}})
+    padded = {**TINY_KW, "patch_size": 5, "dynamic_img_pad": True}  # timm pads the last patch
+    assert parse_config({"backbone": {"kwargs": padded}})
+    assert parse_config({"backbone": {"name": "vit_base_r50_s16_224"}})  # no patch in the name
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["ftp://host/x", "s3://bucket/runs", "uc:databricks", "runs:/abc", "sqlitex:///m.db", " "],
+)
+def test_a_tracking_uri_mlflow_cannot_open_is_refused(uri: str) -> None:
+    line = _problem({"mlflow": {"tracking_uri": uri}})
+    assert line.startswith(f"mlflow.tracking_uri = {uri!r}: ")
+    assert "null, a folder path, file:, sqlite:, postgresql:, mysql:, mssql:, http:, " in line
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["sqlite:///mlflow.db", "file:///tmp/mlruns", "mlruns", "/abs/mlruns", "C:\\mlruns",
+     "http://localhost:5000", "https://h/x", "databricks", "databricks://profile",
+     "postgresql+psycopg2://u@h/db", "mysql://u@h/db", "mssql+pyodbc://u@h/db"],
+)  # fmt: skip
+def test_tracking_uris_mlflow_opens_are_accepted(uri: str) -> None:
+    assert parse_config({"mlflow": {"tracking_uri": uri}}).mlflow.tracking_uri == uri
+
+
+def test_the_accepted_schemes_are_mlflows() -> None:
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    from sdlora.config import MLFLOW_SCHEMES
+
+    # MLflow registers Unity Catalog schemes only to refuse them for tracking
+    assert set(_tracking_store_registry._registry) - {"uc", "databricks-uc"} == MLFLOW_SCHEMES
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"model": {"method": ["sdlora"]}}, "model.method = ['sdlora']: use one of ("),
+        ({"model": {1: 2, "x": 3}}, "model.1: unknown key"),
+    ],
+)
+def test_odd_keys_and_values_are_config_errors(raw: dict, expected: str) -> None:
+    assert _problem(raw).startswith(expected)
+
+
+@pytest.mark.parametrize("text", ["? [a, b]\n: 1\n", "model: {{rank: 1}: 2}\n"])
+def test_a_yaml_key_that_is_a_list_or_mapping_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+: found"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ('["a", 1]', "train.lr: uniform takes numbers, got ['a', 1]"),
+        ("[.inf, 1]", "train.lr: uniform takes finite numbers, got [inf, 1]"),
+        ("[true, 2]", "train.lr: uniform takes numbers, got [True, 2]"),
+    ],
+)
+def test_a_tune_range_of_non_numbers_is_a_config_error(
+    tmp_path: Path, args: str, expected: str
+) -> None:
+    from sdlora.config import load_tune
+
+    (tmp_path / "t.yaml").write_text(f"space: {{train.lr: {{uniform: {args}}}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_tune(tmp_path / "t.yaml")
+    assert expected in str(err.value)

@@ -42,7 +42,7 @@ OTHER: dict[str, list[Any]] = {
     "model.compat": ["reference_code"], "model.kd_fold": ["paper"], "train.optimizer": ["sgd"],
     "train.precision": ["bf16"], "ray.address": ["auto"], "ray.storage_path": ["/tmp/ray"],
     "mlflow.tracking_uri": ["sqlite:///other.db"], "mlflow.experiment": ["other"],
-    "backbone.kwargs.patch_size": [8],
+    "backbone.kwargs.patch_size": [8], "data.image_size": [32],  # +-1: not a patch multiple
     "objective": ["average_anytime_accuracy"], "trial_mode": ["ray_train"],
     "storage_path": ["/tmp/tune"], "storage_budget": [1000], "max_concurrent_trials": [1],
     "space": [{"train.lr": {"uniform": [0.1, 0.2]}}], "fixed": [{}],

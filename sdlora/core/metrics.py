@@ -56,7 +56,7 @@ def validate_matrix(R: ArrayLike) -> AccuracyMatrix:
     """
     try:
         arr = np.array(R, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"accuracy matrix must be a numeric 2-D array: {exc}") from exc
     if arr.ndim != 2:
         raise ValueError(f"accuracy matrix must be 2-D, got {arr.ndim} dimension(s)")
@@ -100,7 +100,7 @@ def validate_counts(counts: ArrayLike | None, num_tasks: int) -> npt.NDArray[np.
         return np.ones(num_tasks, dtype=np.float64)
     try:
         arr = np.array(counts, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"counts must be a sequence of numbers: {exc}") from exc
     if arr.ndim != 1 or arr.shape[0] != num_tasks:
         raise ValueError(
@@ -213,6 +213,11 @@ Rows: TypeAlias = list[tuple[int, list[str]]]
 """Non-blank lines of a file as (1-based line number, cells)."""
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut to about ``limit`` characters for a one-line message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
 def read_matrix_csv(
     path: str | os.PathLike[str],
 ) -> tuple[AccuracyMatrix, npt.NDArray[np.int64] | None]:
@@ -242,7 +247,7 @@ def read_matrix_csv(
         return _read_sdlora_csv(path, [(n, [c.strip() for c in s.split(",")]) for n, s in lines])
     if first and math.isnan(_to_float(first[0])):
         raise ValueError(
-            f"{path}, line {lines[0][0]}: bad header {lines[0][1]!r}; expected {FORMATS}"
+            f"{path}, line {lines[0][0]}: bad header {_shown(lines[0][1])}; expected {FORMATS}"
         )
     sep = "," if any("," in s for _, s in lines) else None  # None: split on whitespace
     return _parse_grid(path, [(n, [c.strip() for c in s.split(sep)]) for n, s in lines]), None
@@ -264,7 +269,7 @@ def _read_sdlora_csv(path: Path, rows: Rows) -> tuple[AccuracyMatrix, npt.NDArra
     if num_tasks < 1 or header != expected:
         shown = ",".join(expected) if num_tasks >= 1 else f"{FIRST_HEADER},task_0,..."
         raise ValueError(
-            f"{path}, line {header_line}: bad header {','.join(header)!r}; expected {shown!r}"
+            f"{path}, line {header_line}: bad header {_shown(','.join(header))}; expected {shown!r}"
         )
     body = rows[1:]
     counts = None
@@ -274,7 +279,7 @@ def _read_sdlora_csv(path: Path, rows: Rows) -> tuple[AccuracyMatrix, npt.NDArra
     if labels != [str(i) for i in range(num_tasks)]:
         k = next(k for k, label in enumerate([*labels, None]) if label != str(k) or k >= num_tasks)
         line_no, got = (
-            (body[k][0], f"matrix row {k} is labelled {labels[k]!r}")
+            (body[k][0], f"matrix row {k} is labelled {_shown(labels[k])}")
             if k < len(labels)
             else (rows[-1][0], f"found {k} matrix row(s)")
         )
@@ -301,8 +306,8 @@ def _parse_grid(path: Path, rows: Rows) -> AccuracyMatrix:
     where = f"{path}, line {rows[i][0]}, column task_{j}"
     if j > i:
         raise ValueError(
-            f"{where}: value {text!r} above the diagonal; row {i} (after task {i}) holds at most "
-            f"{i + 1} value(s), the cells after them must be empty or absent"
+            f"{where}: value {_shown(text)} above the diagonal; row {i} (after task {i}) holds "
+            f"at most {i + 1} value(s), the cells after them must be empty or absent"
         )
     if not text:
         raise ValueError(
@@ -310,14 +315,18 @@ def _parse_grid(path: Path, rows: Rows) -> AccuracyMatrix:
             f"(row {i}, column {j} is on or below the diagonal)"
         )
     raise ValueError(
-        f"{where}: cell (row {i}, column {j}) is {text!r}; expected a number in [0, 100]"
+        f"{where}: cell (row {i}, column {j}) is {_shown(text)}; expected a number in [0, 100]"
     )
 
 
+COUNT_MAX = int(np.iinfo(np.int64).max)  # the count row's dtype (and exact as weights' floats)
+
+
 def _positive_ints(texts: list[str]) -> tuple[list[int], int | None]:
-    """Parse decimal integers > 0; also return the index of the first text that is not one."""
-    values = [int(t) if t.isascii() and t.isdigit() else 0 for t in texts]
-    bad = [j for j, v in enumerate(values) if v <= 0]
+    """Parse decimal integers in 1 .. COUNT_MAX; also return the index of the first text that
+    is not one (a longer text is refused before ``int``, which stops at 4300 digits)."""
+    values = [int(t) if t.isascii() and t.isdigit() and len(t) <= 19 else 0 for t in texts]
+    bad = [j for j, v in enumerate(values) if not 0 < v <= COUNT_MAX]
     return values, (bad[0] if bad else None)
 
 
@@ -328,8 +337,8 @@ def _parse_count_row(
     values, bad = _positive_ints(cells[1:])
     if bad is not None or len(values) != num_tasks:
         raise ValueError(
-            f"{path}, line {line_no}: bad '{COUNT_LABEL}' row {','.join(cells)!r}; expected "
-            f"{num_tasks} test sample counts (integers > 0), one per task"
+            f"{path}, line {line_no}: bad '{COUNT_LABEL}' row {_shown(','.join(cells))}; expected "
+            f"{num_tasks} test sample counts (integers in 1 .. {COUNT_MAX}), one per task"
         )
     return np.array(values, dtype=np.int64)
 
@@ -365,7 +374,8 @@ def parse_counts_arg(text: str) -> list[int]:
     values, bad = _positive_ints(parts)
     if bad is not None:
         raise ValueError(
-            f"counts entry {bad} is {parts[bad]!r}; expected a comma-separated list of integers > 0"
+            f"counts entry {bad} is {_shown(parts[bad])}; expected a comma-separated list of "
+            f"integers in 1 .. {COUNT_MAX}"
         )
     return values
 

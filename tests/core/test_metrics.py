@@ -212,6 +212,7 @@ def test_validate_matrix_accepts_bounds() -> None:
         ([100, -5, 100], r"counts\[1\]"),
         ([100, 2.5, 100], r"counts\[1\].*integer"),
         ([[100, 100, 100]], r"length 3"),
+        ([100, 10**400, 100], r"counts must be a sequence of numbers: int too large"),
     ],
 )
 def test_counts_errors(counts: object, pattern: str) -> None:
@@ -576,3 +577,35 @@ def test_joint_row_gives_its_weighted_accuracy_and_no_forgetting() -> None:
     assert s["forgetting"] is None and s["backward_transfer"] is None and s["num_tasks"] == 2
     with pytest.raises(ValueError, match="joint accuracy row"):
         summarize_joint([120.0])
+
+
+# ---- counts too large for the arrays they go into (issue 19: one line, never a traceback) ----
+
+HUGE = ["9223372036854775808", "1" + "0" * 400, "9" * 5000]  # int64 max + 1, > float max, > 4300
+
+
+@pytest.mark.parametrize("count", HUGE)
+def test_a_count_row_too_large_names_its_line(tmp_path: Path, count: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(f"after_task,task_0\n0,80\ncount,{count}\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        read_matrix_csv(path)
+    assert str(info.value).startswith(f"{path}, line 3: bad 'count' row 'count,{count[:10]}")
+    assert "integers in 1 .. 9223372036854775807" in str(info.value)
+
+
+@pytest.mark.parametrize("count", HUGE)
+def test_cli_counts_too_large_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], count: str
+) -> None:
+    path = _write(tmp_path)
+    assert main(["metrics", str(path), "--counts", f"100,{count},100"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert f"Invalid value for '--counts': counts entry 1 is '{count[:10]}" in err
+    assert "integers in 1 .. 9223372036854775807" in err
+
+
+def test_a_matrix_value_too_large_for_a_float_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"must be a numeric 2-D array: int too large"):
+        validate_matrix([[10**400]])
