@@ -12,7 +12,6 @@ address (as on a host), and lists the sockets that process and its descendants l
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import secrets
@@ -31,6 +30,8 @@ from pathlib import Path
 import pytest
 
 from sdlora.ops.ray_session import ENV_VAR, ensure_ray, resolve_address
+
+from .sockets import listening, loopback
 
 RAY = Path(sys.executable).with_name("ray")  # the venv's ray CLI
 
@@ -363,56 +364,6 @@ def _fake_host_prefix() -> list[str]:
     return ["unshare", "-n", "sh", "-c", f'{_FAKE_HOST} && exec "$0" "$@"']
 
 
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(stat[1]), []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _ip(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    raw = bytes.fromhex(hex_address)  # /proc/net/tcp*: 32-bit words in host (little-endian) order
-    return ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
-
-
-def _listening(root: int) -> set[tuple[str, int, str]]:
-    """``(address, port, process name)`` of every TCP socket that ``root`` or a process it
-    started (Ray: GCS, raylet, agents, workers) listens on."""
-    owners: dict[str, set[int]] = {}
-    for pid in _descendants(root):
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        owners.setdefault(link[8:-1], set()).add(pid)
-    found = set()
-    for table in ("tcp", "tcp6"):  # the tables of root's network namespace
-        for line in Path(f"/proc/{root}/net/{table}").read_text().splitlines()[1:]:
-            local, state, inode = (line.split()[i] for i in (1, 3, 9))
-            if state != "0A":  # TCP_LISTEN
-                continue
-            address, port = local.split(":")
-            for pid in owners.get(inode, ()):
-                with contextlib.suppress(OSError):
-                    name = Path(f"/proc/{pid}/comm").read_text().strip()
-                    found.add((str(_ip(address)), int(port, 16), name))
-    return found
-
-
-def _loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a v6 socket's v4 loopback
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
 @pytest.mark.slow
 def test_in_process_ray_listens_on_loopback_only(tmp_root: str) -> None:
     """Every server of the Ray that ensure_ray(None) starts listens on 127.0.0.1 (Ray's default
@@ -429,7 +380,7 @@ def test_in_process_ray_listens_on_loopback_only(tmp_root: str) -> None:
         deadline, stable = time.monotonic() + 60, 0
         while time.monotonic() < deadline and stable < 4:  # the agents start beside the raylet
             before = len(seen)
-            seen |= _listening(proc.pid)
+            seen |= listening(proc.pid)
             up = {name for _, _, name in seen} >= _COMPONENTS
             stable = stable + 1 if up and len(seen) == before else 0
             time.sleep(0.5)
@@ -439,7 +390,7 @@ def test_in_process_ray_listens_on_loopback_only(tmp_root: str) -> None:
         _end_session(proc.pid)
     listed = "\n".join(f"{name} {address} {port}" for address, port, name in sorted(seen))
     assert {name for _, _, name in seen} >= _COMPONENTS, f"not all of Ray was up:\n{listed}"
-    exposed = sorted(s for s in seen if not _loopback(s[0]))
+    exposed = sorted(s for s in seen if not loopback(s[0]))
     assert not exposed, f"listening beyond loopback: {exposed}\nall:\n{listed}"
     node_ip, gcs = started
     assert (node_ip, gcs.rsplit(":", 1)[0]) == ("127.0.0.1", "127.0.0.1")

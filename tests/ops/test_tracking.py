@@ -3,6 +3,7 @@ box)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -353,3 +354,34 @@ def test_a_restored_sweep_keeps_its_parent_run_and_a_new_one_gets_its_own(store:
     newest, found = _open(store, "exp-sweep", key="tune-x", params={})
     assert found == new_id  # the newest
     newest.close()
+
+
+@pytest.mark.slow
+def test_the_documented_mlflow_ui_listens_on_loopback_only(tmp_path: Path) -> None:
+    """README's `mlflow ui --backend-store-uri sqlite:///mlflow.db` (no --host): MLflow's
+    default binds 127.0.0.1, so the UI is not exposed on a shared machine."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from .sockets import listening, loopback
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+           f"sqlite:///{tmp_path / 'mlflow.db'}", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        seen: set[tuple[str, int, str]] = set()
+        deadline = time.monotonic() + 60
+        while not any(p == port for _, p, _ in seen) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            seen = listening(proc.pid)
+        assert any(p == port for _, p, _ in seen), f"the UI did not listen on {port}: {seen}"
+        assert all(loopback(address) for address, _, _ in seen), seen
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
