@@ -74,6 +74,7 @@ class ProgressRelay:
         self._thread = threading.Thread(target=self._follow, name="sdlora-progress", daemon=True)
         self._offset = 0
         self._bar: EpochBar | None = None
+        self._seen = False  # any event yet: a later "resume" is a restart within the stage
 
     def __enter__(self) -> ProgressRelay:
         self._thread.start()
@@ -104,6 +105,18 @@ class ProgressRelay:
             self._draw(json.loads(line))
 
     def _draw(self, event: dict[str, Any]) -> None:
+        seen, self._seen = self._seen, True
+        if event["event"] == "resume":  # the workers start from a checkpoint
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            if seen and self.console.enabled:  # within this stage: Ray restarted them
+                print(
+                    f"Ray Train restarted the workers after a failure: resuming at epoch "
+                    f"{event['start_epoch'] + 1} from the last checkpoint",
+                    file=self.console.stream, flush=True,
+                )  # fmt: skip
+            return
         if event["event"] == "start":
             if self._bar is not None:  # a restarted worker begins the epoch again
                 self._bar.close()

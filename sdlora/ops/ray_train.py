@@ -228,6 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
 
     progress = FileProgress(out_dir / PROGRESS) if config.get("progress") else None
+    if progress is not None and start_epoch and world.rank == 0:  # the relay tells a restart
+        progress.write({"event": "resume", "start_epoch": start_epoch})
     epoch_log = fit_task(
         model, prepared, task, cfg, world, forward=ddp, start_epoch=start_epoch,
         optimizer_state=opt_state, on_epoch=report, epoch_log=epoch_log, progress=progress,

@@ -60,3 +60,20 @@ def test_the_relay_closes_an_epoch_a_dead_worker_left_open(tmp_path: Path) -> No
         _epoch(FileProgress(path), "task 0 epoch 1/2", steps=4)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("task 0 epoch 1/2: loss 0.2500")
+
+
+def test_a_restart_within_the_stage_is_said_on_the_console(tmp_path: Path) -> None:
+    """A resume as the stage's first event is the stage's own re-run (it says so itself); a
+    resume after other events is Ray Train restarting the workers: one line says it."""
+    path = tmp_path / "progress.jsonl"
+    out = io.StringIO()
+    with ProgressRelay(path, ConsoleProgress(stream=out), poll_s=0.01):
+        FileProgress(path).write({"event": "resume", "start_epoch": 1})  # a re-run stage
+        _epoch(FileProgress(path), "task 0 epoch 2/3")
+        FileProgress(path).epoch("task 0 epoch 3/3", 3).update(1, 2.0, 8, 1.0)  # dies here
+        FileProgress(path).write({"event": "resume", "start_epoch": 2})
+        _epoch(FileProgress(path), "task 0 epoch 3/3")
+    lines = out.getvalue().splitlines()
+    restart = "Ray Train restarted the workers after a failure: resuming at epoch 3 from the last"
+    assert [ln for ln in lines if ln.startswith("Ray Train")] == [f"{restart} checkpoint"]
+    assert len(lines) == 4  # epoch 2, the cut epoch 3 closed, the restart, epoch 3
