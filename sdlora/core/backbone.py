@@ -8,7 +8,7 @@ from typing import Any
 
 import timm
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from sdlora.config import BackboneConfig
@@ -52,9 +52,16 @@ def read_weights_metadata(path: Path) -> dict[str, Any]:
     """The ``sdlora`` JSON metadata of a safetensors weights file ({} if absent)."""
     if path.suffix != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta.get("sdlora", "{}"))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta.get("sdlora", "{}"))
+    except (SafetensorError, OSError, ValueError) as err:  # truncated, overwritten, not JSON
+        reason = " ".join(str(err).split())[:400]
+        raise BackboneError(
+            f"backbone.weights: cannot read {path.resolve()} ({reason}): it was truncated or "
+            "overwritten; re-create it (`dvc repro -f pretrain`) or replace it"
+        ) from None
 
 
 def create_backbone(cfg: BackboneConfig) -> nn.Module:

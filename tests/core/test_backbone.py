@@ -90,3 +90,13 @@ def test_weights_holding_nan_are_refused(tmp_path: Path) -> None:
     cfg = BackboneConfig(name="vit_tiny_patch16_224", weights=str(path), kwargs=KW)
     with pytest.raises(BackboneError, match=r"blocks\.1\.attn\.qkv\.weight holds NaN"):
         create_backbone(cfg)
+
+
+def test_a_truncated_safetensors_file_is_one_backbone_error(tmp_path: Path) -> None:
+    """Its header is read first (the saved name and kwargs): a cut file fails there, by name."""
+    path = tmp_path / "w.safetensors"
+    save_backbone(timm.create_model("vit_tiny_patch16_224", num_classes=0, **KW), path,
+                  "vit_tiny_patch16_224", KW)  # fmt: skip
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(BackboneError, match=f"cannot read {path}.*truncated or overwritten"):
+        create_backbone(BackboneConfig(name="vit_tiny_patch16_224", weights=str(path), kwargs=KW))
