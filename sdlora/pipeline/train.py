@@ -66,7 +66,7 @@ def _ray_run_note(run_folder: Path, epochs: int) -> str | None:
     import ray.train
 
     try:
-        checkpoint = ray.train.Result.from_path(str(run_folder)).checkpoint
+        checkpoint = ray.train.Result.from_path(str(run_folder.resolve())).checkpoint
         state = json.loads((Path(checkpoint.path) / STATE).read_text()) if checkpoint else None
     except (RuntimeError, OSError, ValueError):  # no run there, or Ray registered nothing yet
         return None

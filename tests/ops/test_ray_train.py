@@ -124,7 +124,9 @@ def test_prototype_class_means_are_all_reduced(ray_session, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> None:
+def test_rerun_of_a_finished_run_restores_it(
+    ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
     kw = dict(num_workers=1, storage_path=tmp_path / "ray", name="t0", identity="t")
     first = train_task_distributed(cfg, 0, None, prepared, tmp_path / "a", **kw)
@@ -138,6 +140,8 @@ def test_rerun_of_a_finished_run_restores_it(ray_session, tmp_path: Path) -> Non
     stray.mkdir()
     (stray / STATE).write_text(json.dumps({"epoch": 0, "finished": False}))
     assert "holds this task's finished run" in str(_ray_run_note(tmp_path / "ray" / "t0", 2))
+    monkeypatch.chdir(tmp_path)  # the stage asks with a relative path (ray.storage_path: runs/ray)
+    assert "holds this task's finished run" in str(_ray_run_note(Path("ray/t0"), 2))
     third = train_task_distributed(cfg, 0, None, prepared, tmp_path / "c", **kw)
     assert third.restored and not stray.exists()  # what Ray never registered is removed
     assert first.metrics["start_epoch"] == 0
