@@ -11,6 +11,7 @@ along with ``--verbose`` (or ``SDLORA_VERBOSE=1``)."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from datetime import datetime
@@ -65,11 +66,16 @@ def _ray_run_note(run_folder: Path, epochs: int) -> str | None:
     before Ray registered it is not the run's."""
     import ray.train
 
+    quiet = logging.getLogger("ray.train")  # from_path logs 3 INFO lines about the snapshot
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         checkpoint = ray.train.Result.from_path(str(run_folder.resolve())).checkpoint
         state = json.loads((Path(checkpoint.path) / STATE).read_text()) if checkpoint else None
     except (RuntimeError, OSError, ValueError):  # no run there, or Ray registered nothing yet
         return None
+    finally:
+        quiet.setLevel(level)
     if state is None:
         return None
     if state.get("finished"):
