@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 import timm
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 # Ray 2.60 fixes a process's token-auth mode at its first ray.init (and an in-process start turns
@@ -87,3 +88,17 @@ def sweep_project(tmp_path):
     prepared = tmp_path / "prepared"
     prepare(parse_config(raw).data, seed=0, out=prepared)
     return params, prepared
+
+
+# The property tests' settings: the same cases on every run (CI stays reproducible);
+# SDLORA_HYPOTHESIS_EXAMPLES=20000 hunts further, with fresh random cases.
+_HUNT = os.environ.get("SDLORA_HYPOTHESIS_EXAMPLES")
+settings.register_profile(
+    "sdlora",
+    max_examples=int(_HUNT or 200),
+    derandomize=_HUNT is None,
+    deadline=None,
+    database=None,  # nothing written under .hypothesis/ examples
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("sdlora")

@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import string
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sdlora.cli import main
 
-# The same cases on every run (CI stays reproducible); SDLORA_HYPOTHESIS_EXAMPLES=20000 hunts
-# further, with fresh random cases.
-_HUNT = os.environ.get("SDLORA_HYPOTHESIS_EXAMPLES")
-SETTINGS = settings(
-    max_examples=int(_HUNT or 200),
-    derandomize=_HUNT is None,
-    deadline=None,
-    database=None,  # nothing written under .hypothesis/ examples
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
 ACCURACY = st.one_of(
     st.integers(0, 100).map(str),
     st.floats(0, 100).map(repr),
@@ -83,7 +72,6 @@ def matrix_files(draw: st.DrawFn) -> str:
 CASES = {"exit 0": 0, "exit 2": 0}
 
 
-@SETTINGS
 @given(matrix_files(), st.none() | st.lists(COUNT, min_size=1, max_size=5).map(",".join))
 def test_any_matrix_file_and_counts_exit_0_or_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, counts: str | None
