@@ -21,12 +21,17 @@ which rank 0 writes to ``out_dir/.progress.jsonl`` (:class:`sdlora.ops.console.F
 the driver draws (:class:`sdlora.ops.console.ProgressRelay`). Failures are split in two: an error
 while the workers set the task up (a bad input the driver's checks missed: every rank reads the
 same files) is agreed on by all ranks, which then stop without an error, so Ray does not retry
-it, and the driver raises :class:`TaskInputError`; an error during training (a worker that dies)
-is retried by Ray Train up to ``max_failures`` times, then raised as :class:`TrainingFailed`.
+it, and the driver raises :class:`TaskInputError`. During training the ranks cannot agree
+without a collective per batch, so a rank that meets the input's fault there (a damaged image:
+:class:`sdlora.errors.BadInput`; a full or read-only disk) writes it down before failing: Ray's
+retry, if any, finds it at set-up and stops at once, training nothing twice, and the driver
+raises :class:`TaskInputError` too. Any other error during training (a worker that dies) is
+retried by Ray Train up to ``max_failures`` times, then raised as :class:`TrainingFailed`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -67,10 +72,16 @@ POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_LOG = "train.json"  # the driver writes it beside the adapter: each epoch's loss, s, samples/s
 PROGRESS = ".progress.jsonl"  # rank 0's progress, drawn by the driver; removed after training
 SETUP_ERROR = ".setup_error.rank{rank}.json"  # a rank's set-up failure, read by the driver
+INPUT_ERROR = ".input_error.rank{rank}.json"  # a rank's input fault met in training: no retry
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a retry would meet the same disk
 
 
 class TaskInputError(BadInput, RuntimeError):
     """The workers could not set the task up (an input the driver's checks let through)."""
+
+
+class InputFault(BadInput, RuntimeError):
+    """A Ray retry's set-up meets the input fault an earlier attempt of the task wrote down."""
 
 
 class TrainingFailed(Failed, RuntimeError):
@@ -139,6 +150,14 @@ def _read_state(folder: Path, fingerprint: dict) -> dict[str, Any]:
     return state
 
 
+def is_input_fault(err: BaseException) -> bool:
+    """Whether an error in training is the input's (a damaged file, a full or read-only disk),
+    which a retry would only meet again, rather than a worker's (a crash, a lost node)."""
+    if isinstance(err, BadInput):
+        return True
+    return isinstance(err, OSError) and err.errno in DISK_ERRNOS
+
+
 def _any_rank(flag: bool, world: World) -> bool:
     """Whether ``flag`` is true on any rank (an all-reduce; no collective at world size 1)."""
     if world.size == 1:
@@ -173,7 +192,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # would only repeat. The ranks agree on it and stop cleanly; the driver reports it.
     failure: BaseException | None = None
     finished = False
+    earlier = sorted(out_dir.glob(INPUT_ERROR.format(rank="*")))  # an earlier attempt's fault
     try:
+        if earlier:  # this attempt is Ray's retry of it: the same inputs fail the same way
+            raise InputFault(json.loads(earlier[0].read_text())["message"])
         checkpoint = ray.train.get_checkpoint()
         state: dict[str, Any] = {}
         if checkpoint is not None:  # read first: a finished run needs no model at all
@@ -199,7 +221,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         failure = err
         traceback.print_exc()  # into Ray's log, for the full story
     if _any_rank(failure is not None, world):
-        if failure is not None:
+        if failure is not None and not earlier:  # the earlier fault's file says it already
             error = {"rank": world.rank, "type": type(failure).__name__, "message": str(failure)}
             with atomic_path(out_dir / SETUP_ERROR.format(rank=world.rank)) as tmp:
                 tmp.write_text(json.dumps(error))
@@ -230,13 +252,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress = FileProgress(out_dir / PROGRESS) if config.get("progress") else None
     if progress is not None and start_epoch and world.rank == 0:  # the relay tells a restart
         progress.write({"event": "resume", "start_epoch": start_epoch})
-    epoch_log = fit_task(
-        model, prepared, task, cfg, world, forward=ddp, start_epoch=start_epoch,
-        optimizer_state=opt_state, on_epoch=report, epoch_log=epoch_log, progress=progress,
-    )  # fmt: skip
-    if world.rank == 0:
-        finish_task(model, prepared, task, cfg, world.device)  # KD: + fold accuracy
-        model.cpu()
+    try:
+        epoch_log = fit_task(
+            model, prepared, task, cfg, world, forward=ddp, start_epoch=start_epoch,
+            optimizer_state=opt_state, on_epoch=report, epoch_log=epoch_log, progress=progress,
+        )  # fmt: skip
+        if world.rank == 0:
+            finish_task(model, prepared, task, cfg, world.device)  # KD: + fold accuracy
+            model.cpu()
+    except Exception as err:
+        if is_input_fault(err):  # written down for the retry's set-up and for the driver
+            error = {"rank": world.rank, "type": type(err).__name__, "message": str(err)}
+            with atomic_path(out_dir / INPUT_ERROR.format(rank=world.rank)) as tmp:
+                tmp.write_text(json.dumps(error))
+        raise
     # The task's result is the last checkpoint (the finished adapter and the epoch log): the
     # driver reads it from Ray's Result, and a re-run restores it without recomputing.
     report(len(epoch_log) - 1, epoch_log, None, done=True)
@@ -306,6 +335,8 @@ def train_task_distributed(
     prepared.task_classes(task)  # the task exists: fail before starting Ray
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in _error_files(out_dir):  # an earlier call's: this call's inputs may be fixed
+        stale.unlink()
     weights = cfg.backbone.weights
     weights = None if weights in (None, "timm") else str(Path(weights).resolve())
     if poll_interval_s is not None:
@@ -363,7 +394,7 @@ def train_task_distributed(
             if started and ray.is_initialized():
                 ray.shutdown()  # no Ray instance left behind for the next stage
     (out_dir / PROGRESS).unlink(missing_ok=True)
-    _raise_setup_error(out_dir, task, log_path)
+    _raise_input_error(out_dir, task, log_path)
     if failed is not None:
         see = f"Ray's log: {log_path}" if log_path is not None else "Ray's output above"
         raise TrainingFailed(
@@ -432,19 +463,29 @@ def _first_line(err: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}".strip()
 
 
-def _raise_setup_error(out_dir: Path, task: int, log_path: str | Path | None) -> None:
-    """Raise :class:`TaskInputError` with what the ranks that failed to set up wrote."""
-    files = list(out_dir.glob(SETUP_ERROR.format(rank="*")))
+def _error_files(out_dir: Path) -> list[Path]:
+    """The ranks' set-up and training-input error files in ``out_dir``."""
+    return [
+        p for pattern in (SETUP_ERROR, INPUT_ERROR) for p in out_dir.glob(pattern.format(rank="*"))
+    ]
+
+
+def _raise_input_error(out_dir: Path, task: int, log_path: str | Path | None) -> None:
+    """Raise :class:`TaskInputError` with what the ranks wrote: the fault met in training if
+    any (its retry stopped at set-up), else the set-up failure."""
+    files = _error_files(out_dir)
     if not files:
         return
-    errors = sorted((json.loads(p.read_text()) for p in files), key=lambda e: e["rank"])
+    errors = {p.name: json.loads(p.read_text()) for p in files}
     for p in files:
         p.unlink()
-    first = errors[0]
-    ranks = ", ".join(str(e["rank"]) for e in errors)
+    met = sorted((e for n, e in errors.items() if n.startswith(".input")), key=lambda e: e["rank"])
+    errs = met or sorted(errors.values(), key=lambda e: e["rank"])
+    first = errs[0]
+    ranks = ", ".join(str(e["rank"]) for e in errs)
     where = f"; the traceback is in {log_path}" if log_path is not None else ""
+    what = "failed in training" if met else "could not be set up"
     raise TaskInputError(
-        f"task {task} could not be set up on the Ray workers (rank {ranks}): "
-        f"{first['type']}: {first['message']} (not retried: a retry would read the same "
-        f"inputs{where})"
+        f"task {task} {what} on the Ray workers (rank {ranks}): {first['type']}: "
+        f"{first['message']} (not retried: a retry would read the same inputs{where})"
     )

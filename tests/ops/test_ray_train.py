@@ -6,8 +6,10 @@ The reference is :func:`sdlora.core.train.fit_task` itself in this process, not 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +22,16 @@ from sdlora.core.checkpoint import adapter_state
 from sdlora.core.model import SDLoRAViT
 from sdlora.core.train import World, begin_task, fit_task
 from sdlora.data.prepare import prepare
-from sdlora.data.source import imageset_source
+from sdlora.data.source import DataError, imageset_source
 from sdlora.data.tasks import ImageSet
 from sdlora.ops.ray_train import (
     ADAPTER,
     PROGRESS,
     STATE,
     TaskInputError,
-    TrainingFailed,
     _read_state,
     check_workers_fit,
+    is_input_fault,
     load_task_model,
     train_task_distributed,
 )
@@ -189,9 +191,12 @@ def test_a_set_up_error_is_reported_once_not_retried(ray_session, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_training_failure_is_retried_then_reported(ray_session, tmp_path: Path) -> None:
-    """A damaged image fails an epoch: Ray Train retries the workers (max_failures), then the
-    driver raises TrainingFailed with the worker's own one-line error, which names the file."""
+def test_a_damaged_image_met_in_training_fails_once_not_retried(
+    ray_session, tmp_path: Path
+) -> None:
+    """A damaged image (which the checksums would have caught) fails the first epoch: the rank
+    writes the fault down, Ray's retry stops at set-up without training, and the driver raises
+    TaskInputError with the worker's own one-line error, which names the file."""
     cfg, prepared = _cfg(), _prepared(tmp_path, 8)
     train = next(prepared.glob("task_00/train*.parquet"))
     data = bytearray(train.read_bytes())
@@ -201,8 +206,31 @@ def test_a_training_failure_is_retried_then_reported(ray_session, tmp_path: Path
     kw = dict(
         num_workers=1, max_failures=1, storage_path=tmp_path / "ray", name="fails", identity="t"
     )
-    with pytest.raises(TrainingFailed, match=r"after 1 retry \(DataError: .*train.*\.parquet"):
+    start = time.time()
+    match = r"failed in training .*\(rank 0\): DataError: .*train.*\.parquet.*not retried"
+    with pytest.raises(TaskInputError, match=match):
         train_task_distributed(cfg, 0, None, prepared, tmp_path / "out", **kw)
+    logs = _ray_logs_since(ray_session, start)
+    controller = "".join(t for n, t in logs.items() if n.startswith("ray-train-app-controller"))
+    assert controller.count("[FailurePolicy] RETRY") == 1  # Ray retried once, as configured ...
+    assert any("InputFault" in t for t in logs.values())  # ... and the retry met it at set-up
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no error file left behind
+
+
+def _ray_logs_since(ray, start: float) -> dict[str, str]:
+    """The Ray session's log files (workers' and Train's) written since ``start``, by name."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # no public accessor
+    files = [p for p in logs.rglob("*") if p.suffix in (".err", ".log") and p.is_file()]
+    return {p.name: p.read_text(errors="replace") for p in files if p.stat().st_mtime >= start}
+
+
+def test_input_faults_are_the_inputs_errors_not_the_workers() -> None:
+    """A bad input and a full or read-only disk are not retried; a crash or a lost worker is."""
+    assert is_input_fault(DataError("damaged"))
+    assert is_input_fault(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_input_fault(OSError(errno.EROFS, "Read-only file system"))
+    assert not is_input_fault(OSError(errno.ECONNRESET, "Connection reset by peer"))
+    assert not is_input_fault(RuntimeError("NCCL error"))
 
 
 @pytest.mark.slow
