@@ -139,10 +139,12 @@ def pretrain_command(params: str, out: str | None) -> None:
 def run(params: str, out: str, prepared: str | None, ncm: bool) -> None:
     from sdlora.core.checkpoint import save_adapter
     from sdlora.core.loop import run_sequence
+    from sdlora.core.train import check_settings
     from sdlora.data.prepare import prepare
     from sdlora.report.sequence import format_matrix, write_sequence_outputs
 
     cfg = load_config(params)
+    check_settings(cfg)  # a bad backbone.kwargs or device before preparing anything
     folder = Path(out)
     splits = Path(prepared) if prepared else folder / "prepared"
     if not prepared:  # the prepare stage's own function, into the run's folder
@@ -456,6 +458,11 @@ def _invoke(
     with its message for :class:`sdlora.errors.Failed`; other errors keep their traceback."""
     try:
         code = group.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.UsageError as err:  # a bad option or argument: one line, like any bad input
+        hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        message = " ".join(err.format_message().split())
+        click.echo(f"{who}: error: {message}{hint}", err=True)
+        return err.exit_code
     except click.ClickException as err:
         err.show()
         return err.exit_code

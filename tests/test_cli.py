@@ -94,3 +94,29 @@ def test_ctrl_c_in_a_stage_says_how_to_resume_without_a_traceback(
     assert stage_main("validate", []) == 130
     err = capsys.readouterr().err
     assert err.strip() == "validate: interrupted: re-run `dvc repro` to resume"
+
+
+def test_sdlora_run_refuses_a_backbone_timm_cannot_build_before_preparing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("progress: false\nbackbone: {kwargs: {depht: 2}}\n")
+    assert main(["run", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdlora run: error: backbone.kwargs = {'depht': 2}: timm cannot build")
+    assert err.count("\n") == 1 and not Path("out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [(["metrics", "m.csv", "--counts", "1,x"], "Invalid value for '--counts': counts entry 1"),
+     (["metrics"], "Missing argument 'MATRIX'"),
+     (["metrics", "m.csv", "--bogus"], "No such option '--bogus'")],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_naming_the_option(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sdlora metrics: error: {line}") and err.count("\n") == 1, err
+    assert err.endswith("(see `sdlora metrics --help`)\n")

@@ -73,9 +73,9 @@ def create_backbone(cfg: BackboneConfig) -> nn.Module:
     """
     kwargs = dict(cfg.kwargs)
     if cfg.weights is None:
-        model = _create(cfg.name, pretrained=False, **kwargs)
+        model = create_architecture(cfg.name, pretrained=False, **kwargs)
     elif cfg.weights == "timm":
-        model = _create(cfg.name, pretrained=True, **kwargs)
+        model = create_architecture(cfg.name, pretrained=True, **kwargs)
     else:
         path = Path(cfg.weights)
         if not path.is_file():
@@ -92,7 +92,9 @@ def create_backbone(cfg: BackboneConfig) -> nn.Module:
             )
         overlay = {"file": str(path), "num_classes": 0, "custom_load": False}
         try:
-            model = _create(cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            model = create_architecture(
+                cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+            )
         except (RuntimeError, OSError, ValueError) as err:
             reason = " ".join(str(err).split())[:400]  # a state_dict error lists every key
             where = f"backbone.weights: cannot load {path.resolve()}"
@@ -103,10 +105,30 @@ def create_backbone(cfg: BackboneConfig) -> nn.Module:
     return model.eval()
 
 
-def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+def create_architecture(
+    name: str, pretrained: bool = False, num_classes: int = 0, **kwargs: Any
+) -> nn.Module:
+    """``timm.create_model``, with a name timm lacks or kwargs its model refuses (a misspelt
+    key, ``num_heads`` that do not divide ``embed_dim``) as one BackboneError naming the key."""
     if name not in timm.list_models(pretrained=False) and not timm.is_model(name):
         raise BackboneError(f"backbone.name: unknown timm model {name!r}")
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except (TypeError, AssertionError) as err:  # raised by the model's constructor
+        reason = " ".join(str(err).split())[:400] or type(err).__name__
+        raise BackboneError(
+            f"backbone.kwargs = {kwargs}: timm cannot build {name!r} with them ({reason}); "
+            "fix or drop the key"
+        ) from None
+
+
+def check_architecture(cfg: BackboneConfig) -> nn.Module:
+    """The configured ViT built on the meta device (no memory, no weights read): what params
+    alone decide about the backbone, checked in a fraction of a second before any heavy work."""
+    with torch.device("meta"):
+        model = create_architecture(cfg.name, **cfg.kwargs)
+    check_fused_qkv(model, cfg.name)
+    return model
 
 
 def save_backbone(model: nn.Module, path: Path, name: str, kwargs: dict[str, Any]) -> None:

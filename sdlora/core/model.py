@@ -26,6 +26,18 @@ class ModelSettingError(BadInput, ValueError):
     """A ``model.*`` setting that does not fit the backbone (e.g. a block it does not have)."""
 
 
+def check_blocks(blocks: list[int] | None, depth: int) -> list[int]:
+    """``model.blocks`` as a list (None: every block), refused unless distinct indices of a
+    backbone of ``depth`` blocks."""
+    blocks = list(range(depth)) if blocks is None else list(blocks)
+    if any(not 0 <= b < depth for b in blocks) or len(set(blocks)) != len(blocks):
+        raise ModelSettingError(
+            f"model.blocks = {blocks}: use distinct indices in 0..{depth - 1} (the backbone "
+            f"has {depth} blocks)"
+        )
+    return blocks
+
+
 class SDLoRAViT(nn.Module):
     """A timm ViT (headless, frozen) + SD-LoRA on q/v of the chosen blocks + incremental head."""
 
@@ -42,14 +54,7 @@ class SDLoRAViT(nn.Module):
     ) -> None:
         super().__init__()
         self.policy: Method = method if method is not None else build_method("sdlora")
-        depth = len(backbone.blocks)
-        blocks = list(range(depth)) if blocks is None else list(blocks)
-        bad = [b for b in blocks if not 0 <= b < depth] or len(set(blocks)) != len(blocks)
-        if bad:
-            raise ModelSettingError(
-                f"model.blocks = {blocks}: use distinct indices in 0..{depth - 1} (the backbone "
-                f"has {depth} blocks)"
-            )
+        blocks = check_blocks(blocks, len(backbone.blocks))
         self.backbone = backbone.requires_grad_(False)
         self.backbone_name = backbone_name
         self.method = self.policy.name

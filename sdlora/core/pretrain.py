@@ -25,13 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from sdlora.config import Config, DataConfig
-from sdlora.core.backbone import save_backbone
+from sdlora.core.backbone import create_architecture, save_backbone
 from sdlora.core.evaluate import evaluate
 from sdlora.core.train import (
     World,
@@ -118,8 +117,8 @@ def pretrain_backbone(cfg: Config, output: str | Path, progress: bool = True) ->
         tempfile.TemporaryDirectory(prefix="sdlora-letters-") as tmp,
     ):
         torch.manual_seed(p.seed)
-        model = timm.create_model(
-            cfg.backbone.name, pretrained=False, num_classes=len(LATIN), **cfg.backbone.kwargs
+        model = create_architecture(
+            cfg.backbone.name, num_classes=len(LATIN), **cfg.backbone.kwargs
         ).to(device)
         prepared = Path(tmp) / "letters"
         manifest = prepare_letters(cfg, prepared)

@@ -46,11 +46,34 @@ class RecordError(BadInput, ValueError):
     """A task record that is not what training wrote (a damaged or foreign record file)."""
 
 
+RECORD_KEYS = ("task", "num_classes", "rank", "accuracy", "counts", "epochs", "storage")
+
+
+def check_records(records: Any) -> None:
+    """Refuse task records 0..T-1 that are not what :func:`task_record` builds: the keys, and
+    row ``i``'s ``accuracy`` and ``counts`` as ``i + 1`` numbers (a RecordError naming the task)."""
+    if not isinstance(records, list):
+        raise RecordError(f"'tasks' is a {type(records).__name__}, not a list of task records")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise RecordError(f"the record of task {i} is a {type(rec).__name__}, not an object")
+        if missing := [k for k in RECORD_KEYS if k not in rec]:
+            raise RecordError(f"the record of task {i} has no {', '.join(map(repr, missing))}")
+        if rec["task"] != i:
+            raise RecordError(f"entry {i} is the record of task {rec['task']!r}, not of task {i}")
+        for key in ("accuracy", "counts"):
+            row = rec[key]
+            if (
+                not isinstance(row, list)
+                or len(row) != i + 1
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
+            ):
+                raise RecordError(f"task {i}'s {key!r} is not a list of {i + 1} numbers")
+
+
 def accuracy_matrix(records: list[dict[str, Any]]) -> np.ndarray:
     """The T x T matrix (percent, NaN above the diagonal) from records 0..T-1."""
-    for i, rec in enumerate(records):
-        if rec["task"] != i or len(rec["accuracy"]) != i + 1:
-            raise RecordError(f"record of task {i} is malformed (task {rec['task']})")
+    check_records(records)
     return metrics.lower_triangular([rec["accuracy"] for rec in records])
 
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdlora.config import Config, TrainConfig
-from sdlora.core.backbone import create_backbone, data_config
-from sdlora.core.model import SDLoRAViT
+from sdlora.config import Config, ConfigError, TrainConfig
+from sdlora.core.backbone import check_architecture, create_backbone, data_config
+from sdlora.core.model import SDLoRAViT, check_blocks
 from sdlora.data.prepare import PreparedLike, open_prepared
 from sdlora.data.stream import ParquetStream, make_loader, open_task
 from sdlora.progress import Progress
@@ -85,6 +85,19 @@ def build_model(cfg: Config, device: torch.device | None = None) -> SDLoRAViT:
     backbone = create_backbone(cfg.backbone)
     model = SDLoRAViT.from_config(backbone, cfg.backbone.name, cfg.model)
     return model if device is None else model.to(device)
+
+
+def check_settings(cfg: Config, world_size: int = 1) -> None:
+    """What params alone decide, checked before any data or weights are read: the device exists
+    here, ``train.batch_size`` splits over ``world_size`` workers, timm builds the backbone from
+    ``backbone.name`` and ``backbone.kwargs`` (on the meta device), and ``model.blocks`` fit it.
+    Raises a bad-input error naming the key."""
+    try:
+        resolve_device(cfg.device)
+        local_batch_size(cfg.train.batch_size, world_size)
+    except ValueError as err:
+        raise ConfigError(f"params: {err}") from None
+    check_blocks(cfg.model.blocks, len(check_architecture(cfg.backbone).blocks))
 
 
 def task_seed(seed: int, task: int) -> int:

@@ -84,13 +84,39 @@ def read_manifest(prepared: str | Path) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: a JSON {type(manifest).__name__}, not a manifest; {REPREPARE}")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise DataError(
             f"{path}: schema_version {version!r}, this sdlora reads {SCHEMA_VERSION}; "
             "run the prepare stage again"
         )
+    _check_manifest(manifest, path)
     return manifest
+
+
+MANIFEST_KEYS = ("dataset", "num_classes", "class_names", "tasks", "content_hash")
+TASK_KEYS = ("task", "classes", "class_names", "label_offset", "num_classes", *SPLITS)
+SPLIT_KEYS = ("file", "rows", "sha256")
+
+
+def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest without the keys the readers use (a hand-edited or foreign file)."""
+
+    def require(doc: Any, keys: tuple[str, ...], where: str) -> None:
+        if not isinstance(doc, dict):
+            raise DataError(f"{path}: {where} is not an object; {REPREPARE}")
+        if missing := [k for k in keys if k not in doc]:
+            raise DataError(f"{path}: no {', '.join(map(repr, missing))} in {where}; {REPREPARE}")
+
+    require(manifest, MANIFEST_KEYS, "the manifest")
+    if not isinstance(manifest["tasks"], list) or not manifest["tasks"]:
+        raise DataError(f"{path}: 'tasks' is not a list of tasks; {REPREPARE}")
+    for t, entry in enumerate(manifest["tasks"]):
+        require(entry, TASK_KEYS, f"task {t}")
+        for split in SPLITS:
+            require(entry[split], SPLIT_KEYS, f"task {t}'s {split!r}")
 
 
 @dataclass(frozen=True, eq=False)

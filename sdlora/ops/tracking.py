@@ -321,8 +321,11 @@ class SequenceTracker:
         if self.run_id is None:
             return
         RunStatus.from_string(status)  # a clear error for an unknown status
-        self._require()
-        mlflow.end_run(status=status)
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status=status)
+        elif status != "RUNNING":  # no longer the active run (ended or replaced meanwhile):
+            MlflowClient().set_terminated(self.run_id, status=status)  # still marked, no error
         self.run_id = None
 
     def end_children(self, status: str = "KILLED") -> int:

@@ -30,6 +30,7 @@ from sdlora.config import (
     known_num_classes,
     read_yaml,
 )
+from sdlora.core.records import RecordError, check_records
 from sdlora.errors import BadInput
 from sdlora.files import atomic_path, file_sha256
 
@@ -139,20 +140,29 @@ def known_num_tasks(cfg: Config) -> int | None:
     return None if total is None else count_tasks(total, cfg.data.init_cls, cfg.data.increment)
 
 
-def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
-    """A JSON file another stage wrote; a StageError saying ``what`` is missing and the ``fix``."""
+def read_json(path: Path, what: str, fix: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object another stage wrote, holding ``keys``; a StageError saying ``what`` is
+    missing or damaged and the ``fix``."""
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise StageError(f"{path} not found: {what} is missing; {fix}") from None
     except json.JSONDecodeError as err:
         raise StageError(f"{path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise StageError(f"{path} holds a JSON {type(doc).__name__}, not {what}'s object; {fix}")
+    if missing := [k for k in keys if k not in doc]:
+        raise StageError(f"{path} has no {', '.join(map(repr, missing))}: not {what}; {fix}")
+    return doc
 
 
 def read_backbone_record(backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
     """``<backbone>/backbone.json`` (``artifacts/backbone``), written by the pretrain stage."""
     return read_json(
-        Path(backbone) / BACKBONE_RECORD, "the pretrain stage's output", "run `dvc repro`"
+        Path(backbone) / BACKBONE_RECORD,
+        "the pretrain stage's output",
+        "run `dvc repro`",
+        keys=("weights", "sha256"),  # what read_inputs checks
     )
 
 
@@ -186,8 +196,15 @@ def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunI
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:
-    """A task output's ``record.json``."""
-    return read_json(Path(folder) / RECORD, "a train stage's output", "run `dvc repro`")
+    """A task output's ``record.json``, its task entries checked (:func:`check_records`)."""
+    path = Path(folder) / RECORD
+    fix = "run `dvc repro`"
+    record = read_json(path, "a train stage's output", fix, keys=("key", "tasks"))
+    try:
+        check_records(record["tasks"])
+    except RecordError as err:
+        raise StageError(f"{path}: {err}: not what a train stage wrote; {fix}") from None
+    return record
 
 
 # ---- the params file: the generated section, written plainly ---------------------------------

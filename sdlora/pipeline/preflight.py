@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors import SafetensorError
 
-from sdlora.config import Config, ConfigError, check_pipeline_method
+from sdlora.config import Config, check_pipeline_method
 from sdlora.core.checkpoint import AdapterMismatchError, load_adapter, read_header
 from sdlora.core.model import ModelSettingError, SDLoRAViT
-from sdlora.core.train import build_model, local_batch_size, resolve_device
+from sdlora.core.train import build_model, check_settings
 from sdlora.data.prepare import (
     MANIFEST,
     PARQUET_SCHEMA,
@@ -68,13 +68,9 @@ def check_task_inputs(
 
 
 def check_run_params(cfg: Config) -> None:
-    """A per-task method, the device exists here and the global batch splits over the workers."""
+    """A per-task method and what params alone decide (``check_settings``)."""
     check_pipeline_method(cfg)
-    try:
-        resolve_device(cfg.device)
-        local_batch_size(cfg.train.batch_size, cfg.ray.num_workers)
-    except ValueError as err:
-        raise ConfigError(f"params: {err}") from None
+    check_settings(cfg, cfg.ray.num_workers)
 
 
 def stage_files(manifest: dict[str, Any], task: int) -> list[tuple[str, dict[str, Any]]]:

@@ -17,12 +17,12 @@ depends on the record, which changes only when the file's bytes do.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sdlora.config import Config, check_pipeline_method
-from sdlora.files import atomic_path, file_sha256
+from sdlora.core.train import check_settings
+from sdlora.files import file_sha256, write_json
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     VALIDATED,
@@ -52,12 +52,12 @@ def validate_stage(
 ) -> dict[str, Any]:
     """Write ``out`` for the already validated ``cfg`` (the same bytes whatever its values) and
     ``weights`` (:func:`weights_record`)."""
-    check_pipeline_method(cfg)  # load_config validated the rest
+    check_pipeline_method(cfg)  # load_config validated the rest; the next needs torch, timm
+    check_settings(cfg, cfg.ray.num_workers)  # the backbone on the meta device, blocks, batch
     require_plan(cfg)  # the task list matches the pipeline's layout
     check_data_root(cfg)  # before prepare: a missing folder is named, not a task count
     payload = {"params": str(params), "valid": True}
     for path, content in ((out, payload), (weights, weights_record(cfg))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # DVC creates no output's parent
-        with atomic_path(Path(path)) as tmp:
-            tmp.write_text(json.dumps(content, indent=2) + "\n")
+        write_json(path, content)
     return payload

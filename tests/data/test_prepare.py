@@ -274,6 +274,27 @@ def test_read_manifest_checks_version(tmp_path: Path) -> None:
         read_manifest(tmp_path)
 
 
+def test_read_manifest_refuses_a_manifest_without_what_readers_use(tmp_path: Path) -> None:
+    """A hand-edited or foreign manifest stops with one DataError naming the missing key."""
+    import json
+
+    out = tmp_path / "out"
+    manifest = prepare(DataConfig(dataset="digits", init_cls=5, increment=5), seed=0, out=out)
+    path = out / "manifest.json"
+    for doc, pattern in [
+        ([manifest], "a JSON list, not a manifest"),
+        ({k: v for k, v in manifest.items() if k != "tasks"}, "no 'tasks' in the manifest"),
+        ({**manifest, "tasks": []}, "'tasks' is not a list of tasks"),
+        ({**manifest, "tasks": [{**manifest["tasks"][0], "train": None}]},
+         "task 0's 'train' is not an object"),
+        ({**manifest, "tasks": [*manifest["tasks"][:1], {"task": 1}]},
+         "no 'classes', .* in task 1"),
+    ]:  # fmt: skip
+        path.write_text(json.dumps(doc))
+        with pytest.raises(DataError, match=pattern):
+            read_manifest(out)
+
+
 def test_damage_inside_a_split_is_refused_by_its_checksum(
     tmp_path: Path, folder_factory: Callable[..., list]
 ) -> None:

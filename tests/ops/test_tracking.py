@@ -107,6 +107,19 @@ def test_git_commit(tmp_path: Path) -> None:
 
 
 # ---- runs ------------------------------------------------------------------------------------
+def test_a_failure_after_the_run_was_ended_elsewhere_still_marks_it(store: Path) -> None:
+    """Closing a run that is no longer MLflow's active one (code in the block ended it) marks it
+    through the client instead of raising over the error that is closing it."""
+    import mlflow
+
+    tracker, run_id = _open(store, "exp-ended")
+    with pytest.raises(KeyError), tracker:
+        mlflow.end_run()  # e.g. a library that ends the active run
+        raise KeyError("the block's own error")  # what the user must see
+    run = MlflowClient(resolve_tracking_uri(None, store)).get_run(run_id)
+    assert run.info.status == "FAILED" and tracker.run_id is None
+
+
 def test_run_gets_params_metrics_tags_and_artifacts(store: Path, tmp_path: Path) -> None:
     tags = {"backbone": "vit_tiny_patch16_224", "method": "sdlora", "dataset": "digits"}
     tracker, run_id = _open(store, "exp-basic", run_name="seq", tags=tags)

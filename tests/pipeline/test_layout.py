@@ -272,3 +272,34 @@ def test_read_inputs_refuses_weights_that_changed_since_they_were_recorded(
     weights.unlink()
     with pytest.raises(StageError, match="not found"):
         read_inputs(prepared, backbone)
+
+
+def test_records_without_what_readers_use_stop_with_the_file_and_the_key(tmp_path: Path) -> None:
+    """record.json and backbone.json as another stage wrote them, or one StageError naming the
+    file and what is missing (not a KeyError deep inside a report)."""
+    import json
+
+    from sdlora.pipeline.layout import StageError, read_backbone_record, read_record
+
+    entry = {"task": 0, "num_classes": 2, "rank": 4, "accuracy": [50.0], "counts": [10],
+             "epochs": [], "storage": {}}  # fmt: skip
+    good = {"key": "k", "tasks": [entry]}
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(good))
+    assert read_record(tmp_path) == good
+    for doc, pattern in [
+        ({}, "has no 'key', 'tasks'"),
+        ({"key": "k", "tasks": {}}, "'tasks' is a dict"),
+        ({"key": "k", "tasks": [{**entry, "accuracy": None}]}, "'accuracy' is not a list"),
+        ({"key": "k", "tasks": [{k: v for k, v in entry.items() if k != "counts"}]},
+         "task 0 has no 'counts'"),
+        ({"key": "k", "tasks": [{**entry, "accuracy": [True]}]}, "not a list of 1 numbers"),
+        ({"key": "k", "tasks": [entry, entry]}, "entry 1 is the record of task 0"),
+        ([good], "a JSON list"),
+    ]:  # fmt: skip
+        path.write_text(json.dumps(doc))
+        with pytest.raises(StageError, match=rf"record\.json.*{pattern}"):
+            read_record(tmp_path)
+    (tmp_path / "backbone.json").write_text(json.dumps({"name": "vit", "sha256": None}))
+    with pytest.raises(StageError, match=r"backbone\.json has no 'weights'"):
+        read_backbone_record(tmp_path)

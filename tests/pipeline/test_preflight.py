@@ -7,6 +7,7 @@ on the driver before Ray starts, so no test here starts Ray.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,10 @@ def project(write_params: Callable[..., Path]) -> Config:
     backbone = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **TINY)
     save_backbone(backbone, Path(WEIGHTS), "vit_tiny_patch16_224", TINY)
     Path("runs/pipeline/task_0").mkdir(parents=True)
-    Path("runs/pipeline/task_0/record.json").write_text('{"tasks": [{"task": 0}]}\n')
+    entry = {"task": 0, "num_classes": 2, "rank": 2, "accuracy": [90.0], "counts": [4],
+             "epochs": [], "storage": {"stored_params": 10, "stored_bytes": 40}}  # fmt: skip
+    record = {"key": None, "mlflow_run_id": None, "tasks": [entry]}
+    Path("runs/pipeline/task_0/record.json").write_text(json.dumps(record))
     _adapter(cfg, 1, Path("runs/pipeline/task_0/adapter.safetensors"))
     return cfg
 
@@ -215,4 +219,4 @@ def test_blocks_the_backbone_lacks(
     project: Config, capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
 ) -> None:
     write_params(PARAMS.replace("model: {rank: 2}", "model: {rank: 2, blocks: [0, 5]}"), 2)
-    _fails(capsys, "model.blocks = [0, 5]: use distinct indices in 0..1", "fix it in params.yaml")
+    _fails(capsys, "model.blocks = [0, 5]: use distinct indices in 0..1 (the backbone has 2")

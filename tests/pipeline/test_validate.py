@@ -78,3 +78,30 @@ def test_a_missing_dataset_folder_is_named_before_the_task_count(
     err = capsys.readouterr().err
     assert err.startswith("validate: error: data.root = '/nonexistent/cifar': no such folder")
     assert "task" not in err
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("backbone: {kwargs: {embed_dimm: 32}}\n",
+         "backbone.kwargs = {'embed_dimm': 32}: timm cannot build .*unexpected keyword"),
+        ("backbone: {kwargs: {embed_dim: 30, num_heads: 4}}\n",
+         "timm cannot build .*divisible by num_heads"),
+        ("model: {blocks: [0, 99]}\n", r"model.blocks = \[0, 99\]: use distinct indices in 0\.\."),
+        ("train: {batch_size: 9}\nray: {num_workers: 2}\n",
+         "train.batch_size = 9 does not divide over 2 workers"),
+    ],
+)  # fmt: skip
+def test_what_params_alone_decide_is_refused_in_one_line_before_any_work(
+    params: str, message: str, capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    """The backbone is built on the meta device (no weights read): a key timm refuses, blocks it
+    lacks and a batch that does not split over the workers stop `dvc repro` at validate."""
+    import re
+
+    write_params(params, tasks=None)
+    assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("validate: error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert not Path("out").exists()
