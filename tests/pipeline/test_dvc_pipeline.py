@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from sdlora.core.metrics import read_matrix_csv
+from sdlora.core.records import task_metrics
 from sdlora.pipeline.layout import (
     COMPARE_RESULTS,
     CURVE_FILE,
@@ -98,38 +99,13 @@ def _ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def test_a_misspelt_key_stops_repro_though_no_stage_reads_it(tmp_path: Path) -> None:
-    """The validate stage tracks the whole params file: a valid edit re-runs only it, a typo
-    fails `dvc repro` with the config's message (the real dvc.yaml, up to prepare, on digits)."""
-    _copy_repo(tmp_path)
-    params = tmp_path / "params.yaml"
-    digits = {"progress": False, "data": {"dataset": "digits", "init_cls": 2, "increment": 2}}
-    params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), digits)))
-    write_tasks(params, 5)
-    _run(tmp_path, "git", "init", "-q")
-    assert _ran(_dvc(tmp_path, "repro", "prepare")) == ["validate", "prepare"]
-    output = _dvc(tmp_path, "repro", "prepare")  # validate always runs; its outputs stay
-    assert _ran(output) == ["validate"] and "Stage 'prepare' didn't change" in output
-    manifest = (tmp_path / PREPARED_DIR / "manifest.json").read_bytes()
-    params.write_text(params.read_text().replace("epochs: 10", "epochs: 3"))  # train.epochs
-    output = _dvc(tmp_path, "repro", "prepare")
-    assert _ran(output) == ["validate"] and "Stage 'prepare' didn't change" in output
-    params.write_text("progres: true\n" + params.read_text())
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro", "prepare"],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode != 0 and _ran(output) == ["validate"]
-    assert "validate: error: params.yaml: invalid configuration" in output
-    assert "progres: unknown key (check the spelling" in output
-    assert "failed to reproduce 'validate'" in output
-    assert (tmp_path / PREPARED_DIR / "manifest.json").read_bytes() == manifest
-
-
-def test_an_outside_weights_file_replaced_under_its_path_reruns_pretrain(tmp_path: Path) -> None:
-    """DVC does not track a backbone.weights file outside the project's folders: validate
-    hashes it on every repro, so replacing the file re-runs pretrain (and what follows)."""
+def test_validate_guards_repro_an_edit_a_typo_and_an_outside_weights_file(
+    tmp_path: Path,
+) -> None:
+    """The validate stage tracks the whole params file and hashes a backbone.weights file
+    outside the project's folders (DVC tracks neither) on every repro: a valid edit re-runs
+    only it, new bytes under the outside path re-run pretrain, and a typo fails `dvc repro`
+    with the config's message (the real dvc.yaml, prepare and pretrain, on digits)."""
     import timm
 
     from sdlora.core.backbone import save_backbone
@@ -140,20 +116,38 @@ def test_an_outside_weights_file_replaced_under_its_path_reruns_pretrain(tmp_pat
     net = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs)
     save_backbone(net, outside, "vit_tiny_patch16_224", kwargs)
     params = tmp_path / "params.yaml"
-    extra = {"progress": False, "backbone": {"weights": str(outside), "kwargs": kwargs}}
+    extra = {"progress": False, "data": {"dataset": "digits", "init_cls": 2, "increment": 2},
+             "backbone": {"weights": str(outside), "kwargs": kwargs}}  # fmt: skip
     params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), extra)))
+    write_tasks(params, 5)
     _run(tmp_path, "git", "init", "-q")
-    assert _ran(_dvc(tmp_path, "repro", "pretrain")) == ["validate", "pretrain"]
-    assert _ran(_dvc(tmp_path, "repro", "pretrain")) == ["validate"]  # unchanged: skipped
+    first = _ran(_dvc(tmp_path, "repro", "prepare", "pretrain"))
+    assert first[0] == "validate" and sorted(first[1:]) == ["prepare", "pretrain"]
+    manifest = (tmp_path / PREPARED_DIR / "manifest.json").read_bytes()
+    params.write_text(params.read_text().replace("epochs: 10", "epochs: 3"))  # train.epochs
+    output = _dvc(tmp_path, "repro", "prepare", "pretrain")  # validate always runs
+    assert _ran(output) == ["validate"] and "Stage 'pretrain' didn't change" in output
+    assert "Stage 'prepare' didn't change" in output
     with torch.no_grad():
         net.blocks[0].attn.qkv.weight.add_(1.0)
     save_backbone(net, outside, "vit_tiny_patch16_224", kwargs)  # the same path, new bytes
-    assert _ran(_dvc(tmp_path, "repro", "pretrain")) == ["validate", "pretrain"]
+    assert _ran(_dvc(tmp_path, "repro", "prepare", "pretrain")) == ["validate", "pretrain"]
     record = json.loads((tmp_path / "artifacts" / "backbone" / "backbone.json").read_text())
     assert (
         record["sha256"]
         == json.loads((tmp_path / "runs/pipeline/weights.json").read_text())["sha256"]
     )
+    params.write_text("progres: true\n" + params.read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "prepare", "pretrain"],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and _ran(output) == ["validate"]
+    assert "validate: error: params.yaml: invalid configuration" in output
+    assert "progres: unknown key (check the spelling" in output
+    assert "failed to reproduce 'validate'" in output
+    assert (tmp_path / PREPARED_DIR / "manifest.json").read_bytes() == manifest
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +248,12 @@ def test_second_repro_does_nothing(project: tuple[Path, str]) -> None:
     assert _ran(output) == ["validate"] and "Stage 'report' didn't change" in output
 
 
-def test_deleting_the_last_task_reruns_only_that_stage(project: tuple[Path, str]) -> None:
+def test_deleting_the_last_task_reruns_only_that_stage_in_a_moved_project(
+    project: tuple[Path, str],
+) -> None:
+    """A deleted output comes back from DVC's cache; without the cached copy, in the project
+    moved to another folder, train@1 runs again and Ray restores its finished run there to the
+    same bytes (nothing absolute in the fingerprint, checkpoint or run name)."""
     root, _ = project
     out = root / task_output(1)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -265,12 +264,21 @@ def test_deleting_the_last_task_reruns_only_that_stage(project: tuple[Path, str]
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     digest = lock["stages"]["train@1"]["outs"][0]["md5"]  # "<hex>.dir": the folder's listing
     (root / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]).unlink()
-    # no cached copy now: the stage must run again (Ray restores its finished checkpoint)
-    output = _dvc(root, "repro")
-    assert _ran(output) == ["validate", "train@1"]  # bit-identical: evaluate and report stay
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    _, run = _mlflow_run(root)
-    assert run.info.status == "FINISHED"
+    moved = root.with_name(f"{root.name}-moved")
+    root.rename(moved)  # the original out of reach; moved back for the tests that follow
+    try:
+        # no cached copy now: the stage must run again (Ray restores its finished checkpoint)
+        output = _dvc(moved, "repro")
+        assert _ran(output) == ["validate", "train@1"]  # bit-identical: evaluate, report stay
+        assert {p.name: p.read_bytes() for p in (moved / task_output(1)).iterdir()} == before
+        globs = ("runs/pipeline/**/*.json", "runs/ray/**/state.json", f"{PREPARED_DIR}/*.json",
+                 "artifacts/**/*.json")  # fmt: skip
+        ours = [p for g in globs for p in moved.glob(g)]
+        assert ours and not [p for p in ours if str(root) in p.read_text()]
+        _, run = _mlflow_run(moved)
+        assert run.info.status == "FINISHED"
+    finally:
+        moved.rename(root)
 
 
 def test_a_change_to_task_k_reruns_from_k_in_a_new_run(project: tuple[Path, str]) -> None:
@@ -301,8 +309,9 @@ def test_the_tune_stage_and_its_best_trial_applied_with_dvc_exp_run(
     project: tuple[Path, str],
 ) -> None:
     """`dvc repro tune/dvc.yaml` on the tiny pipeline's splits and backbone; its best params
-    file, applied with `sdlora exp-run` (`dvc exp run -S ...`), makes the pipeline reproduce
-    the best trial's final accuracy: the trials train through the pipeline's functions."""
+    file, applied with `sdlora exp-run` (`dvc exp run -S ...`) up to train@0, makes the
+    pipeline's first task reproduce the best trial's: the trials train through the pipeline's
+    functions (test_sequence.py: the stages equal `sdlora run` over the whole sequence)."""
     root, _ = project
     _run(root, "git", "checkout", "--", ".")  # the previous test's experiment left its workspace
     _dvc(root, "checkout", "dvc.yaml")  # the pipeline's outputs at HEAD
@@ -328,9 +337,20 @@ def test_the_tune_stage_and_its_best_trial_applied_with_dvc_exp_run(
     best = (root / TUNE_RESULTS / "best_params.yaml").read_text()
     assert "model.rank: 3\ntrain.lr: " in best
     best_file = f"{TUNE_RESULTS}/best_params.yaml"
-    output = _run(root, sys.executable, "-m", "sdlora", "exp-run", best_file, "--", "evaluate")
+    output = _run(root, sys.executable, "-m", "sdlora", "exp-run", best_file, "--", "train@0")
     assert "sdlora exp-run: dvc exp run -S model.rank=3 -S train.lr=" in output
-    assert output.count("-S ") == 2 and "dvc exp run -S model.rank=3" in output  # then: evaluate
-    assert _ran(output) == ["validate", "train@0", "train@1", "evaluate"]  # up to the metrics
-    final = json.loads((root / METRICS_FILE).read_text())["final_accuracy"]
-    assert final == sweep["best_final_accuracy"]
+    assert output.count("-S ") == 2 and "dvc exp run -S model.rank=3" in output  # then: train@0
+    assert _ran(output) == ["validate", "train@0"]
+    applied = yaml.safe_load(params.read_text())
+    lr = float(best.split("train.lr: ")[1].split()[0])
+    assert applied["model"]["rank"] == 3 and applied["train"]["lr"] == lr
+    record = json.loads((root / task_output(0) / "record.json").read_text())
+    client, _ = _mlflow_run(root)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (trial,) = [
+        r
+        for r in client.search_runs(experiments)
+        if "mlflow.parentRunId" in r.data.tags and float(r.data.params["train.lr"]) == lr
+    ]  # the best trial's MLflow run: one point per task, task 0's first
+    (first,) = [m for m in client.get_metric_history(trial.info.run_id, "accuracy") if m.step == 0]
+    assert task_metrics(record["tasks"], 0)["accuracy"] == first.value  # as train@0 logs it
