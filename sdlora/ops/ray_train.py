@@ -32,14 +32,16 @@ retried by Ray Train up to ``max_failures`` times, then raised as :class:`Traini
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 import traceback
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -74,6 +76,8 @@ PROGRESS = ".progress.jsonl"  # rank 0's progress, drawn by the driver; removed 
 SETUP_ERROR = ".setup_error.rank{rank}.json"  # a rank's set-up failure, read by the driver
 INPUT_ERROR = ".input_error.rank{rank}.json"  # a rank's input fault met in training: no retry
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a retry would meet the same disk
+WORKERS_LOCK = ".workers.lock"  # in Ray's run folder: held (shared) by every worker while it runs
+EARLIER_WORKERS_S = 120.0  # how long a stage waits for a killed run's workers to exit
 
 
 class TaskInputError(BadInput, RuntimeError):
@@ -186,6 +190,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     world = World(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     torch.set_num_threads(cfg.train.threads)  # as sdlora run does: the same float results
+    with _held_while_running(Path(config["workers_lock"])):
+        _train_worker(config, task, out_dir, prepared, cfg, world)
+
+
+def _train_worker(
+    config: dict[str, Any], task: int, out_dir: Path, prepared: Prepared, cfg: Config, world: World
+) -> None:
+    """The body of :func:`train_loop_per_worker`, run while the worker holds the run's lock."""
+    import ray.train
+    import ray.train.torch
+
     fingerprint = {"task": task, "identity": config["identity"]}
 
     # Set-up reads the same files on every rank: a failure here is a bad input, which a retry
@@ -271,7 +286,53 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     report(len(epoch_log) - 1, epoch_log, None, done=True)
 
 
+@contextmanager
+def _held_while_running(lock: Path) -> Iterator[None]:
+    """Hold ``lock`` shared while a worker runs: the kernel drops it when the process ends, so a
+    driver that finds it held knows a killed run's workers still write into the run folder."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 # ---- the driver ----------------------------------------------------------------------------------
+
+
+def wait_for_earlier_workers(
+    lock: Path, task: int, say: Callable[[str], None], timeout_s: float = EARLIER_WORKERS_S
+) -> None:
+    """Wait until no worker of an earlier, killed run of this task holds ``lock``.
+
+    kill -9 of a stage ends its driver and Ray's GCS and raylet at once, but Ray's workers lead
+    process groups of their own and go on training, and writing checkpoints into the run
+    folder, for seconds: a stage started meanwhile would resume from a folder still changing.
+    Raises :class:`TrainingFailed` if they are still there after ``timeout_s``."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        began, said = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # released when fd closes: this run's workers take it shared
+            except BlockingIOError:
+                pass
+            if not said:
+                say(f"waiting for the Ray workers of an interrupted run of task {task} to exit "
+                    "(they still write into its run folder)")  # fmt: skip
+                said = True
+            if time.monotonic() - began > timeout_s:
+                raise TrainingFailed(
+                    f"task {task}: processes of an earlier run still hold {lock} after "
+                    f"{timeout_s:.0f} s; stop them (`fuser -k {lock}`, or `ray stop` for a "
+                    "cluster you started) and re-run"
+                )
+            time.sleep(0.1)
+    finally:
+        os.close(fd)
 
 
 def check_workers_fit(
@@ -343,6 +404,9 @@ def train_task_distributed(
         os.environ[POLL_ENV] = str(poll_interval_s)  # read when the controller starts
     storage = Path(storage_path).resolve()  # Ray 2.60 requires an absolute storage_path
     run_name = name or f"task{task}"
+    workers_lock = storage / run_name / WORKERS_LOCK
+    screen = console or sys.stderr
+    wait_for_earlier_workers(workers_lock, task, lambda text: print(text, file=screen, flush=True))
     before = {p.name for p in (storage / run_name).glob("checkpoint_*") if p.is_dir()}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -355,6 +419,7 @@ def train_task_distributed(
             "prepared": Prepared(prepared.folder.resolve(), prepared.manifest),
             "out_dir": str(out_dir),
             "progress": progress,
+            "workers_lock": str(workers_lock),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers,

@@ -417,13 +417,23 @@ class SequenceTracker:
         the model's output on it, so ``mlflow.pytorch.load_model(info.model_uri)`` gives the
         model back and ``mlflow.pyfunc`` can serve it. ``step``: the run's metrics at this step
         become the logged model's metrics (MLflow 3 links them), so pass the last task for a
-        model of the whole sequence. Returns MLflow's ``ModelInfo``.
+        model of the whole sequence. Returns MLflow's ``ModelInfo``. A model of ``name`` this run
+        left unfinished (a stage killed while logging it: PENDING for ever) is deleted first:
+        this one replaces it.
         """
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
 
         self._require()
+        left = mlflow.search_logged_models(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}' "
+            "AND status != 'READY'",
+            output_format="list",
+        )
+        for half in left:
+            MlflowClient().delete_logged_model(half.model_id)
         x = example_input
         x_np = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         was_training = getattr(model, "training", False)

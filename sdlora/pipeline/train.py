@@ -29,8 +29,10 @@ from sdlora.ops.console import tail
 from sdlora.ops.ray_train import (
     ADAPTER,
     STATE,
+    WORKERS_LOCK,
     TrainingFailed,
     train_task_distributed,
+    wait_for_earlier_workers,
 )
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
@@ -136,7 +138,9 @@ def train_stage(
     log_path = None if verbose else Path(LOG.format(task=task))
     workers = f"{ray.num_workers} Ray Train worker{'s' if ray.num_workers > 1 else ''}"
     _say(stage, f"task {task} of {len(plan)} ({cfg.model.method}) on {workers}")
-    note = _ray_run_note(Path(ray.storage_path) / run_name, cfg.for_task(task).train.epochs)
+    run_folder = Path(ray.storage_path) / run_name
+    wait_for_earlier_workers(run_folder / WORKERS_LOCK, task, lambda text: _say(stage, text))
+    note = _ray_run_note(run_folder, cfg.for_task(task).train.epochs)
     if note is not None:
         _say(stage, note)
     if log_path is not None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,12 +31,15 @@ from sdlora.ops.ray_train import (
     ADAPTER,
     PROGRESS,
     STATE,
+    WORKERS_LOCK,
     TaskInputError,
+    TrainingFailed,
     _read_state,
     check_workers_fit,
     is_input_fault,
     load_task_model,
     train_task_distributed,
+    wait_for_earlier_workers,
 )
 from sdlora.pipeline.train import _ray_run_note
 
@@ -277,3 +283,33 @@ def test_too_many_workers_for_in_process_ray_fail_at_once(ray_session, tmp_path:
             cfg, 0, None, prepared, tmp_path / "out", identity="t", num_workers=64,
             cpus_per_worker=1, storage_path=tmp_path / "ray",
         )  # fmt: skip
+
+
+def test_a_killed_runs_workers_still_holding_the_run_folder_are_waited_for(tmp_path: Path) -> None:
+    """A worker holds the run's lock while it runs (the kernel drops it when the process dies):
+    a new stage waits for it, says so once, and gives up with the fix if it never goes."""
+    lock = tmp_path / "ray" / "task0" / WORKERS_LOCK
+    lock.parent.mkdir(parents=True)
+    worker = subprocess.Popen(  # a worker of a killed run, still writing
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from sdlora.ops.ray_train import _held_while_running as held\n"
+         "with held(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert worker.stdout.readline() == "held\n"  # type: ignore[union-attr]
+        said: list[str] = []
+        with pytest.raises(TrainingFailed, match=r"task 0: processes of an earlier run still "
+                           r"hold .*\.workers\.lock after 0 s; stop them"):  # fmt: skip
+            wait_for_earlier_workers(lock, 0, said.append, timeout_s=0.3)
+        threading.Timer(0.5, worker.kill).start()
+        began = time.monotonic()
+        wait_for_earlier_workers(lock, 0, said.append, timeout_s=30)
+        assert time.monotonic() - began >= 0.4  # waited for the kill
+        wait = "waiting for the Ray workers of an interrupted run of task 0 to exit (they "
+        assert [line.startswith(wait) for line in said] == [True, True]  # once per call
+    finally:
+        worker.kill()
+        worker.wait()
+    wait_for_earlier_workers(lock, 0, said.append)  # nobody holds it: no word, no wait
+    assert len(said) == 2

@@ -334,6 +334,21 @@ def test_logged_model_carries_the_metrics_of_its_step_and_is_found_again(store: 
     assert got == {"accuracy": (1, 64.0), "forgetting": (1, 30.0), "final_accuracy": (1, 64.0)}
 
 
+def test_a_model_a_killed_stage_left_pending_is_replaced_not_kept(store: Path) -> None:
+    """A stage killed while logging its model leaves it PENDING; the re-run's model replaces
+    it, and another run's unfinished model is not touched."""
+    tracker, run_id = _open(store, "exp-model-pending")
+    half = mlflow.initialize_logged_model(name="merged", source_run_id=run_id)  # the kill's
+    other = mlflow.initialize_logged_model(name="other", source_run_id=run_id)
+    info = tracker.log_model(_tiny_vit(), torch.randn(2, 3, 16, 16), name="merged")
+    tracker.close()
+    models = mlflow.search_logged_models(experiment_ids=[tracker.experiment_id],
+                                         output_format="list")  # fmt: skip
+    assert {m.model_id: str(m.status) for m in models} == {
+        info.model_id: "READY", other.model_id: "PENDING"}  # fmt: skip
+    assert half.model_id != info.model_id
+
+
 def test_portable_uri_keeps_a_project_database_relative(tmp_path: Path) -> None:
     inside = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert portable_uri(inside, tmp_path) == "sqlite:///mlflow.db"
