@@ -163,6 +163,8 @@ def _types_in(annotation: Any) -> list[Any]:
 def _number_kind(annotation: Any) -> str:
     """What a number field takes, in words: 'a number', "an integer or 'auto'", ..."""
     types = _types_in(annotation)
+    if str in types and int not in types and float not in types:
+        return "text (quote a name such as 'yes')"
     words = ["a number" if float in types else "an integer"]
     words += [repr(v) for t in types if get_origin(t) is Literal for v in get_args(t)]
     return " or ".join(words)
@@ -232,6 +234,11 @@ class DataConfig(_Section):
     )
     init_cls: int = Field(2, ge=1, description="classes in task 0")
     increment: int = Field(2, ge=1, description="classes in every later task")
+    tasks: list[list[str]] | None = Field(
+        None,
+        description="the tasks by name, each a list of the dataset's class names; replaces "
+        "init_cls, increment and the seeded class order (classes left out are not used)",
+    )
     image_size: int = Field(16, ge=4, description="side of the square model input, pixels")
     input_norm: Literal["backbone", "none"] = "backbone"
     augment: Literal["crop_flip", "none"] = Field(
@@ -270,6 +277,41 @@ class DataConfig(_Section):
         if isinstance(v, int) and v < 0:
             raise ValueError("must be 'auto' or a count >= 0")
         return v
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_as_text(cls, v: Any) -> Any:
+        """YAML reads digits' class names 0..9 as numbers: they name the classes "0".."9"."""
+        if not isinstance(v, list):
+            return v
+        return [
+            [str(c) if type(c) is int else c for c in t] if isinstance(t, list) else t for t in v
+        ]
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[list[str]] | None) -> list[list[str]] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must list at least one task, or be null (init_cls and increment)")
+        first: dict[str, int] = {}
+        for t, names in enumerate(v):
+            if not names:
+                raise ValueError(f"task {t} is empty: give it at least one class name")
+            for name in names:
+                if not name.strip():
+                    raise ValueError(f"task {t} holds an empty class name")
+                if name in first:
+                    where = f"twice in task {t}" if first[name] == t else (
+                        f"in task {first[name]} and in task {t}")  # fmt: skip
+                    raise ValueError(f"class {name!r} is {where}: a class belongs to one task")
+                first[name] = t
+        return v
+
+    def num_named_tasks(self) -> int | None:
+        """How many tasks ``tasks`` names (None: init_cls and increment decide)."""
+        return None if self.tasks is None else len(self.tasks)
 
     @field_validator("root")
     @classmethod
@@ -686,10 +728,11 @@ class Config(_Section):
         have = len(self.tasks or {})
         if have != num_tasks:
             d = self.data
+            cut = (f"data.init_cls = {d.init_cls}, data.increment = {d.increment}"
+                   if d.tasks is None else "data.tasks")  # fmt: skip
             raise ConfigError(
                 f"tasks: params.yaml lists {have} task(s) but {source} has {num_tasks} "
-                f"(data.init_cls = {d.init_cls}, data.increment = {d.increment}); "
-                f"run `{TASKS_COMMAND}` to regenerate the stage list"
+                f"({cut}); run `{TASKS_COMMAND}` to regenerate the stage list"
             )
 
     @field_validator("device")
@@ -708,7 +751,13 @@ class Config(_Section):
                 "into; see docs/data.md for the layout)"
             )
         total = known_num_classes(name)
-        if total is not None and self.data.init_cls > total:
+        named = self.data.tasks
+        if named is not None and total is not None and sum(map(len, named)) > total:
+            raise ValueError(
+                f"data.tasks names {sum(map(len, named))} classes but dataset {name!r} has "
+                f"only {total}"
+            )
+        if named is None and total is not None and self.data.init_cls > total:
             raise ValueError(
                 f"data.init_cls = {self.data.init_cls} but dataset {self.data.dataset!r} has "
                 f"only {total} classes; use 1..{total}"
@@ -718,16 +767,21 @@ class Config(_Section):
     @model_validator(mode="after")
     def _schedule_fits(self) -> Config:
         d, total = self.data, known_num_classes(self.data.dataset)
-        if total is None or self.model.rank_schedule is None:
+        num_tasks = d.num_named_tasks()
+        if self.model.rank_schedule is None or (num_tasks is None and total is None):
             return self  # the class count is known once prepare has read the folder
-        num_tasks = 1 + -(-(total - d.init_cls) // d.increment)  # SPEC §1: init_cls, increment..
+        if num_tasks is None:
+            num_tasks = 1 + -(-(total - d.init_cls) // d.increment)  # SPEC §1: init_cls, ...
+            why = (f"dataset {d.dataset!r} has {total} classes, data.init_cls = {d.init_cls}, "
+                   f"data.increment = {d.increment}")  # fmt: skip
+        else:
+            why = "data.tasks lists them"
         late = [list(e) for e in self.model.rank_schedule if e[0] >= num_tasks]
         if late:
             raise ValueError(
                 f"model.rank_schedule entry {late[0]} starts at task {late[0][0]}, but the data "
-                f"make {num_tasks} tasks (0 .. {num_tasks - 1}: dataset {d.dataset!r} has "
-                f"{total} classes, data.init_cls = {d.init_cls}, data.increment = "
-                f"{d.increment}); drop the entry or start it at a task <= {num_tasks - 1}"
+                f"make {num_tasks} tasks (0 .. {num_tasks - 1}: {why}); drop the entry or "
+                f"start it at a task <= {num_tasks - 1}"
             )
         return self
 
@@ -877,6 +931,8 @@ def identity(cfg: Config, inputs: RunInputs, upto: int | None = None) -> dict[st
         for p in parents:
             node = node[p]
         node.pop(leaf, None)
+    if raw["data"]["tasks"] is None:  # data.tasks came later: unset, earlier identities stay
+        del raw["data"]["tasks"]
     tasks = raw.pop("tasks") or {}
     raw["tasks"] = {
         k: {n: v for n, v in entry.items() if n not in _TASK_PATHS}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sdlora.config import ConfigError, load_config, parse_config
+from sdlora.config import ConfigError, RunInputs, identity, load_config, parse_config
 from sdlora.pipeline.layout import require_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -409,3 +409,37 @@ def test_a_tune_range_of_non_numbers_is_a_config_error(
     with pytest.raises(ConfigError) as err:
         load_tune(tmp_path / "t.yaml")
     assert expected in str(err.value)
+
+
+# ---- data.tasks (issue 20) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tasks", "expected"),
+    [
+        ([], "data.tasks = []: must list at least one task, or be null"),
+        ([["a"], []], "data.tasks = [['a'], []]: task 1 is empty: give it at least"),
+        ([["a", "b"], ["c", "a"]], "class 'a' is in task 0 and in task 1: a class "),
+        ([["a", "a"]], "class 'a' is twice in task 0: a class belongs to one task"),
+        ([["a", " "]], "task 0 holds an empty class name"),
+        ([[True]], "data.tasks = [[True]]: expected text (quote a name such as 'yes'), not true"),
+        ("0 1 2", "data.tasks = '0 1 2': Input should be a valid list"),
+    ],
+)
+def test_named_tasks_are_checked(tasks: object, expected: str) -> None:
+    assert expected in _problem({"data": {"dataset": "glyphs", "tasks": tasks}})
+
+
+def test_named_tasks_take_digits_numbers_as_their_names_and_set_the_task_count() -> None:
+    cfg = parse_config({"data": {"dataset": "digits", "tasks": [[0, 1], [2]]}})
+    assert cfg.data.tasks == [["0", "1"], ["2"]]
+    assert "tasks" not in identity(parse_config({}), RunInputs("d", None))["data"]  # as before
+    assert identity(cfg, RunInputs("d", None))["data"]["tasks"] == [["0", "1"], ["2"]]
+    raw = {"data": {"dataset": "digits", "tasks": [["0"], ["1"]]},
+           "model": {"rank_schedule": [[0, 4], [2, 2]]}}  # fmt: skip
+    assert _problem(raw) == (
+        "model.rank_schedule entry [2, 2] starts at task 2, but the data make 2 tasks (0 .. 1: "
+        "data.tasks lists them); drop the entry or start it at a task <= 1"
+    )
+    eleven = {"data": {"dataset": "digits", "tasks": [[str(d) for d in range(10)], ["x"]]}}
+    assert _problem(eleven).endswith("data.tasks names 11 classes but dataset 'digits' has only 10")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
+import numpy as np
+
 from sdlora.config import DataConfig
-from sdlora.data.digits import load_digits
-from sdlora.data.glyphs import load_glyphs
+from sdlora.data.digits import DIGIT_NAMES, load_digits
+from sdlora.data.glyphs import NONLATIN, load_glyphs
 from sdlora.data.source import DataError, Source, imageset_source
 from sdlora.data.tasks import ImageSet
 
 EMBEDDED_ORIGIN = {"digits": "embedded: sklearn digits", "glyphs": "embedded: rendered glyphs"}
+EMBEDDED_NAMES = {"digits": DIGIT_NAMES, "glyphs": NONLATIN}  # what their loaders name the classes
 
 
 def _embedded(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
@@ -38,3 +44,39 @@ def open_source(cfg: DataConfig) -> Source:
 
         return read_imagefolder(cfg.root, cfg.dataset, cfg.test_fraction, cfg.split_seed)
     raise ValueError(f"data.dataset = {cfg.dataset!r}: unknown dataset")
+
+
+def class_names(cfg: DataConfig) -> tuple[str, ...]:
+    """The classes of ``cfg.dataset`` by name, without rendering an embedded one's images (an
+    on-disk one is listed, not read)."""
+    if cfg.dataset in EMBEDDED_NAMES:
+        return EMBEDDED_NAMES[cfg.dataset]
+    return open_source(cfg).class_names
+
+
+def named_tasks(names: Sequence[str], tasks: list[list[str]], dataset: str) -> list[np.ndarray]:
+    """``data.tasks`` as indices into ``names``; a DataError names a class ``dataset`` (its
+    description, for the message) lacks, with the closest names it has."""
+    index = {name: i for i, name in enumerate(names)}
+    for t, task in enumerate(tasks):
+        for name in task:
+            if name not in index:
+                close = difflib.get_close_matches(name, list(index), n=3)
+                more = " ..." if len(index) > 12 else ""
+                hint = f"did you mean {close}?" if close else (
+                    f"its classes: {list(index)[:12]}{more}")  # fmt: skip
+                raise DataError(
+                    f"data.tasks: class {name!r} (task {t}) is not in {dataset}; {hint}"
+                )
+    return [np.array([index[n] for n in task], dtype=np.int64) for task in tasks]
+
+
+def describe(cfg: DataConfig) -> str:
+    """``dataset 'name'`` and, for an on-disk one, where it lies: for messages."""
+    return f"dataset {cfg.dataset!r}" + (f" at {cfg.root}" if cfg.root else "")
+
+
+def check_named_tasks(cfg: DataConfig) -> None:
+    """Refuse ``data.tasks`` naming a class the dataset lacks, before anything is prepared."""
+    if cfg.tasks is not None:
+        named_tasks(class_names(cfg), cfg.tasks, describe(cfg))

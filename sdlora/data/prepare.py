@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from sdlora.config import DataConfig
-from sdlora.data.benchmarks import open_source
+from sdlora.data.benchmarks import named_tasks, open_source
 from sdlora.data.source import CorruptImageError, DataError, Listing, Source
 from sdlora.data.tasks import class_order, split_classes
 from sdlora.files import atomic_directory as _atomic_directory
@@ -205,16 +205,22 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
         raise DataError(str(err)) from None
 
 
-def _check_classes(source: Source) -> None:
-    """Every class needs a train and a test image (before anything is read)."""
+def _at(source: Source) -> str:
+    return f" at {source.root}" if source.root else ""
+
+
+def _check_classes(source: Source, used: np.ndarray) -> None:
+    """Every class used needs a train and a test image (before anything is read)."""
     for split in SPLITS:
         listing: Listing = getattr(source, split)
         counts = np.bincount(listing.class_ids, minlength=source.num_classes)
-        _no_image(source, split, counts)
+        _no_image(source, split, counts, used)
 
 
-def _no_image(source: Source, split: str, counts: np.ndarray, note: str = "") -> None:
-    missing = [source.class_names[i] for i in np.flatnonzero(counts == 0)]
+def _no_image(
+    source: Source, split: str, counts: np.ndarray, used: np.ndarray, note: str = ""
+) -> None:
+    missing = [source.class_names[i] for i in used if counts[i] == 0]
     if missing:
         where = f" at {source.root}" if source.root else ""
         raise DataError(
@@ -339,13 +345,19 @@ def prepare(
     says.
     """
     source = source or open_source(cfg)
-    _check_fit(source, cfg.init_cls, cfg.increment)
-    _check_classes(source)
-    order = class_order(source.num_classes, seed)
-    tasks = split_classes(order, cfg.init_cls, cfg.increment)
-    label_of = np.empty_like(order)
+    if cfg.tasks is None:  # SPEC §1: a seeded order cut by init_cls, increment
+        _check_fit(source, cfg.init_cls, cfg.increment)
+        order = class_order(source.num_classes, seed)
+        tasks = split_classes(order, cfg.init_cls, cfg.increment)
+    else:  # the user's tasks, in their order; classes left out are not prepared
+        tasks = named_tasks(
+            source.class_names, cfg.tasks, f"dataset {source.dataset!r}{_at(source)}"
+        )
+        order = np.concatenate(tasks)
+    _check_classes(source, order)
+    label_of = np.full(source.num_classes, -1, dtype=np.int64)  # -1: a class left out
     label_of[order] = np.arange(order.size)
-    task_of = np.empty_like(order)
+    task_of = np.full(source.num_classes, -1, dtype=np.int64)
     for t, classes in enumerate(tasks):
         task_of[classes] = t
 
@@ -389,7 +401,7 @@ def prepare(
             entries.append(entry)
         note = f" after skipping {len(skipped)} corrupt image(s)"
         for split in SPLITS:
-            _no_image(source, split, kept[split], note)
+            _no_image(source, split, kept[split], order, note)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "dataset": source.dataset,
@@ -399,6 +411,7 @@ def prepare(
                 "seed": seed,
                 "init_cls": cfg.init_cls,
                 "increment": cfg.increment,
+                **({} if cfg.tasks is None else {"tasks": cfg.tasks}),  # unset: as before
                 "split_seed": cfg.split_seed,
                 "test_fraction": cfg.test_fraction,
                 "domains": list(cfg.domains) if source.dataset == "domainnet" else None,
@@ -408,7 +421,7 @@ def prepare(
             "num_classes": source.num_classes,
             "class_names": list(source.class_names),
             "class_order": order.tolist(),
-            "class_to_task": {source.class_names[c]: int(task_of[c]) for c in range(order.size)},
+            "class_to_task": {source.class_names[c]: int(task_of[c]) for c in sorted(order)},
             "tasks": entries,
             "totals": {s: int(kept[s].sum()) for s in SPLITS},
             "skipped": {"count": len(skipped), "items": skipped},

@@ -136,6 +136,8 @@ def require_plan(cfg: Config) -> dict[int, TaskEntry]:
 
 def known_num_tasks(cfg: Config) -> int | None:
     """How many tasks ``data.*`` makes, when known without reading data (else None)."""
+    if cfg.data.tasks is not None:
+        return len(cfg.data.tasks)
     total = known_num_classes(cfg.data.dataset)
     return None if total is None else count_tasks(total, cfg.data.init_cls, cfg.data.increment)
 

@@ -22,12 +22,14 @@ from typing import Any
 
 from sdlora.config import Config, check_pipeline_method
 from sdlora.core.train import check_settings
+from sdlora.data.benchmarks import check_named_tasks
 from sdlora.files import file_sha256, write_json
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     VALIDATED,
     WEIGHTS_RECORD,
     check_data_root,
+    known_num_tasks,
     require_plan,
 )
 
@@ -56,6 +58,10 @@ def validate_stage(
     check_settings(cfg, cfg.ray.num_workers)  # the backbone on the meta device, blocks, batch
     require_plan(cfg)  # the task list matches the pipeline's layout
     check_data_root(cfg)  # before prepare: a missing folder is named, not a task count
+    check_named_tasks(cfg.data)  # data.tasks names classes the dataset has
+    known = known_num_tasks(cfg)
+    if known is not None:  # else prepare counts the classes and train@k checks
+        cfg.check_num_tasks(known, "the data")
     payload = {"params": str(params), "valid": True}
     for path, content in ((out, payload), (weights, weights_record(cfg))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # DVC creates no output's parent

@@ -314,3 +314,52 @@ def test_damage_inside_a_split_is_refused_by_its_checksum(
     prepared.verify([(0, "train"), (1, "test")])  # the other files are fine
     with pytest.raises(DataError, match=r"task_01/train\.parquet is not the file the prepare"):
         prepared.verify()
+
+
+# ---- data.tasks: the tasks by class name (issue 20) -------------------------------------------
+
+
+def test_tasks_named_in_the_seeded_order_prepare_the_same_bytes(tmp_path: Path) -> None:
+    """data.tasks listing the seeded order by name gives byte-identical splits and the same
+    content hash: the explicit list and init_cls/increment are one path."""
+    seeded = DataConfig(dataset="digits", init_cls=4, increment=3)
+    first = prepare(seeded, seed=7, out=tmp_path / "seeded")
+    named = [entry["class_names"] for entry in first["tasks"]]
+    order = [str(c) for c in class_order(10, 7)]  # digits' names are their labels
+    assert named == [order[:4], order[4:7], order[7:]]
+    listed = DataConfig(dataset="digits", tasks=named)
+    second = prepare(listed, seed=7, out=tmp_path / "listed")  # the seed still shuffles rows
+    assert second["content_hash"] == first["content_hash"]
+    assert second["class_order"] == first["class_order"]
+    assert second["class_to_task"] == first["class_to_task"]
+    for a, b in zip(first["tasks"], second["tasks"], strict=True):
+        for split in ("train", "test"):
+            assert a[split] == b[split]  # file, rows, row groups, SHA-256
+            path = a[split]["file"]
+            assert (tmp_path / "seeded" / path).read_bytes() == (
+                tmp_path / "listed" / path
+            ).read_bytes()
+    assert second["params"]["tasks"] == named and "tasks" not in first["params"]
+
+
+def test_tasks_named_leave_out_the_classes_they_do_not_name(tmp_path: Path) -> None:
+    cfg = DataConfig(dataset="digits", tasks=[["3", "1"], ["9"]])
+    manifest = prepare(cfg, seed=0, out=tmp_path / "out")
+    assert manifest["class_order"] == [3, 1, 9]
+    assert manifest["class_to_task"] == {"1": 0, "3": 0, "9": 1}
+    assert [e["label_offset"] for e in manifest["tasks"]] == [0, 2]
+    first, second = (_rows(tmp_path / "out" / e["test"]["file"]) for e in manifest["tasks"])
+    assert set(zip(first["label"], first["class_name"], strict=True)) == {(0, "3"), (1, "1")}
+    assert set(zip(second["label"], second["class_name"], strict=True)) == {(2, "9")}
+    assert manifest["totals"]["test"] == len(first["label"]) + len(second["label"])
+
+
+def test_a_task_naming_a_class_the_data_lacks_is_refused_with_the_closest(
+    tmp_path: Path, folder_factory: Callable[..., list]
+) -> None:
+    with pytest.raises(DataError) as err:
+        prepare(DataConfig(dataset="digits", tasks=[["1"], ["2", "11"]]), 0, tmp_path / "d")
+    assert str(err.value) == (
+        "data.tasks: class '11' (task 1) is not in dataset 'digits'; did you mean ['1']?"
+    )
+    assert not (tmp_path / "d").exists() and _leftovers(tmp_path) == []

@@ -14,10 +14,10 @@ from sdlora.pipeline.layout import VALIDATED
 def test_valid_params_give_the_same_output_whatever_their_values(
     write_params: Callable[..., Path],
 ) -> None:
-    write_params("seed: 1\ntrain: {lr: 0.01}\n", tasks=2)
+    write_params("seed: 1\ntrain: {lr: 0.01}\n", tasks=5)  # digits in 2s: 5 tasks
     assert stage_main("validate", ["--params", "params.yaml"]) == 0
     first = Path(VALIDATED).read_bytes()
-    write_params("seed: 7\ntrain: {lr: 0.5, epochs: 3}\n", tasks=3)
+    write_params("seed: 7\ntrain: {lr: 0.5, epochs: 3}\ndata: {init_cls: 4}\n", tasks=4)
     assert stage_main("validate", ["--params", "params.yaml"]) == 0
     assert Path(VALIDATED).read_bytes() == first  # nothing downstream re-runs for a valid edit
     assert b'"valid": true' in first
@@ -58,7 +58,7 @@ def test_the_weights_record_hashes_only_a_file_outside_the_backbone_folder(
 
     outside = tmp_path / "outside.safetensors"
     outside.write_bytes(b"w" * 64)
-    write_params(f"backbone: {{weights: {outside}}}\n", tasks=2)
+    write_params(f"backbone: {{weights: {outside}}}\n", tasks=5)
     assert stage_main("validate", ["--params", "params.yaml"]) == 0
     record = json.loads(Path(WEIGHTS_RECORD).read_text())
     assert record == {"weights": str(outside), "sha256": hashlib.sha256(b"w" * 64).hexdigest()}
@@ -78,6 +78,26 @@ def test_a_missing_dataset_folder_is_named_before_the_task_count(
     err = capsys.readouterr().err
     assert err.startswith("validate: error: data.root = '/nonexistent/cifar': no such folder")
     assert "task" not in err
+
+
+def test_a_named_task_with_a_class_the_data_lacks_is_refused_before_prepare(
+    capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    """data.tasks is checked against the dataset's class names (glyphs: without rendering)."""
+    write_params("data: {dataset: glyphs, tasks: [[Γ, Δ], [Θ, Σ, Sigma]]}\n", tasks=2)
+    assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "validate: error: data.tasks: class 'Sigma' (task 1) is not in dataset 'glyphs'; its "
+        "classes: ['Γ', 'Δ', 'Θ', 'Λ', 'Ξ', 'Π', 'Σ', 'Φ', 'Ψ', 'Ω', 'α', 'β'] ...\n"
+    )
+    assert not Path("out").exists()
+    write_params("data: {dataset: glyphs, tasks: [[Γ, Δ], [Θ, Σ]]}\n", tasks=2)
+    assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 0
+    write_params("data: {dataset: glyphs, tasks: [[Γ, Δ], [Θ, Σ]]}\n", tasks=3)
+    assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 2
+    err = capsys.readouterr().err
+    assert "tasks: params.yaml lists 3 task(s) but the data has 2 (data.tasks); run `python" in err
 
 
 @pytest.mark.parametrize(
