@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, check_pipeline_method
+from sdlora.config import Config, ConfigError, check_pipeline_method
 from sdlora.core.train import check_settings
 from sdlora.data.benchmarks import check_named_tasks
 from sdlora.files import file_sha256, write_json
@@ -36,12 +36,18 @@ from sdlora.pipeline.layout import (
 
 def weights_record(cfg: Config, backbone: str | Path = BACKBONE_DIR) -> dict[str, Any]:
     """``backbone.weights`` and, for a file outside ``backbone`` (which the pretrain stage
-    writes and DVC tracks), its SHA-256; None for timm's weights, none, or a missing file
-    (the pretrain stage names a missing one)."""
+    writes and DVC tracks), its SHA-256; None for timm's weights or none. A file outside that
+    is not there is refused: nothing would ever write it."""
     weights = cfg.backbone.weights
     path = None if weights in (None, "timm") else Path(weights)
     outside = path is not None and not path.resolve().is_relative_to(Path(backbone).resolve())
-    sha = file_sha256(path) if outside and path.is_file() else None
+    if outside and not path.is_file():
+        raise ConfigError(
+            f"backbone.weights = {weights!r}: no such file; give the path of a .pth or "
+            f".safetensors file, 'timm' for timm's weights of backbone.name, or a path under "
+            f"{backbone}/ for the weights the pretrain stage makes"
+        )
+    sha = file_sha256(path) if outside else None
     return {"weights": weights, "sha256": sha}
 
 

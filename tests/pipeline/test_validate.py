@@ -52,7 +52,7 @@ def test_the_weights_record_hashes_only_a_file_outside_the_backbone_folder(
     import hashlib
     import json
 
-    from sdlora.config import load_config
+    from sdlora.config import ConfigError, load_config
     from sdlora.pipeline.layout import WEIGHTS_RECORD
     from sdlora.pipeline.validate import weights_record
 
@@ -66,6 +66,10 @@ def test_the_weights_record_hashes_only_a_file_outside_the_backbone_folder(
     assert weights_record(load_config("params.yaml"))["sha256"] is None  # DVC tracks it
     write_params("backbone: {weights: timm}\n", tasks=2)
     assert weights_record(load_config("params.yaml")) == {"weights": "timm", "sha256": None}
+    outside.unlink()  # an outside file that is not there: nothing would ever write it
+    write_params(f"backbone: {{weights: {outside}}}\n", tasks=5)
+    with pytest.raises(ConfigError, match=r"backbone.weights = '.*outside.safetensors': no such"):
+        weights_record(load_config("params.yaml"))
 
 
 def test_a_missing_dataset_folder_is_named_before_the_task_count(
