@@ -22,8 +22,9 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -172,7 +173,7 @@ def model_pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for pkg in ("torch", "torchvision", "timm", "numpy", "mlflow"):
+    for pkg in ("torch", "torchvision", "timm", "numpy", "pillow", "pandas", "mlflow"):
         try:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
@@ -446,3 +447,35 @@ class SequenceTracker:
         return mlflow.pytorch.log_model(
             model, name=name, signature=signature, input_example=x_np, step=step, **kwargs
         )
+
+    def log_classifier(
+        self,
+        timm_folder: str | Path,
+        examples: Sequence[bytes],
+        name: str = "classifier",
+        step: int = 0,
+        **kwargs: Any,
+    ):
+        """Log the merged model's timm folder as a served classifier: encoded images in, class
+        names out (:mod:`sdlora.ops.classifier_model`, logged as a model from code, so serving
+        needs no sdlora). ``examples``: a few encoded images, the input example; the signature
+        comes from the model's answer to them. Returns MLflow's ``ModelInfo``."""
+        import mlflow.pyfunc
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        from sdlora.ops import classifier_model as served
+
+        self._require()
+        artifacts = {served.TIMM_ARTIFACT: str(Path(timm_folder).resolve())}
+        local = served.ImageClassifier()
+        local.load_context(SimpleNamespace(artifacts=artifacts))
+        example = pd.DataFrame({served.IMAGE_COLUMN: list(examples)})
+        signature = infer_signature(
+            example, local.predict(None, example), params={"top_k": served.TOP_K}
+        )
+        kwargs.setdefault("pip_requirements", model_pip_requirements())
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=served.__file__, artifacts=artifacts, signature=signature,
+            input_example=example, step=step, **kwargs,
+        )  # fmt: skip

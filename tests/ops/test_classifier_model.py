@@ -1,0 +1,101 @@
+"""The served classifier (issue 20): encoded images in, class names out, through the merged timm
+model alone; its answers equal the pipeline's own prediction (the test transform + argmax)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from sdlora.core.export import export_timm
+from sdlora.data.stream import build_transform, decode
+from sdlora.ops.tracking import SequenceTracker, resolve_tracking_uri
+
+LABELS = ["alpha", "beta", "gamma", "delta", "epsilon"]
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+def _png(seed: int, size: tuple[int, int], mode: str) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    jpeg = seed % 2 == 0 and mode != "RGBA"  # JPEG has no alpha
+    Image.fromarray(pixels).convert(mode).save(out, format="JPEG" if jpeg else "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny merged ViT exported as the report stage does, logged and loaded back."""
+    root = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    net = timm.create_model("vit_tiny_patch16_224", num_classes=len(LABELS), **kwargs).eval()
+    data = {"mean": MEAN, "std": STD, "crop_pct": 224 / 256, "interpolation": "bicubic"}
+    export_timm(net, root / "timm", data_config=data, label_names=LABELS)
+    images = [_png(s, (16 + 7 * s, 12 + 3 * s), ("RGB", "L", "RGBA")[s % 3]) for s in range(6)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(root)
+        tracker = SequenceTracker()
+        tracker.open(None, "served", root=root, params={})
+        info = tracker.log_classifier(root / "timm", images[:2])
+        tracker.close()
+        model = mlflow.pyfunc.load_model(info.model_uri)
+        uri = resolve_tracking_uri(None, root)
+    return net, model, images, info, uri
+
+
+def test_it_names_the_class_the_pipeline_predicts_from_images_of_any_size_and_mode(
+    served,
+) -> None:
+    net, model, images, _, _ = served
+    transform = build_transform(train=False, size=16, mean=MEAN, std=STD)
+    with torch.no_grad():
+        logits = net(torch.stack([transform(decode(b)) for b in images]))
+    want = [LABELS[i] for i in logits.argmax(dim=-1).tolist()]
+    probs = logits.softmax(dim=-1)
+    out = model.predict(pd.DataFrame({"image": images}))
+    assert list(out.columns) == ["label", "score", "top_k"]
+    assert list(out["label"]) == want
+    assert out["score"].tolist() == pytest.approx(probs.max(dim=-1).values.tolist(), abs=1e-6)
+    first = out["top_k"][0]
+    assert len(first) == 5 and first[0]["label"] == want[0]
+    assert [t["score"] for t in first] == sorted((t["score"] for t in first), reverse=True)
+    as_text = [base64.b64encode(b).decode() for b in images]  # what a JSON client sends
+    again = model.predict(pd.DataFrame({"image": as_text}), params={"top_k": 2})
+    assert list(again["label"]) == want and all(len(t) == 2 for t in again["top_k"])
+
+
+def test_its_signature_and_example_are_logged(served) -> None:
+    _, model, _, info, _ = served
+    schema = model.metadata.get_input_schema()
+    assert schema.input_names() == ["image"] and str(schema.inputs[0].type) == "DataType.binary"
+    outputs = model.metadata.get_output_schema().input_names()
+    assert outputs == ["label", "score", "top_k"]
+    assert model.metadata.get_params_schema().params[0].name == "top_k"
+    assert info.saved_input_example_info is not None
+
+
+@pytest.mark.parametrize(
+    ("frame", "params", "message"),
+    [
+        (pd.DataFrame({"image": ["not base64!"]}), None, "row 0: column 'image' holds text that"),
+        (pd.DataFrame({"image": [b"no image here"]}), None, "row 0: column 'image' is not a read"),
+        (None, {"top_k": 9}, "top_k = 9: use 1 .. 5"),
+    ],
+)
+def test_bad_requests_are_answered_in_one_line(served, frame, params, message: str) -> None:
+    _, model, images, _, _ = served
+    frame = pd.DataFrame({"image": images[:1]}) if frame is None else frame
+    with pytest.raises(MlflowException, match=message):
+        model.predict(frame, params=params)
