@@ -99,6 +99,17 @@ RULES = [
     Rule((".venv/bin/pytest",), "help", "the test suite, which this test is part of"),
     Rule(("mlflow", "ui"), "help", "a server that runs until stopped"),
     Rule(("mlflow", "server"), "help", "a server that runs until stopped"),
+    Rule(
+        ("mlflow", "models", "serve"),
+        "help",
+        "a server that runs until stopped; tests/ops/test_classifier_model.py serves a model",
+    ),
+    Rule(
+        ("curl",),
+        "skip",
+        "asks the server the line before starts; tests/ops/test_classifier_model.py posts the "
+        "same JSON to a served model",
+    ),
     Rule(("ray", "start"), "help", "starts a Ray cluster that runs until `ray stop`"),
 ]
 

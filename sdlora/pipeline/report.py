@@ -1,9 +1,10 @@
 """Stage ``report``: final metrics, plots and the merged model into MLflow; a summary.
 
-The merged model goes out twice: as an MLflow PyTorch model (``mlflow.pytorch.load_model`` gives
-back the ``torch.export`` program MLflow 3 stores, a GraphModule) and as a plain timm checkpoint
-(:data:`TIMM_DIR`: ``model.safetensors`` + ``config.json``, :mod:`sdlora.core.export`) in the report
-folder and in the run's artifacts, which ``timm.create_model`` turns back into a timm ViT.
+The merged model goes out as a plain timm checkpoint (:data:`TIMM_DIR`: ``model.safetensors`` +
+``config.json`` with the class names and the preprocessing, :mod:`sdlora.core.export`) in the
+report folder and in the run's artifacts, which ``timm.create_model`` turns back into a timm ViT;
+and as the MLflow model :data:`MODEL_NAME`, that checkpoint served as a classifier (encoded images
+in, class names out: :mod:`sdlora.ops.classifier_model`), ready for ``mlflow models serve``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sdlora.core.checkpoint import load_adapter
 from sdlora.core.export import WEIGHTS, export_timm
 from sdlora.core.records import accuracy_matrix, task_metrics
 from sdlora.core.train import build_model, input_norm
-from sdlora.data.prepare import open_prepared, read_manifest
+from sdlora.data.prepare import Prepared, open_prepared
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.ray_train import ADAPTER
 from sdlora.ops.tracking import portable_uri, ui_path, ui_url
@@ -93,7 +94,9 @@ def _format_report(
         "",
         f"- MLflow run `{run['mlflow_run_id']}` in experiment `{run['experiment']}` "
         f"({run['tracking_uri']}); in the UI: `{run['ui']}`",
-        f"- the merged model, MLflow: `{run['model_uri']}` (`mlflow.pytorch.load_model`)",
+        f"- the merged model, MLflow: `{run['model_uri']}`, a classifier of encoded images "
+        f"(`mlflow models serve -m {run['model_uri']} --env-manager local`, or "
+        "`mlflow.pyfunc.load_model`)",
         f'- the merged model, timm: `{run["timm_model"]}` (`timm.create_model("local-dir:'
         f"{run['timm_model']}\", pretrained=True)`), also in the run's artifacts",
         "",
@@ -113,13 +116,13 @@ def report_stage(
 ) -> dict[str, Any]:
     """Stage ``report``: final metrics, plots and the merged model into the MLflow run; a summary.
 
-    The merged model is a plain timm ViT (every adapter folded into the weights) logged as an
-    MLflow PyTorch model with an input example from task 0's test split, carrying the final
-    metrics, and written as a timm checkpoint (:data:`TIMM_DIR`). Inputs: the evaluate
+    The merged model is a plain timm ViT (every adapter folded into the weights) written as a
+    timm checkpoint (:data:`TIMM_DIR`) and logged as a served classifier with two images of task
+    0's test split as its input example, carrying the final metrics. Inputs: the evaluate
     stage's outputs ``eval_dir`` and ``metrics_file``, the last task's output ``record`` (default
     ``final_task``), the prepare and pretrain stages' outputs; ``out``: ``runs/pipeline/report``.
     """
-    from sdlora.core.train import task_stream
+    import pyarrow.parquet as pq
 
     require_plan(cfg)
     assert cfg.final_task is not None
@@ -130,27 +133,28 @@ def report_stage(
     model = build_model(cfg, torch.device("cpu"))
     load_adapter(model, final_task / ADAPTER)
     merged = model.merge().eval()
-    stream = task_stream(prepared, 0, "test", cfg, model.backbone)  # as evaluation reads it
-    example = next(iter(torch.utils.data.DataLoader(stream, batch_size=2)))[0]
+    opened = open_prepared(prepared)  # the stage's one read of the manifest
+    first = opened.files(0, "test")[0]
+    examples = pq.read_table(first, columns=["image"]).column("image").to_pylist()[:2]  # encoded
     last = len(records) - 1
     with (
         atomic_directory(out, marker="run.json") as tmp,
         open_run(
             cfg, records, backfill=len(records), stage="report",
-            inputs=read_inputs(open_prepared(prepared), backbone),
+            inputs=read_inputs(opened, backbone),
         ) as tracker,
     ):  # fmt: skip
         tracker.log_task(last, final)
         kept = [Path(f) for f in (metrics_file, CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE)]
         evaluated = [*(p for p in eval_dir.iterdir() if p.is_file()), *kept]  # git keeps `kept`
-        timm_files = _export_merged(cfg, merged, model.backbone, prepared, tmp / TIMM_DIR)
+        timm_files = _export_merged(cfg, merged, model.backbone, opened, tmp / TIMM_DIR)
         with (tmp / TIMM_DIR / WEIGHTS).open("rb") as f:
             weights = {WEIGHTS_TAG: hashlib.file_digest(f, "sha256").hexdigest()}
         model_id = tracker.find_model(MODEL_NAME, weights)  # a re-run: the model logged before
         if model_id is None:
             # step = the last task: the logged model carries the final metrics, not task 0's
-            model_id = tracker.log_model(
-                merged, example, name=MODEL_NAME, step=last, tags=weights
+            model_id = tracker.log_classifier(
+                tmp / TIMM_DIR, examples, name=MODEL_NAME, step=last, tags=weights
             ).model_id
         payload = {
             "mlflow_run_id": tracker.run_id,
@@ -174,7 +178,11 @@ def report_stage(
 
 
 def _export_merged(
-    cfg: Config, merged: torch.nn.Module, backbone: torch.nn.Module, prepared: Path, folder: Path
+    cfg: Config,
+    merged: torch.nn.Module,
+    backbone: torch.nn.Module,
+    prepared: Prepared,
+    folder: Path,
 ) -> list[Path]:
     """The merged model as a timm checkpoint with the preprocessing evaluation applies."""
     mean, std = input_norm(cfg, backbone)
@@ -182,5 +190,5 @@ def _export_merged(
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     # the test transform (SPEC §6): bicubic resize to size * 256 / 224, centre crop to size
     data_config = {"mean": mean, "std": std, "crop_pct": 224 / 256, "interpolation": "bicubic"}
-    names = [n for task in read_manifest(prepared)["tasks"] for n in task["class_names"]]
+    names = [n for task in prepared.tasks for n in task["class_names"]]
     return export_timm(merged, folder, data_config=data_config, label_names=names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
@@ -99,3 +100,63 @@ def test_bad_requests_are_answered_in_one_line(served, frame, params, message: s
     frame = pd.DataFrame({"image": images[:1]}) if frame is None else frame
     with pytest.raises(MlflowException, match=message):
         model.predict(frame, params=params)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_on_loopback_with_class_names(served) -> None:
+    """The documented command serves the logged model on 127.0.0.1; a JSON request with two
+    base64 images gets the labels the model gives in Python."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from .sockets import listening, loopback
+
+    _, model, images, info, uri = served
+    want = list(model.predict(pd.DataFrame({"image": images[:2]}))["label"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }  # uvicorn, as activated
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", info.model_uri,
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    body = {
+        "dataframe_split": {
+            "columns": ["image"],
+            "data": [[base64.b64encode(b).decode()] for b in images[:2]],
+        }
+    }
+    try:
+        deadline, answer = time.monotonic() + 90, None
+        while answer is None and time.monotonic() < deadline and proc.poll() is None:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    answer = json.loads(reply.read())
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        why = proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no answer"
+        assert answer is not None, why
+        assert [p["label"] for p in answer["predictions"]] == want
+        assert all(len(p["top_k"]) == 5 for p in answer["predictions"])
+        seen = listening(proc.pid)
+        assert seen and all(loopback(address) for address, _, _ in seen), seen
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

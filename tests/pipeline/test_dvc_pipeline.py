@@ -216,9 +216,17 @@ def test_a_task_stage_prints_its_own_account_and_logs_rays(project: tuple[Path, 
 def test_metrics_json_equals_the_mlflow_run(
     project: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlflow.pytorch
+    import mlflow.pyfunc
     import mlflow.tracking._tracking_service.utils as tracking_utils
+    import pandas as pd
+    import pyarrow.parquet as pq
     import torch
+
+    from sdlora.config import load_config
+    from sdlora.core.checkpoint import load_adapter
+    from sdlora.core.evaluate import outputs
+    from sdlora.core.train import build_model, task_stream
+    from sdlora.data.prepare import open_prepared
 
     root, _ = project
     final = json.loads((root / METRICS_FILE).read_text())
@@ -236,8 +244,17 @@ def test_metrics_json_equals_the_mlflow_run(
     uri = json.loads((root / REPORT_DIR / "run.json").read_text())["model_uri"]
     monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)  # restored
     mlflow.set_tracking_uri(client.tracking_uri)
-    model = mlflow.pytorch.load_model(uri)
-    assert model(torch.zeros(3, 3, 16, 16)).shape == (3, 40)  # merged ViT, all 40 classes
+    served = mlflow.pyfunc.load_model(uri)  # what `mlflow models serve` runs
+    monkeypatch.chdir(root)
+    cfg, prepared = load_config("params.yaml"), open_prepared(PREPARED_DIR)
+    model = build_model(cfg)  # the pipeline's own prediction: the adapted model, unmerged
+    load_adapter(model, Path(task_output(1)) / "adapter.safetensors")
+    logits, _ = outputs(model.eval(), task_stream(prepared, 1, "test", cfg, model.backbone),
+                        torch.device("cpu"), 64)  # fmt: skip
+    names = [n for t in prepared.tasks for n in t["class_names"]]
+    images = pq.read_table(prepared.files(1, "test")[0], columns=["image"]).column("image")
+    answer = served.predict(pd.DataFrame({"image": images.to_pylist()}))
+    assert list(answer["label"]) == [names[i] for i in logits.argmax(dim=1).tolist()]
     runs = client.search_runs([run.info.experiment_id])
     assert [r.info.run_id for r in runs] == [run.info.run_id]  # one run for the sequence
 
