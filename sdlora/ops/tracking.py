@@ -409,6 +409,19 @@ class SequenceTracker:
                 return model.model_id
         return None
 
+    def _discard_unfinished(self, name: str) -> None:
+        """Delete the models of ``name`` this run left unfinished (a stage killed while logging
+        one leaves it PENDING for ever): the model about to be logged replaces them."""
+        self._require()
+        left = mlflow.search_logged_models(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}' "
+            "AND status != 'READY'",
+            output_format="list",
+        )
+        for half in left:
+            MlflowClient().delete_logged_model(half.model_id)
+
     def log_model(
         self, model: Any, example_input: Any, name: str = "model", step: int = 0, **kwargs: Any
     ):
@@ -419,22 +432,13 @@ class SequenceTracker:
         model back and ``mlflow.pyfunc`` can serve it. ``step``: the run's metrics at this step
         become the logged model's metrics (MLflow 3 links them), so pass the last task for a
         model of the whole sequence. Returns MLflow's ``ModelInfo``. A model of ``name`` this run
-        left unfinished (a stage killed while logging it: PENDING for ever) is deleted first:
-        this one replaces it.
+        left unfinished is deleted first (:meth:`_discard_unfinished`).
         """
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
 
-        self._require()
-        left = mlflow.search_logged_models(
-            experiment_ids=[self.experiment_id],
-            filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}' "
-            "AND status != 'READY'",
-            output_format="list",
-        )
-        for half in left:
-            MlflowClient().delete_logged_model(half.model_id)
+        self._discard_unfinished(name)
         x = example_input
         x_np = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         was_training = getattr(model, "training", False)
@@ -459,14 +463,15 @@ class SequenceTracker:
         """Log the merged model's timm folder as a served classifier: encoded images in, class
         names out (:mod:`sdlora.ops.classifier_model`, logged as a model from code, so serving
         needs no sdlora). ``examples``: a few encoded images, the input example; the signature
-        comes from the model's answer to them. Returns MLflow's ``ModelInfo``."""
+        comes from the model's answer to them. Returns MLflow's ``ModelInfo``. A model of
+        ``name`` this run left unfinished is deleted first (:meth:`_discard_unfinished`)."""
         import mlflow.pyfunc
         import pandas as pd
         from mlflow.models import infer_signature
 
         from sdlora.ops import classifier_model as served
 
-        self._require()
+        self._discard_unfinished(name)
         artifacts = {served.TIMM_ARTIFACT: str(Path(timm_folder).resolve())}
         local = served.ImageClassifier()
         local.load_context(SimpleNamespace(artifacts=artifacts))

@@ -48,9 +48,13 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(root)
         tracker = SequenceTracker()
-        tracker.open(None, "served", root=root, params={})
+        run_id = tracker.open(None, "served", root=root, params={})
+        mlflow.initialize_logged_model(name="classifier", source_run_id=run_id)  # a kill's
         info = tracker.log_classifier(root / "timm", images[:2])
         tracker.close()
+        models = mlflow.search_logged_models(experiment_ids=[tracker.experiment_id],
+                                             output_format="list")  # fmt: skip
+        assert [(m.model_id, str(m.status)) for m in models] == [(info.model_id, "READY")]
         model = mlflow.pyfunc.load_model(info.model_uri)
         uri = resolve_tracking_uri(None, root)
     return net, model, images, info, uri
