@@ -1,4 +1,5 @@
-"""``dvc plots show`` / ``dvc plots diff`` pages that render with no network.
+"""What sdlora asks of DVC: ``dvc plots`` pages that render with no network, and the experiment a
+stage runs in (its name, and the params it started from: :func:`baseline_params`).
 
 DVC's page loads Vega, Vega-Lite and Vega-Embed from a CDN (``dvc_render``'s ``{scripts}``
 placeholder), so offline its plots stay blank. DVC also takes ``--html-template FILE``: a page
@@ -11,6 +12,7 @@ and the images DVC copies beside it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -77,3 +79,34 @@ def render(
     template = write_template(Path(out) / TEMPLATE_NAME)
     code = subprocess.run(dvc_plots_command(diff, out, template, open_page), check=False).returncode
     return code or (0 if page.is_file() else 1)
+
+
+EXP_NAME_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage it runs: the experiment's name
+BASELINE_ENV = "DVC_EXP_BASELINE_REV"  # set with it: the commit the experiment starts from
+
+
+def experiment_name() -> str | None:
+    """The name of the DVC experiment this stage runs in (`dvc exp run`), or None."""
+    return os.environ.get(EXP_NAME_ENV) or None
+
+
+def baseline_params(params_file: str | Path = "params.yaml") -> tuple[str, str] | None:
+    """``(commit, text)``: ``params_file`` as the baseline commit holds it (the experiment's
+    baseline under `dvc exp run`, else HEAD), which `dvc params diff` compares against; None
+    outside a git checkout or where that commit lacks the file."""
+    path = Path(params_file).resolve()
+    rev = os.environ.get(BASELINE_ENV) or "HEAD"
+    try:
+        show = subprocess.run(
+            ["git", "show", f"{rev}:./{path.name}"], cwd=path.parent,
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=8", rev], cwd=path.parent,
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):  # no git here
+        return None
+    if show.returncode or commit.returncode:
+        return None
+    return commit.stdout.strip(), show.stdout

@@ -42,6 +42,7 @@ DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 TRUNCATED = "...[truncated]"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag name, shown in the UI
+DESCRIPTION_TAG = "mlflow.note.content"  # MLflow's tag for a run's description (Markdown)
 KEY_TAG = "sdlora_key"  # identifies a sequence's run: open(key=...) reopens it, never duplicates
 # MLflow's experiment tag for what an experiment holds; "custom_model_development" is what the
 # MLflow 3 UI calls "Machine learning" (training runs), as opposed to "genai_development".
@@ -207,6 +208,7 @@ class SequenceTracker:
         experiment: str,
         run_name: str | None = None,
         run_id: str | None = None,
+        description: str | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
         root: str | Path = ".",
@@ -219,7 +221,8 @@ class SequenceTracker:
         ``key`` names the sequence (e.g. a hash of its config): without ``run_id``, the newest
         run of the experiment tagged with it is reopened (unless ``reopen`` is False: a new run
         is wanted), and a created run is tagged with it, so re-running a stage never makes a
-        second run for one sequence. ``self.created`` says which happened.
+        second run for one sequence. ``self.created`` says which happened. ``run_name`` and
+        ``description`` (Markdown, the run page's description) are given to a new run only.
 
         ``params`` (flat; see :func:`flatten_params`) are logged once; on reopening, params
         already logged must have the same value (MLflow never overwrites a param), so a
@@ -257,6 +260,8 @@ class SequenceTracker:
         run_tags = {k: str(v) for k, v in (tags or {}).items()}
         if run_id is None and key is not None:
             run_tags[KEY_TAG] = key
+        if run_id is None and description:
+            run_tags[DESCRIPTION_TAG] = description
         # start_run adds MLflow's context tags (mlflow.source.name/type, mlflow.user, git)
         if run_id is None:  # a new run; else reopen it as it is (name and tags kept)
             active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=run_tags)

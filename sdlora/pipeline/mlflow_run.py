@@ -5,10 +5,22 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, RunInputs, identity, identity_key
+from sdlora.config import (
+    Config,
+    ConfigError,
+    RunInputs,
+    identity,
+    identity_key,
+    parse_config,
+    read_yaml,
+)
 from sdlora.core.records import task_metrics
+from sdlora.ops.dvc import baseline_params, experiment_name
 from sdlora.ops.tracking import SequenceTracker, flatten_params
 
 
@@ -29,15 +41,82 @@ def run_params(cfg: Config, inputs: RunInputs) -> dict[str, str]:
     return params
 
 
-def run_name(cfg: Config, key: str) -> str:
-    """What the run list shows: method, dataset, tasks, seed, then the key's first 8 characters.
+NAME_CHANGES = 40  # characters of the changed params a run's name shows (the UI cuts ~50)
 
-    The key hashes everything else the sequence depends on (:func:`sdlora.config.identity_key`), so
-    two runs
-    differing only in, say, ``train.lr`` or a task's rank get different names.
-    """
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a run is told apart from: the params at a commit, and the DVC experiment's name."""
+
+    commit: str | None  # the params' commit (None: none found)
+    changed: dict[str, tuple[str, str]]  # identity key -> (baseline value, this run's value)
+    experiment: str | None = None  # `dvc exp run`'s name for this run
+
+
+def find_baseline(cfg: Config, params_file: str | Path = "params.yaml") -> Baseline:
+    """The params that differ from ``params_file`` at the baseline commit (what `dvc params
+    diff` shows), among those that decide the numbers (:func:`sdlora.config.identity`)."""
+    exp = experiment_name()
+    found = baseline_params(params_file)
+    if found is None:
+        return Baseline(None, {}, exp)
+    commit, text = found
+    try:
+        before = parse_config(read_yaml(text, f"{commit}:{params_file}"), f"{commit}:{params_file}")
+    except ConfigError:  # the commit's params predate this version: nothing to compare
+        return Baseline(None, {}, exp)
+    inputs = RunInputs("", None)  # the data and weights: not params
+    old, new = (flatten_params(identity(c, inputs)) for c in (before, cfg))
+    changed = {k: (old.get(k, "-"), new.get(k, "-")) for k in sorted({*old, *new})
+               if old.get(k) != new.get(k)}  # fmt: skip
+    return Baseline(commit, changed, exp)
+
+
+def _short(key: str, keys: Iterable[str]) -> str:
+    """``train.lr`` as ``lr`` unless another changed key ends the same (``pretrain.lr``)."""
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf if sum(k.rsplit(".", 1)[-1] == leaf for k in keys) == 1 else key
+
+
+def run_name(cfg: Config, key: str, baseline: Baseline | None = None) -> str:
+    """What the run list shows, what tells runs apart first: the DVC experiment's name, the
+    method, the tasks, then the params changed from the baseline (or dataset and seed when
+    none changed), then the key's first 8 characters (it hashes everything the sequence
+    depends on, :func:`sdlora.config.identity_key`)."""
+    baseline = baseline or Baseline(None, {})
     tasks = len(cfg.tasks or {})
-    return f"{cfg.model.method}-{cfg.data.dataset}-{tasks}tasks-s{cfg.seed}-{key[:8]}"
+    parts = [baseline.experiment] if baseline.experiment else []
+    parts.append(f"{cfg.model.method} {tasks}t")
+    changes = baseline.changed
+    if changes:
+        entries = [f"{_short(k, changes)}={v}" for k, (_, v) in changes.items()]
+        fit = [e for i, e in enumerate(entries) if len(" ".join(entries[: i + 1])) <= NAME_CHANGES]
+        shown = fit or entries[:1]  # at least one, however long
+        parts += shown + (["…"] if len(shown) < len(entries) else [])
+    else:
+        parts.append(f"{cfg.data.dataset} s{cfg.seed}")
+    return " ".join([*parts, key[:8]])
+
+
+def run_description(cfg: Config, key: str, baseline: Baseline | None = None) -> str:
+    """The run's description (MLflow's ``mlflow.note.content``, Markdown): what ran, what
+    changed from the baseline commit, and the key."""
+    baseline = baseline or Baseline(None, {})
+    d, tasks = cfg.data, len(cfg.tasks or {})
+    split = (f"{len(d.tasks)} tasks named in data.tasks" if d.tasks is not None else
+             f"{tasks} tasks ({d.init_cls} classes, then {d.increment} each)")  # fmt: skip
+    lines = [f"**{cfg.model.method}** on `{d.dataset}`: {split}, seed {cfg.seed}, backbone "
+             f"`{cfg.backbone.name}`."]  # fmt: skip
+    if baseline.experiment:
+        lines.append(f"DVC experiment `{baseline.experiment}`.")
+    if baseline.commit is not None:
+        if baseline.changed:
+            lines.append(f"Changed from the params at commit `{baseline.commit}`:")
+            lines += [f"- `{k}`: {a} → {b}" for k, (a, b) in baseline.changed.items()]
+        else:
+            lines.append(f"The params at commit `{baseline.commit}`, unchanged.")
+    lines.append(f"Sequence key `{key}` (tag `sdlora_key`).")
+    return "\n".join(lines)
 
 
 def command_tag(stage: str) -> str:
@@ -63,11 +142,13 @@ def open_run(
     created (default :func:`run_name`); ``tags``: more tags.
     """
     key = run_key(cfg, inputs)
+    baseline = find_baseline(cfg) if name is None else Baseline(None, {})
     tracker = SequenceTracker()
     tracker.open(
         cfg.mlflow.tracking_uri,
         cfg.mlflow.experiment,
-        run_name=name or run_name(cfg, key),
+        run_name=name or run_name(cfg, key, baseline),
+        description=run_description(cfg, key, baseline),
         key=key,
         params=run_params(cfg, inputs),
         tags={

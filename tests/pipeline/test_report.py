@@ -74,8 +74,10 @@ def test_report_logs_a_truthful_run_and_a_plain_timm_model(project) -> None:
     exp = client.get_experiment_by_name("report-test")
     assert exp.tags[KIND_TAG] == EXPERIMENT_KIND  # opens as model training
     run = client.get_run(payload["mlflow_run_id"])
-    # the name says what differs: method, dataset, tasks, seed and the sequence key's start
-    assert re.fullmatch(r"sdlora-digits-2tasks-s0-[0-9a-f]{8}", run.info.run_name)
+    # the name says what differs: method, tasks, (no git here: nothing to diff) dataset and
+    # seed, and the sequence key's start; the description says what ran
+    assert re.fullmatch(r"sdlora 2t digits s0 [0-9a-f]{8}", run.info.run_name)
+    assert run.data.tags["mlflow.note.content"].startswith("**sdlora** on `digits`: 2 tasks")
     assert run.info.run_name.endswith(run.data.tags["sdlora_key"][:8])
     assert run.data.tags["sdlora.command.report"]  # this process's command line
     assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.user"]
