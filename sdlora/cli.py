@@ -383,7 +383,8 @@ def report_stage(
         backbone=backbone,
         out=out,
     )
-    keys = ("mlflow_run_id", "experiment", "tracking_uri", "ui", "model_uri", "timm_model")
+    keys = ("mlflow_run_id", "experiment", "tracking_uri", "ui", "model_uri", "timm_model",
+            "registry")  # fmt: skip
     _show({k: payload[k] for k in keys})
 
 

@@ -510,13 +510,39 @@ class RayConfig(_Section):
         return v
 
 
+class GateConfig(_Section):
+    """When a new version of the registered model becomes its ``champion`` (the report stage)."""
+
+    max_forgetting_points: float = Field(
+        5.0, ge=0.0, le=100.0,
+        description="the most the accuracy on the tasks the champion knows may fall against "
+        "the champion's, in percentage points",
+    )  # fmt: skip
+    min_new_task_accuracy: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="the least accuracy (%) the tasks the champion does not know must reach",
+    )  # fmt: skip
+
+
 class MlflowConfig(_Section):
-    """Where runs are tracked: one MLflow run per task sequence."""
+    """Where runs are tracked: one MLflow run per task sequence; each finished sequence a version
+    of a registered model, promoted by the gate."""
 
     tracking_uri: str | None = Field(
         None, description="null: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db here"
     )
     experiment: str = Field("sdlora", min_length=1)
+    registered_model: str | None = Field(
+        None,
+        min_length=1,
+        description="the Model Registry name every finished sequence is a version of; null: "
+        "sdlora-<data.dataset>",
+    )
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    def model_name(self, dataset: str) -> str:
+        """The registered model's name."""
+        return self.registered_model or f"sdlora-{dataset}"
 
     @field_validator("tracking_uri")
     @classmethod
@@ -901,7 +927,7 @@ RUNTIME_KEYS = frozenset({
     "progress",
     "ray.address", "ray.storage_path", "ray.poll_interval_s", "ray.max_failures",
     "ray.cpus_per_worker",
-    "mlflow.tracking_uri", "mlflow.experiment",
+    "mlflow.tracking_uri", "mlflow.experiment", "mlflow.registered_model", "mlflow.gate",
     "final_task",  # where the last task's output lies (the layout's, checked against tasks)
 })  # fmt: skip
 _TASK_PATHS = ("split", "prev")  # a tasks entry's folders: the layout's, not the run's

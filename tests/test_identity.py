@@ -100,6 +100,8 @@ def _consumers(cfg: Any, inputs: RunInputs) -> dict[str, Any]:
 def _runtime(key: str) -> bool:
     if key.startswith("tasks."):
         return key.split(".")[-1] in ("split", "prev")  # the layout's folders
+    if any(key.startswith(f"{k}.") for k in RUNTIME_KEYS):  # inside a runtime section (mlflow.gate)
+        return True
     return key in RUNTIME_KEYS or (key == "backbone.weights")  # a file counts by its SHA-256
 
 

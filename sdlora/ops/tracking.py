@@ -383,6 +383,11 @@ class SequenceTracker:
         mlflow.log_metrics(new, step=step)
         return sorted(logged)
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags on the run (values as text)."""
+        self._require()
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         """Copy files (or whole folders) into the run's artifacts, under ``artifact_path``."""
         self._require()
@@ -489,3 +494,41 @@ class SequenceTracker:
             name=name, python_model=served.__file__, artifacts=artifacts, signature=signature,
             input_example=example, step=step, **kwargs,
         )  # fmt: skip
+
+    # the Model Registry: a version per finished sequence, aliases for the gate's decision
+    def register_version(self, name: str, model_id: str, tags: Mapping[str, str]) -> str:
+        """The version of registered model ``name`` that holds logged model ``model_id``: the
+        one registered before (a re-run stage) or a new one; ``tags`` set on it either way."""
+        self._require()
+        client = MlflowClient()
+        uri = f"models:/{model_id}"  # a version's source (its model_id stays empty in SQLite)
+        versions = client.search_model_versions(f"name = '{name}'")
+        found = [v for v in versions if model_id in (v.model_id, v.source.removeprefix("models:/"))]
+        if not found:
+            found = [mlflow.register_model(uri, name, tags=dict(tags))]
+        version = str(found[0].version)
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, str(v))
+        return version
+
+    @staticmethod
+    def version(name: str, version: str | None = None, alias: str | None = None):
+        """Version ``version`` (or the one under ``alias``) of ``name``; None if there is none."""
+        client = MlflowClient()
+        try:
+            if alias is not None:
+                return client.get_model_version_by_alias(name, alias)
+            return client.get_model_version(name, str(version))
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None  # no such model, version or alias
+            raise
+
+    @staticmethod
+    def set_alias(name: str, alias: str, version: str | None) -> None:
+        """Point ``alias`` of ``name`` at ``version`` (None: remove the alias)."""
+        client = MlflowClient()
+        if version is not None:
+            client.set_registered_model_alias(name, alias, str(version))
+        elif alias in client.get_registered_model(name).aliases:
+            client.delete_registered_model_alias(name, alias)

@@ -24,7 +24,7 @@ from sdlora.core.train import build_model, input_norm
 from sdlora.data.prepare import Prepared, open_prepared
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.ray_train import ADAPTER
-from sdlora.ops.tracking import portable_uri, ui_path, ui_url
+from sdlora.ops.tracking import git_commit, portable_uri, ui_path, ui_url
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     CURVE_FILE,
@@ -40,6 +40,7 @@ from sdlora.pipeline.layout import (
     require_plan,
 )
 from sdlora.pipeline.mlflow_run import open_run
+from sdlora.pipeline.registry import VersionFacts, register_and_gate
 
 TIMM_DIR = "merged_model_timm"  # in the report folder and the run's artifacts
 MODEL_NAME = "merged_model"  # the MLflow logged model
@@ -100,8 +101,33 @@ def _format_report(
         f'- the merged model, timm: `{run["timm_model"]}` (`timm.create_model("local-dir:'
         f"{run['timm_model']}\", pretrained=True)`), also in the run's artifacts",
         "",
+        *_format_registry(run["registry"]),
     ]
     return "\n".join(lines)
+
+
+def _format_registry(reg: dict[str, Any]) -> list[str]:
+    """The report's section on the registered version and the gate's decision."""
+    name, version, alias = reg["registered_model"], reg["version"], reg["alias"]
+    verdict = "promoted to `champion`" if alias == "champion" else "not promoted: `candidate`"
+    lines = [
+        "## Model registry",
+        "",
+        f"`{name}` version {version}: {verdict}. {reg['reason'][:1].upper()}{reg['reason'][1:]}.",
+        "",
+    ]
+    if reg["figures"]:
+        lines += ["| gate figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in reg["figures"].items()]
+        lines.append("")
+    lines += [
+        f'Serve the champion: `mlflow models serve -m "models:/{name}@champion" --env-manager '
+        'local --host 127.0.0.1`. Roll back or promote by moving the alias: `python -c "from '
+        f"mlflow import MlflowClient; MlflowClient().set_registered_model_alias('{name}', "
+        "'champion', 'VERSION')\"`.",
+        "",
+    ]
+    return lines
 
 
 def report_stage(
@@ -156,6 +182,23 @@ def report_stage(
             model_id = tracker.log_classifier(
                 tmp / TIMM_DIR, examples, name=MODEL_NAME, step=last, tags=weights
             ).model_id
+        facts = VersionFacts(
+            tasks=[t["class_names"] for t in opened.tasks],
+            accuracy=[float(a) for a in accuracy_matrix(records)[-1]],
+            counts=[int(c) for c in records[-1]["counts"]],
+        )
+        about = {f"sdlora.{k}": str(v) for k, v in final.items()}
+        about |= {"sdlora.num_classes": str(sum(map(len, facts.tasks))),
+                  "sdlora.run_id": tracker.run_id, "sdlora.dataset": cfg.data.dataset,
+                  "sdlora.method": cfg.model.method}  # fmt: skip
+        if commit := git_commit():
+            about["sdlora.git_commit"] = commit
+        registry = register_and_gate(
+            tracker, cfg.mlflow.model_name(cfg.data.dataset), model_id, facts, cfg.mlflow.gate,
+            about,
+        )  # fmt: skip
+        tracker.set_tags({"sdlora.registered_version": registry["version"],
+                          "sdlora.gate.decision": registry["alias"]})  # fmt: skip
         payload = {
             "mlflow_run_id": tracker.run_id,
             "experiment": cfg.mlflow.experiment,
@@ -168,6 +211,7 @@ def report_stage(
             "timm_model": f"{Path(out) / TIMM_DIR}",
             "timm_model_artifacts": f"runs:/{tracker.run_id}/{TIMM_DIR}",
             "metrics": final,
+            "registry": registry,
         }
         (tmp / "report.md").write_text(_format_report(cfg, final, records, payload))
         # at the artifact root: MLflow's Compare lists only the top-level files runs share

@@ -110,9 +110,20 @@ def test_report_logs_a_truthful_run_and_a_plain_timm_model(project) -> None:
         torch.testing.assert_close(plain(x), merged(x), rtol=0, atol=0)
     assert "local-dir:" in (Path(REPORT_DIR) / "report.md").read_text()
 
-    # a re-run adds no second point at the last step and no second model
+    # the first version of the registered model (named after the dataset) is the champion
+    reg = payload["registry"]
+    assert (reg["registered_model"], reg["version"], reg["alias"]) == ("sdlora-digits", "1",
+                                                                       "champion")  # fmt: skip
+    version = client.get_model_version("sdlora-digits", "1")
+    assert version.source == payload["model_uri"] and version.run_id == run.info.run_id
+    assert version.tags["sdlora.final_accuracy"] == str(payload["metrics"]["final_accuracy"])
+    assert "sdlora-digits` version 1: promoted to `champion`. No champion yet" in (
+        Path(REPORT_DIR) / "report.md").read_text()  # fmt: skip
+
+    # a re-run adds no second point at the last step, no second model and no second version
     again = report_stage(cfg)
     assert again["mlflow_run_id"] == run.info.run_id and again["model_id"] == payload["model_id"]
+    assert again["registry"] == reg
     for key in ("final_accuracy", "accuracy"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert steps == sorted(set(steps)), (key, steps)
