@@ -19,10 +19,12 @@ logged at (:meth:`SequenceTracker.log_model`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -180,6 +182,25 @@ def model_pip_requirements() -> list[str]:
         except PackageNotFoundError:
             continue
     return reqs
+
+
+@contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """No "Downloading artifacts" bars or INFO lines on the console while a model is logged
+    (MLflow copies the artifacts and checks the input example as it logs)."""
+    bars, os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = (
+        os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"), "false")  # fmt: skip
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars is None:
+            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bars
 
 
 # ---- the tracker ---------------------------------------------------------------------------
@@ -490,10 +511,11 @@ class SequenceTracker:
             example, local.predict(None, example), params={"top_k": served.TOP_K}
         )
         kwargs.setdefault("pip_requirements", model_pip_requirements())
-        return mlflow.pyfunc.log_model(
-            name=name, python_model=served.__file__, artifacts=artifacts, signature=signature,
-            input_example=example, step=step, **kwargs,
-        )  # fmt: skip
+        with _quiet_logging():
+            return mlflow.pyfunc.log_model(
+                name=name, python_model=served.__file__, artifacts=artifacts,
+                signature=signature, input_example=example, step=step, **kwargs,
+            )  # fmt: skip
 
     # the Model Registry: a version per finished sequence, aliases for the gate's decision
     def register_version(self, name: str, model_id: str, tags: Mapping[str, str]) -> str:

@@ -111,8 +111,9 @@ def run_description(cfg: Config, key: str, baseline: Baseline | None = None) -> 
         lines.append(f"DVC experiment `{baseline.experiment}`.")
     if baseline.commit is not None:
         if baseline.changed:
-            lines.append(f"Changed from the params at commit `{baseline.commit}`:")
+            lines.append(f"Changed from the params at commit `{baseline.commit}`:\n")
             lines += [f"- `{k}`: {a} → {b}" for k, (a, b) in baseline.changed.items()]
+            lines.append("")  # the list ends
         else:
             lines.append(f"The params at commit `{baseline.commit}`, unchanged.")
     lines.append(f"Sequence key `{key}` (tag `sdlora_key`).")

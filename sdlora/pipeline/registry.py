@@ -99,17 +99,18 @@ def decide(new: VersionFacts, champion: VersionFacts | None, gate: GateConfig) -
         drop = before - after
         figures |= {"earlier_accuracy_before": before, "earlier_accuracy_after": after,
                     "earlier_drop_points": drop}  # fmt: skip
-        verb = "<=" if drop <= gate.max_forgetting_points else ">"
+        allowed = gate.max_forgetting_points
+        moved = (f"fell {drop:.2f} points, {'within' if drop <= allowed else 'more than'} the "
+                 f"{allowed:g} allowed" if drop > 0 else f"rose {-drop:.2f} points")  # fmt: skip
         why.append(f"accuracy on the {known} task(s) the champion knows {before:.2f} -> "
-                   f"{after:.2f}% ({drop:+.2f} points fallen {verb} "
-                   f"{gate.max_forgetting_points:g})")  # fmt: skip
+                   f"{after:.2f}% ({moved})")  # fmt: skip
     fresh = len(new.tasks) - known
     if fresh:
         acc = new.pooled(known, len(new.tasks))
         figures["new_tasks_accuracy"] = acc
-        verb = ">=" if acc >= gate.min_new_task_accuracy else "<"
-        why.append(f"accuracy on the {fresh} new task(s) {acc:.2f}% {verb} "
-                   f"{gate.min_new_task_accuracy:g}")  # fmt: skip
+        verb = "reaches" if acc >= gate.min_new_task_accuracy else "is below"
+        why.append(f"accuracy on the {fresh} new task(s) {acc:.2f}% {verb} the "
+                   f"{gate.min_new_task_accuracy:g}% asked")  # fmt: skip
     forgot = champion is not None and figures["earlier_drop_points"] > gate.max_forgetting_points
     short = fresh > 0 and figures["new_tasks_accuracy"] < gate.min_new_task_accuracy
     if champion is None:

@@ -32,7 +32,9 @@ def test_pooled_accuracy_weights_tasks_by_their_test_samples() -> None:
 
 def test_the_first_version_is_promoted_if_it_learns_its_tasks() -> None:
     first = decide(TWO, None, GateConfig())
-    assert first.promote and first.reason.startswith("no champion yet; accuracy on the 2 new")
+    assert first.promote and first.reason == (
+        "no champion yet; accuracy on the 2 new task(s) 82.50% reaches the 0% asked"
+    )
     assert first.figures["new_tasks_accuracy"] == 82.5
     assert not decide(TWO, None, GateConfig(min_new_task_accuracy=90)).promote
 
@@ -40,9 +42,13 @@ def test_the_first_version_is_promoted_if_it_learns_its_tasks() -> None:
 @pytest.mark.parametrize(
     ("gate", "promote", "reason"),
     [
-        (GateConfig(max_forgetting_points=5), True, "82.50 -> 79.75% (+2.75 points fallen <= 5)"),
-        (GateConfig(max_forgetting_points=2), False, "(+2.75 points fallen > 2)"),
-        (GateConfig(min_new_task_accuracy=96), False, "new task(s) 95.00% < 96"),
+        (
+            GateConfig(max_forgetting_points=5),
+            True,
+            "82.50 -> 79.75% (fell 2.75 points, within the 5 allowed)",
+        ),
+        (GateConfig(max_forgetting_points=2), False, "(fell 2.75 points, more than the 2 allowed)"),
+        (GateConfig(min_new_task_accuracy=96), False, "new task(s) 95.00% is below the 96% asked"),
     ],
 )
 def test_a_new_task_is_judged_by_what_it_costs_the_old_ones_and_what_it_learns(
@@ -94,3 +100,9 @@ def test_versions_take_aliases_as_the_gate_decides_and_a_rerun_redecides(
     tags = client.get_model_version("digits", "1").tags
     assert tags["x"] == "1" and VersionFacts.from_tags(tags) == TWO
     tracker.close()
+
+
+def test_a_version_that_gains_on_the_old_tasks_passes_a_zero_forgetting_gate() -> None:
+    better = VersionFacts(THREE.tasks, [95.0, 90.0, 95.0], THREE.counts)
+    decision = decide(better, TWO, GateConfig(max_forgetting_points=0))
+    assert decision.promote and "82.50 -> 91.25% (rose 8.75 points)" in decision.reason
