@@ -547,6 +547,11 @@ class SequenceTracker:
             raise
 
     @staticmethod
+    def describe_version(name: str, version: str, text: str) -> None:
+        """Set the description the registry's versions table shows beside the version."""
+        MlflowClient().update_model_version(name, str(version), description=text)
+
+    @staticmethod
     def set_alias(name: str, alias: str, version: str | None) -> None:
         """Point ``alias`` of ``name`` at ``version`` (None: remove the alias)."""
         client = MlflowClient()

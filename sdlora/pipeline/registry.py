@@ -148,9 +148,12 @@ def register_and_gate(
         )  # fmt: skip
     else:
         decision = decide(facts, known, gate)
-    gate_tags = {f"sdlora.gate.{k}": f"{v:.4f}" for k, v in decision.figures.items()}
+    kept = ("earlier_accuracy_before", "earlier_accuracy_after", "new_tasks_accuracy")
+    gate_tags = {f"sdlora.gate.{k}": f"{decision.figures[k]:.2f}" for k in kept
+                 if k in decision.figures}  # fmt: skip
     gate_tags |= {BASELINE_TAG: recorded, DECISION_TAG: decision.alias, REASON_TAG: decision.reason}
     tracker.register_version(name, model_id, gate_tags)
+    tracker.describe_version(name, version, f"{decision.alias}: {decision.reason}")
     current = tracker.version(name, alias=CHAMPION)
     champion_now = None if current is None else str(current.version)
     if decision.promote:

@@ -187,10 +187,12 @@ def report_stage(
             accuracy=[float(a) for a in accuracy_matrix(records)[-1]],
             counts=[int(c) for c in records[-1]["counts"]],
         )
-        about = {f"sdlora.{k}": str(v) for k, v in final.items()}
+        shown = ("final_accuracy", "average_anytime_accuracy", "forgetting", "stored_params",
+                 "num_tasks")  # fmt: skip
+        about = {f"sdlora.{k}": f"{final[k]:.2f}" if isinstance(final[k], float) else
+                 str(final[k]) for k in shown}  # fmt: skip
         about |= {"sdlora.num_classes": str(sum(map(len, facts.tasks))),
-                  "sdlora.run_id": tracker.run_id, "sdlora.dataset": cfg.data.dataset,
-                  "sdlora.method": cfg.model.method}  # fmt: skip
+                  "sdlora.run_id": tracker.run_id}  # fmt: skip
         if commit := git_commit():
             about["sdlora.git_commit"] = commit
         registry = register_and_gate(

@@ -116,7 +116,8 @@ def test_report_logs_a_truthful_run_and_a_plain_timm_model(project) -> None:
                                                                        "champion")  # fmt: skip
     version = client.get_model_version("sdlora-digits", "1")
     assert version.source == payload["model_uri"] and version.run_id == run.info.run_id
-    assert version.tags["sdlora.final_accuracy"] == str(payload["metrics"]["final_accuracy"])
+    assert version.tags["sdlora.final_accuracy"] == f"{payload['metrics']['final_accuracy']:.2f}"
+    assert version.description.startswith("champion: no champion yet; accuracy on the 2 new")
     assert "sdlora-digits` version 1: promoted to `champion`. No champion yet" in (
         Path(REPORT_DIR) / "report.md").read_text()  # fmt: skip
 
