@@ -540,6 +540,16 @@ class MlflowConfig(_Section):
     )
     gate: GateConfig = Field(default_factory=GateConfig)
 
+    @field_validator("registered_model")
+    @classmethod
+    def _registered_model(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError(
+                "use letters, digits and _ . - only (it goes into URIs such as "
+                "models:/NAME@champion)"
+            )
+        return v
+
     def model_name(self, dataset: str) -> str:
         """The registered model's name."""
         return self.registered_model or f"sdlora-{dataset}"

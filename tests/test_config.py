@@ -430,6 +430,17 @@ def test_named_tasks_are_checked(tasks: object, expected: str) -> None:
     assert expected in _problem({"data": {"dataset": "glyphs", "tasks": tasks}})
 
 
+def test_a_registered_model_name_fits_model_uris() -> None:
+    assert _problem({"mlflow": {"registered_model": "my model@x"}}) == (
+        "mlflow.registered_model = 'my model@x': use letters, digits and _ . - only (it goes into "
+        "URIs such as models:/NAME@champion)"
+    )
+    cfg = parse_config({"mlflow": {"registered_model": "letters-v2.1_a"}})
+    assert cfg.mlflow.model_name("glyphs") == "letters-v2.1_a"
+    assert parse_config({}).mlflow.model_name("imagenet-r") == "sdlora-imagenet-r"
+    assert "gate" in _problem({"mlflow": {"gate": {"max_forgetting_points": -1}}})
+
+
 def test_named_tasks_take_digits_numbers_as_their_names_and_set_the_task_count() -> None:
     cfg = parse_config({"data": {"dataset": "digits", "tasks": [[0, 1], [2]]}})
     assert cfg.data.tasks == [["0", "1"], ["2"]]

@@ -190,10 +190,10 @@ def report_stage(
         shown = ("final_accuracy", "average_anytime_accuracy", "forgetting", "stored_params",
                  "num_tasks")  # fmt: skip
         about = {f"sdlora.{k}": f"{final[k]:.2f}" if isinstance(final[k], float) else
-                 str(final[k]) for k in shown}  # fmt: skip
+                 str(final[k]) for k in shown if k in final}  # fmt: skip
         about |= {"sdlora.num_classes": str(sum(map(len, facts.tasks))),
                   "sdlora.run_id": tracker.run_id}  # fmt: skip
-        if commit := git_commit():
+        if commit := git_commit(Path(__file__).parent):  # the code's, as the run's git_commit
             about["sdlora.git_commit"] = commit
         registry = register_and_gate(
             tracker, cfg.mlflow.model_name(cfg.data.dataset), model_id, facts, cfg.mlflow.gate,
