@@ -67,8 +67,9 @@ def find_baseline(cfg: Config, params_file: str | Path = "params.yaml") -> Basel
         return Baseline(None, {}, exp)
     inputs = RunInputs("", None)  # the data and weights: not params
     old, new = (flatten_params(identity(c, inputs)) for c in (before, cfg))
+    unset = {None, "None"}  # absent on one side and null on the other: no change
     changed = {k: (old.get(k, "-"), new.get(k, "-")) for k in sorted({*old, *new})
-               if old.get(k) != new.get(k)}  # fmt: skip
+               if old.get(k) != new.get(k) and not {old.get(k), new.get(k)} <= unset}  # fmt: skip
     return Baseline(commit, changed, exp)
 
 
@@ -76,6 +77,11 @@ def _short(key: str, keys: Iterable[str]) -> str:
     """``train.lr`` as ``lr`` unless another changed key ends the same (``pretrain.lr``)."""
     leaf = key.rsplit(".", 1)[-1]
     return leaf if sum(k.rsplit(".", 1)[-1] == leaf for k in keys) == 1 else key
+
+
+def _clip(value: str, most: int = 16) -> str:
+    """A value short enough for a name: a task list is no run's name."""
+    return value if len(value) <= most else value[: most - 1] + "…"
 
 
 def run_name(cfg: Config, key: str, baseline: Baseline | None = None) -> str:
@@ -89,7 +95,7 @@ def run_name(cfg: Config, key: str, baseline: Baseline | None = None) -> str:
     parts.append(f"{cfg.model.method} {tasks}t")
     changes = baseline.changed
     if changes:
-        entries = [f"{_short(k, changes)}={v}" for k, (_, v) in changes.items()]
+        entries = [f"{_short(k, changes)}={_clip(v)}" for k, (_, v) in changes.items()]
         fit = [e for i, e in enumerate(entries) if len(" ".join(entries[: i + 1])) <= NAME_CHANGES]
         shown = fit or entries[:1]  # at least one, however long
         parts += shown + (["…"] if len(shown) < len(entries) else [])

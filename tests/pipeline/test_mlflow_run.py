@@ -52,6 +52,12 @@ def test_a_run_is_named_by_what_changed_from_the_commit(
     text = run_description(cfg, "0123456789abcdef", changed)
     assert "- `train.lr`: 0.001 → 0.01" in text and "Sequence key `0123456789abcdef`" in text
 
+    tasks = "[['0', '1', '2', '3'], ['4', '5'], ['6', '7'], ['8'], ['9']]"
+    cfg = committed(f"train: {{lr: 0.001}}\ndata: {{tasks: {tasks}}}\n")
+    listed = find_baseline(cfg)  # a long value is clipped; entries null on one side are no change
+    assert list(listed.changed) == ["data.tasks"]
+    assert run_name(cfg, "0123456789abcdef", listed) == 'sdlora 5t tasks=[["0", "1", "2"… 01234567'
+
     monkeypatch.setenv("DVC_EXP_NAME", "sober-cusp")  # as `dvc exp run` sets it
     cfg = committed("train: {lr: 0.01}\npretrain: {lr: 0.5}\nseed: 3\ndata: {split_seed: 9}\n")
     named = find_baseline(cfg)
