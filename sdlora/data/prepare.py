@@ -206,6 +206,7 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
 
 
 def _at(source: Source) -> str:
+    """`` at ROOT`` for an on-disk source, for messages; nothing for an embedded one."""
     return f" at {source.root}" if source.root else ""
 
 
@@ -222,20 +223,18 @@ def _no_image(
 ) -> None:
     missing = [source.class_names[i] for i in used if counts[i] == 0]
     if missing:
-        where = f" at {source.root}" if source.root else ""
         raise DataError(
-            f"dataset {source.dataset!r}{where}: {len(missing)} class(es) with no {split} image"
-            f"{note}: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+            f"dataset {source.dataset!r}{_at(source)}: {len(missing)} class(es) with no {split} "
+            f"image{note}: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
         )
 
 
 def _check_fit(source: Source, init_cls: int, increment: int) -> None:
     num = source.num_classes
     if init_cls > num:
-        where = f" at {source.root}" if source.root else ""
         raise DataError(
-            f"data.init_cls = {init_cls} does not fit dataset {source.dataset!r}{where}: it has "
-            f"{num} classes; use 1..{num}"
+            f"data.init_cls = {init_cls} does not fit dataset {source.dataset!r}{_at(source)}: "
+            f"it has {num} classes; use 1..{num}"
         )
     if increment < 1 or init_cls < 1:
         raise DataError(

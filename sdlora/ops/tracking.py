@@ -518,20 +518,21 @@ class SequenceTracker:
             )  # fmt: skip
 
     # the Model Registry: a version per finished sequence, aliases for the gate's decision
-    def register_version(self, name: str, model_id: str, tags: Mapping[str, str]) -> str:
+    def register_version(self, name: str, model_id: str) -> str:
         """The version of registered model ``name`` that holds logged model ``model_id``: the
-        one registered before (a re-run stage) or a new one; ``tags`` set on it either way."""
+        one registered before (a re-run stage) or a new one."""
         self._require()
-        client = MlflowClient()
         uri = f"models:/{model_id}"  # a version's source (its model_id stays empty in SQLite)
-        versions = client.search_model_versions(f"name = '{name}'")
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
         found = [v for v in versions if model_id in (v.model_id, v.source.removeprefix("models:/"))]
-        if not found:
-            found = [mlflow.register_model(uri, name, tags=dict(tags))]
-        version = str(found[0].version)
+        return str(found[0].version if found else mlflow.register_model(uri, name).version)
+
+    @staticmethod
+    def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+        """Set ``tags`` (values as text) on version ``version`` of ``name``."""
+        client = MlflowClient()
         for k, v in tags.items():
-            client.set_model_version_tag(name, version, k, str(v))
-        return version
+            client.set_model_version_tag(name, str(version), k, str(v))
 
     @staticmethod
     def version(name: str, version: str | None = None, alias: str | None = None):

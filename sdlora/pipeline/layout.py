@@ -142,6 +142,14 @@ def known_num_tasks(cfg: Config) -> int | None:
     return None if total is None else count_tasks(total, cfg.data.init_cls, cfg.data.increment)
 
 
+def check_known_num_tasks(cfg: Config, source: str) -> None:
+    """Refuse a ``tasks`` section whose length differs from the task count ``data.*`` fixes
+    (``source`` names it in the message); nothing to check when only the data can tell."""
+    known = known_num_tasks(cfg)
+    if known is not None:
+        cfg.check_num_tasks(known, source)
+
+
 def read_json(path: Path, what: str, fix: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """A JSON object another stage wrote, holding ``keys``; a StageError saying ``what`` is
     missing or damaged and the ``fix``."""

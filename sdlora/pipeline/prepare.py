@@ -9,6 +9,7 @@ from sdlora.config import Config
 from sdlora.pipeline.layout import (
     PREPARED_DIR,
     check_data_root,
+    check_known_num_tasks,
     count_tasks,
     known_num_tasks,
     require_plan,
@@ -21,9 +22,7 @@ def prepare_stage(cfg: Config, *, out: str | Path = PREPARED_DIR) -> dict[str, A
 
     require_plan(cfg)
     check_data_root(cfg)  # a missing folder is named as such, not as a task-count mismatch
-    known = known_num_tasks(cfg)
-    if known is not None:  # fail before reading anything when the count is known
-        cfg.check_num_tasks(known, "data.*")
+    check_known_num_tasks(cfg, "data.*")  # fail before reading anything when the count is known
     manifest = prepare(cfg.data, seed=cfg.seed, out=out, progress=cfg.progress)
     cfg.check_num_tasks(len(manifest["tasks"]), f"{out}/manifest.json")
     return manifest

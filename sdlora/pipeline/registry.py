@@ -133,7 +133,8 @@ def register_and_gate(
     stricter gate), the champion goes back to the version it was compared with. Returns what
     the report shows: name, version, alias, the baseline version, the reason and the figures.
     """
-    version = tracker.register_version(name, model_id, {**tags, **facts.tags()})
+    version = tracker.register_version(name, model_id)
+    tracker.tag_version(name, version, {**tags, **facts.tags()})
     recorded = tracker.version(name, version).tags.get(BASELINE_TAG)  # a re-run: the same one
     if recorded is None:
         champion = tracker.version(name, alias=CHAMPION)
@@ -152,7 +153,7 @@ def register_and_gate(
     gate_tags = {f"sdlora.gate.{k}": f"{decision.figures[k]:.2f}" for k in kept
                  if k in decision.figures}  # fmt: skip
     gate_tags |= {BASELINE_TAG: recorded, DECISION_TAG: decision.alias, REASON_TAG: decision.reason}
-    tracker.register_version(name, model_id, gate_tags)
+    tracker.tag_version(name, version, gate_tags)
     tracker.describe_version(name, version, f"{decision.alias}: {decision.reason}")
     current = tracker.version(name, alias=CHAMPION)
     champion_now = None if current is None else str(current.version)

@@ -40,7 +40,7 @@ from sdlora.pipeline.layout import (
     require_plan,
 )
 from sdlora.pipeline.mlflow_run import open_run
-from sdlora.pipeline.registry import VersionFacts, register_and_gate
+from sdlora.pipeline.registry import DECISION_TAG, VersionFacts, register_and_gate
 
 TIMM_DIR = "merged_model_timm"  # in the report folder and the run's artifacts
 MODEL_NAME = "merged_model"  # the MLflow logged model
@@ -200,7 +200,7 @@ def report_stage(
             about,
         )  # fmt: skip
         tracker.set_tags({"sdlora.registered_version": registry["version"],
-                          "sdlora.gate.decision": registry["alias"]})  # fmt: skip
+                          DECISION_TAG: registry["alias"]})  # fmt: skip
         payload = {
             "mlflow_run_id": tracker.run_id,
             "experiment": cfg.mlflow.experiment,

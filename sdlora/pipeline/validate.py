@@ -29,7 +29,7 @@ from sdlora.pipeline.layout import (
     VALIDATED,
     WEIGHTS_RECORD,
     check_data_root,
-    known_num_tasks,
+    check_known_num_tasks,
     require_plan,
 )
 
@@ -65,9 +65,7 @@ def validate_stage(
     require_plan(cfg)  # the task list matches the pipeline's layout
     check_data_root(cfg)  # before prepare: a missing folder is named, not a task count
     check_named_tasks(cfg.data)  # data.tasks names classes the dataset has
-    known = known_num_tasks(cfg)
-    if known is not None:  # else prepare counts the classes and train@k checks
-        cfg.check_num_tasks(known, "the data")
+    check_known_num_tasks(cfg, "the data")  # else prepare counts the classes, train@k checks
     payload = {"params": str(params), "valid": True}
     for path, content in ((out, payload), (weights, weights_record(cfg))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # DVC creates no output's parent
