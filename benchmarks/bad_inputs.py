@@ -252,7 +252,7 @@ TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads
 WEIGHTS = "artifacts/backbone/tiny.safetensors"
 ADAPTER = "runs/pipeline/task_0/adapter.safetensors"
 RECORD = "runs/pipeline/task_0/record.json"
-MANIFEST = "data/prepared/manifest.json"
+TASK_FILE = "data/prepared/task_01/task.json"
 BACKBONE_JSON = "artifacts/backbone/backbone.json"
 TINY_PARAMS = f"""\
 progress: false
@@ -401,10 +401,11 @@ DAMAGES: list[tuple[str, str, str, Callable[[Path], None]]] = [
     ("task_00/test.parquet truncated", "refuse", TEST_0, truncate),
     ("task_00/train.parquet truncated (train@1 does not read it)", "accept",
      "data/prepared/task_00/train.parquet", truncate),
-    ("manifest.json truncated", "refuse", MANIFEST, truncate),
-    ("manifest.json schema_version 1", "refuse", MANIFEST, _json_edit(_with(schema_version=1))),
-    ("manifest.json deleted", "refuse", MANIFEST, delete),
-    ("manifest.json without 'tasks'", "refuse", MANIFEST, _json_edit(_drop("tasks"))),
+    ("task_01/task.json truncated", "refuse", TASK_FILE, truncate),
+    ("task_01/task.json schema_version 1", "refuse", TASK_FILE,
+     _json_edit(_with(schema_version=1))),
+    ("task_01/task.json deleted", "refuse", TASK_FILE, delete),
+    ("task_01/task.json without 'task'", "refuse", TASK_FILE, _json_edit(_drop("task"))),
     ("task_0 record.json truncated", "refuse", RECORD, truncate),
     ("task_0 record.json deleted", "refuse", RECORD, delete),
     ("task_0 record.json without 'tasks'", "refuse", RECORD, lambda p: p.write_text("{}")),
@@ -558,7 +559,7 @@ def data_cases(tmp: Path) -> list[Case]:
         )
         write_tasks(params, 2)
         cmd = [PY, str(REPO / "pipelines/prepare.py"), "--params", "params.yaml",
-               "--out", "data/prepared"]  # fmt: skip
+               "--task", "0", "--out", "data/prepared/task_00"]  # fmt: skip
         cases.append(Case("data", name, expect, cmd, folder, "prepare", marker))
 
     for crafted in ("meta", "train"):

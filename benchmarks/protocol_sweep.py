@@ -37,7 +37,7 @@ import yaml
 
 from sdlora.config import Config, ModelConfig, load_config
 from sdlora.core.loop import run_sequence
-from sdlora.data.prepare import prepare
+from sdlora.data.prepare import open_prepared, prepare
 
 Setting = dict[str, Any]
 PSEUDO_KEYS = ("head_init",)
@@ -103,7 +103,7 @@ def prepared_folder(cfg: Config, cache: Path) -> Path:
     data.pop("augment", None)
     key = hashlib.sha256(json.dumps([cfg.seed, data], sort_keys=True).encode()).hexdigest()[:12]
     folder = cache / "prepared" / f"{cfg.data.dataset}-seed{cfg.seed}-{key}"
-    if not (folder / "manifest.json").is_file():
+    if not (folder / "task_00" / "task.json").is_file():
         prepare(cfg.data, seed=cfg.seed, out=folder)
     return folder
 
@@ -124,7 +124,7 @@ def head_diagnostics(model: Any, prepared: Path, cfg: Config) -> dict[str, Any]:
 
         device = resolve_device(cfg.device)
         model.eval().to(device)
-        num_tasks = len(json.loads((prepared / "manifest.json").read_text())["tasks"])
+        num_tasks = open_prepared(prepared).num_tasks
         stream = task_stream(prepared, list(range(num_tasks)), "test", cfg, model.backbone)
         feats, labels = outputs(model.forward_features, stream, device, cfg.train.eval_batch_size)
         logits = model.forward_head(feats.to(device)).cpu()
@@ -167,7 +167,7 @@ def run_one(params: str, setting: Setting, method: str, seed: int, cache: Path) 
         prepared = prepared_folder(cfg, cache)
         diag: dict[str, Any] = {}
         mags: list[list[float]] = []  # magnitudes after each task (SD-LoRA)
-        last = len(json.loads((prepared / "manifest.json").read_text())["tasks"]) - 1
+        last = open_prepared(prepared).num_tasks - 1
 
         def on_task_end(t: int, model: Any, _res: Any) -> None:
             alpha = getattr(getattr(model, "magnitudes", None), "alpha", None)

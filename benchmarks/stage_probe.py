@@ -1,10 +1,10 @@
-"""How many times a ``train@k`` stage builds the model and reads the prepared manifest, in its
+"""How many times a ``train@k`` stage builds the model and reads the prepared tasks' files, in its
 driver and in its Ray Train workers: ``python pipelines/train.py --task k`` as DVC runs it.
 
 Every Python process of the stage (the driver and the Ray workers it starts) imports a
 ``sitecustomize`` module written here, which counts, per process, the calls of
 ``timm.create_model`` (each model build creates its backbone once) and the opens of
-``manifest.json`` for reading (an audit hook). Tasks 0 and 1 run from the project's prepared
+``task.json`` files for reading (an audit hook). Tasks 0 and 1 run from the project's prepared
 splits and backbone (``dvc repro prepare pretrain`` first), with Ray's run folders, MLflow and
 the outputs in a temporary folder. ``--repo`` runs another checkout (its code, params, prepared
 splits and backbone: link them from this one to compare the code alone).
@@ -35,10 +35,10 @@ if LOG:
         with open(LOG, "a") as f:
             f.write(json.dumps({"pid": os.getpid(), "kind": kind}) + "\\n")
     def _audit(event, args):
-        if event == "open" and str(args[0]).endswith("manifest.json"):
+        if event == "open" and str(args[0]).endswith("task.json"):
             mode = str(args[1] or "r")
             if "r" in mode and "w" not in mode and "+" not in mode:
-                _note("manifest read")
+                _note("task file read")
     sys.addaudithook(_audit)
     def _watch():
         while "timm" not in sys.modules or not hasattr(sys.modules["timm"], "create_model"):
@@ -100,14 +100,14 @@ def main() -> None:
     counts = run(repo, params, tmp)
     print(f"\n{args.repo}: per train@k stage (1 Ray Train worker, {args.epochs} epoch(s))\n")
     print(
-        "| stage | model builds (driver) | model builds (workers) | manifest reads (driver) "
-        "| manifest reads (workers) |"
+        "| stage | model builds (driver) | model builds (workers) | task.json reads (driver) "
+        "| task.json reads (workers) |"
     )
     print("|---|---:|---:|---:|---:|")
     for stage, c in counts.items():
         print(
             f"| {stage} | {c['driver', 'model build']} | {c['workers', 'model build']} | "
-            f"{c['driver', 'manifest read']} | {c['workers', 'manifest read']} |"
+            f"{c['driver', 'task file read']} | {c['workers', 'task file read']} |"
         )
 
 

@@ -161,30 +161,40 @@ def run(params: str, out: str, prepared: str | None, ncm: bool) -> None:
 
 @sdlora.command(
     short_help="print or write params.yaml's tasks section for data.*",
-    help="Compute the tasks section dvc.yaml's train@k stages iterate over from data.* "
-    "(dataset, init_cls, increment). Without --write, print it; with --write, replace the "
-    "section in the params file, keeping per-task overrides (rank, epochs, lr).",
+    help="Compute the tasks section dvc.yaml's prepare@k and train@k stages iterate over from "
+    "data.* (data.tasks, or dataset, init_cls and increment). Without --write, print it; with "
+    "--write, replace the section in the params file, keeping per-task overrides (rank, "
+    "epochs, lr), and say which stages `dvc repro` then runs.",
 )
 @_params_option
 @click.option("--write", is_flag=True, help="rewrite the params file's section")
 def tasks(params: str, write: bool) -> None:
     from sdlora.config import parse_config, read_params
-    from sdlora.pipeline.layout import plan_tasks, tasks_block, write_tasks
+    from sdlora.pipeline.layout import (
+        plan_changes,
+        plan_tasks,
+        task_spans,
+        tasks_block,
+        write_tasks,
+    )
     from sdlora.pipeline.prepare import num_tasks_of
 
     path = Path(params)
     raw = read_params(path)
     old = raw.pop("tasks", None) or {}
+    old = old if isinstance(old, dict) else {}
     raw.pop("final_task", None)
-    n = num_tasks_of(parse_config(raw, str(path)))  # the section itself may be stale: not checked
+    cfg = parse_config(raw, str(path))  # the section itself may be stale: not checked
+    n = num_tasks_of(cfg)
     if write:
-        write_tasks(path, n)
-        click.echo(
-            f"{path}: tasks section lists {n} task(s) (was {len(old)}): train@0 .. train@{n - 1}"
-        )
+        new = write_tasks(path, n)
+        click.echo(f"{path}: tasks section lists {n} task(s) (was {len(old)}): "
+                   f"prepare@0, train@0 .. prepare@{n - 1}, train@{n - 1}")  # fmt: skip
+        for line in plan_changes(old, new):
+            click.echo(f"  {line}")
     else:
         overrides = {int(k): v for k, v in old.items() if isinstance(v, dict)}
-        click.echo(tasks_block(plan_tasks(n, overrides)), nl=False)
+        click.echo(tasks_block(plan_tasks(n, overrides, task_spans(cfg, n))), nl=False)
 
 
 @sdlora.command(
@@ -265,13 +275,14 @@ def validate_stage(params: str, out: str, weights: str) -> None:
     validate_stage(load_config(params), params=params, out=out, weights=weights)
 
 
-@stage.command("prepare", help="The configured benchmark into per-task Parquet splits.")
+@stage.command("prepare", help="Task K of the configured benchmark into its Parquet splits.")
 @_params_option
-@_folder("--out", "output folder", "data/prepared")
-def prepare_stage(params: str, out: str) -> None:
+@click.option("--task", type=int, required=True, help="the task index K")
+@_folder("--out", "output folder", None, "tasks.K.split")
+def prepare_stage(params: str, task: int, out: str | None) -> None:
     from sdlora.pipeline.prepare import prepare_stage
 
-    prepare_stage(load_config(params), out=out)
+    prepare_stage(load_config(params), task, out=out)
 
 
 @stage.command("pretrain", help="The backbone record, and the embedded backbone.")

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -715,6 +715,18 @@ class TaskEntry(_Section):
     rank: int | None = Field(None, ge=1, description="this task's LoRA rank (else model.*)")
     epochs: int | None = Field(None, ge=1, description="this task's epochs (else train.epochs)")
     lr: float | None = Field(None, gt=0, description="this task's lr (else train.lr)")
+    label_offset: int | None = Field(
+        None, ge=0, description="the task's first label: the classes of the tasks before it"
+    )
+    classes: list[str] | None = Field(
+        None, description="the task's classes by name (data.tasks' entry; null: the seeded order)"
+    )
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _names_as_text(cls, v: Any) -> Any:
+        """As in data.tasks: YAML's numbers name the classes "0".."9"."""
+        return [str(c) if type(c) is int else c for c in v] if isinstance(v, list) else v
 
 
 class Config(_Section):
@@ -945,13 +957,32 @@ _TASK_PATHS = ("split", "prev")  # a tasks entry's folders: the layout's, not th
 TUNE_RUNTIME_KEYS = frozenset({"cpus_per_trial", "max_concurrent_trials", "storage_path"})
 
 
+def combine_hashes(hashes: Sequence[str]) -> str:
+    """One content hash for prepared tasks whose own hashes are ``hashes``, in task order."""
+    return "sha256:" + hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class RunInputs:
-    """What a run reads besides its params, by content: the prepared splits' hash (their
-    manifest's ``content_hash``) and the backbone weights' SHA-256 (None: timm's or random)."""
+    """What a run reads besides its params, by content: each prepared task's content hash, in
+    task order (empty: the data are not counted, as in the sequence's MLflow key), and the
+    backbone weights' SHA-256 (None: timm's or random)."""
 
-    data_hash: str
+    task_hashes: tuple[str, ...]
     weights_sha256: str | None
+
+    def data_hash(self, upto: int | None = None) -> str | None:
+        """The hash of tasks ``0..upto``' data (default: every task given); None if none given."""
+        if not self.task_hashes:
+            return None
+        wanted = self.task_hashes if upto is None else self.task_hashes[: upto + 1]
+        if upto is not None and len(wanted) < upto + 1:
+            raise ValueError(f"the data of tasks 0..{upto} is wanted, {len(wanted)} given")
+        return combine_hashes(wanted)
+
+    def without_data(self) -> RunInputs:
+        """These inputs with the data not counted (the weights still are)."""
+        return RunInputs((), self.weights_sha256)
 
 
 def identity(cfg: Config, inputs: RunInputs, upto: int | None = None) -> dict[str, Any]:
@@ -969,6 +1000,8 @@ def identity(cfg: Config, inputs: RunInputs, upto: int | None = None) -> dict[st
         node.pop(leaf, None)
     if raw["data"]["tasks"] is None:  # data.tasks came later: unset, earlier identities stay
         del raw["data"]["tasks"]
+    elif upto is not None:  # a later task decides nothing about the earlier ones
+        raw["data"]["tasks"] = raw["data"]["tasks"][: upto + 1]
     tasks = raw.pop("tasks") or {}
     raw["tasks"] = {
         k: {n: v for n, v in entry.items() if n not in _TASK_PATHS}
@@ -977,7 +1010,7 @@ def identity(cfg: Config, inputs: RunInputs, upto: int | None = None) -> dict[st
     }
     if inputs.weights_sha256 is not None:  # a weights file: known by its content, not its path
         raw["backbone"]["weights"] = "file"
-    raw["inputs"] = {"data_hash": inputs.data_hash, "weights_sha256": inputs.weights_sha256}
+    raw["inputs"] = {"data_hash": inputs.data_hash(upto), "weights_sha256": inputs.weights_sha256}
     return raw
 
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _entry(k: int) -> dict:
     from sdlora.pipeline.layout import task_prev, task_split
 
-    return {"split": task_split(k), "prev": task_prev(k)}
+    return {"split": task_split(k), "prev": task_prev(k), "label_offset": 0 if k == 0 else 2 * k}
 
 
 def test_repository_params_are_valid() -> None:

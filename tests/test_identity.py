@@ -21,7 +21,7 @@ from sdlora.config import (
     read_params,
 )
 from sdlora.pipeline.compare import summary_key
-from sdlora.pipeline.mlflow_run import run_key, run_params
+from sdlora.pipeline.mlflow_run import data_tags, run_key, run_params
 from sdlora.pipeline.train import task_run
 from sdlora.pipeline.tune import sweep_name
 from sdlora.report.compare import Variant
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 RAW = read_params(REPO / "params.yaml")
 TUNE_RAW = read_params(REPO / "tune" / "params.yaml")
 TUNE = load_tune(REPO / "tune" / "params.yaml")
-INPUTS = RunInputs("data-hash", "weights-sha")
+INPUTS = RunInputs(("task-0", "task-1", "task-2", "task-3", "task-4"), "weights-sha")
 LAST = len(RAW["tasks"]) - 1
 # values to try where a key's own type gives no valid change (None, a fixed choice)
 OTHER: dict[str, list[Any]] = {
@@ -72,6 +72,8 @@ def _candidates(key: str, value: Any) -> list[Any]:
 def _tries(key: str, value: Any) -> list[Any]:
     if key in OTHER:
         return OTHER[key]
+    if key.endswith(".classes"):  # a task entry's class names (parse_config takes any list)
+        return [["alpha", "beta"]]
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
@@ -90,7 +92,8 @@ def _consumers(cfg: Any, inputs: RunInputs) -> dict[str, Any]:
     return {
         "ray run folder": ray_run,
         "checkpoint identity": checkpoint,
-        "mlflow run key": run_key(cfg, inputs),
+        # found by its key among the runs whose data tags agree (the data by content)
+        "mlflow run": (run_key(cfg, inputs), data_tags(inputs)),
         "mlflow run params": run_params(cfg, inputs),
         "tune sweep": sweep_name(cfg, TUNE, inputs),
         "compare runs": summary_key([Variant("m", cfg.seed, cfg)], {cfg.seed: inputs}),
@@ -137,11 +140,44 @@ def _get(raw: dict, key: str) -> Any:
     return node
 
 
-@pytest.mark.parametrize("inputs", [RunInputs("other", "weights-sha"), RunInputs("data", None)])
+OTHER_DATA = RunInputs(("task-0", "task-1", "task-2", "task-3", "other"), "weights-sha")
+
+
+@pytest.mark.parametrize("inputs", [OTHER_DATA, RunInputs(INPUTS.task_hashes, None)])
 def test_other_data_or_weights_change_every_consumer(inputs: RunInputs) -> None:
     cfg = parse_config(RAW)
     base, other = _consumers(cfg, INPUTS), _consumers(cfg, inputs)
-    assert all(other[k] != base[k] for k in base)
+    changed = {k: other[k] != base[k] for k in base}
+    if inputs is OTHER_DATA:  # the run's params hold the data by their params, not content
+        assert changed.pop("mlflow run params") is False
+    assert all(changed.values()), changed
+
+
+def test_a_later_tasks_data_leaves_earlier_tasks_runs_alone() -> None:
+    cfg = parse_config(RAW)
+    assert task_run(cfg, LAST - 1, OTHER_DATA) == task_run(cfg, LAST - 1, INPUTS)
+    assert task_run(cfg, LAST, OTHER_DATA) != task_run(cfg, LAST, INPUTS)
+    with pytest.raises(ValueError, match=r"tasks 0\.\.4"):
+        task_run(cfg, LAST, RunInputs(INPUTS.task_hashes[:2], None))  # data of every task
+
+
+def test_a_task_appended_to_data_tasks_leaves_earlier_tasks_runs_alone() -> None:
+    from sdlora.pipeline.layout import plan_tasks, task_spans
+
+    names = [["Alpha", "Beta"], ["Gamma", "Delta"]]
+
+    def named(tasks: list[list[str]]) -> Any:
+        raw = _set(RAW, "data.tasks", tasks)
+        cfg = parse_config({k: v for k, v in raw.items() if k not in ("tasks", "final_task")})
+        plan = plan_tasks(len(tasks), None, task_spans(cfg, len(tasks)))
+        return parse_config(
+            {**raw, "tasks": plan, "final_task": f"runs/pipeline/task_{len(tasks) - 1}"}
+        )
+
+    two, three = named(names), named([*names, ["Epsilon"]])
+    inputs = RunInputs(("h0", "h1", "h2"), None)
+    assert task_run(three, 1, inputs) == task_run(two, 1, inputs)
+    assert run_key(three, inputs) != run_key(two, inputs)  # a new sequence: a run of its own
 
 
 def test_the_ddp_width_is_identity_and_the_cpus_are_not() -> None:

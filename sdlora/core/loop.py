@@ -109,16 +109,19 @@ class SequenceResult:
         return metrics.summarize(self.matrix, self.counts)
 
 
-def check_prepared(prepared: PreparedLike, cfg: Config) -> Prepared:
-    """``prepared`` opened, refused unless it was prepared from ``cfg.data`` and seed and its
-    files are intact."""
-    prepared = open_prepared(prepared)
+def check_prepared(prepared: PreparedLike, cfg: Config, num_tasks: int | None = None) -> Prepared:
+    """``prepared`` opened (tasks ``0..num_tasks-1``; default: every task there), refused
+    unless it was prepared from ``cfg.data`` and seed and its files are intact."""
+    prepared = open_prepared(prepared, num_tasks)
     manifest = prepared.manifest
     p = manifest["params"]
     want = {"seed": cfg.seed, "init_cls": cfg.data.init_cls, "increment": cfg.data.increment}
     diffs = [f"{k}: {p.get(k)!r} there, {v!r} in params" for k, v in want.items() if p.get(k) != v]
     if manifest["dataset"] != cfg.data.dataset:
         diffs.insert(0, f"dataset: {manifest['dataset']!r} there, {cfg.data.dataset!r} in params")
+    named = [t["class_names"] for t in prepared.tasks]
+    if cfg.data.tasks is not None and named != cfg.data.tasks[: len(named)]:
+        diffs.append(f"tasks: {named} there, {cfg.data.tasks} in data.tasks")
     if diffs:
         raise ConfigError(
             f"{prepared} was prepared from other settings ({'; '.join(diffs)}); "

@@ -1,22 +1,28 @@
-"""The prepare stage: any benchmark into per-task Parquet splits plus a manifest, atomically.
+"""The prepare stage: any benchmark into per-task Parquet splits, task by task, atomically.
 
-Output (``OUT`` is the stage's output folder)::
+Output (``OUT`` is the prepared folder)::
 
-    OUT/manifest.json
-    OUT/task_00/train.parquet   OUT/task_00/test.parquet
+    OUT/task_00/train.parquet   OUT/task_00/test.parquet   OUT/task_00/task.json
     OUT/task_01/...
+
+Each task folder describes itself in ``task.json`` (its classes, label offset, files with their
+SHA-256 and row counts, and its own content hash), so a task can be prepared on its own (the
+pipeline's ``prepare@k``, :func:`prepare_task`) and adding a task leaves the earlier folders as
+they were; :func:`prepare` writes every task at once. Readers open the folder with
+:func:`open_prepared`, which reads the tasks' files into one manifest and refuses tasks that do
+not belong together (other data or params, labels not following on).
 
 Each Parquet file has the columns of :data:`PARQUET_SCHEMA`: the encoded image bytes exactly as
 stored on disk (JPEG, PNG, ...; in-memory arrays as lossless PNG), the global label (the class's
-position in the SPEC §1 order), the original class id and name, and the source path. Row groups
+position in the task order), the original class id and name, and the source path. Row groups
 hold ``data.row_group_size`` rows, the unit the streaming reader loads (``sdlora.data.stream``).
-Train rows are shuffled once (seeded) so that every row group mixes the task's classes; test
-rows keep the source order.
+Train rows are shuffled once (seeded by seed and task) so that every row group mixes the task's
+classes; test rows keep the source order.
 
-Everything is written into a hidden temporary folder beside ``OUT`` and renamed onto ``OUT`` at
-the end: an error or an interrupt leaves ``OUT`` as it was (absent, or the previous output) and
-removes the temporary folder. A killed process (SIGKILL, power loss) can leave a
-``.OUT.*.tmp`` folder behind, never a half-written ``OUT``.
+Everything is written into a hidden temporary folder beside the output and renamed onto it at
+the end: an error or an interrupt leaves the output as it was (absent, or the previous output)
+and removes the temporary folder. A killed process (SIGKILL, power loss) can leave a
+``.NAME.*.tmp`` folder behind, never a half-written output.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,15 +43,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from sdlora.config import DataConfig
+from sdlora.config import DataConfig, combine_hashes
 from sdlora.data.benchmarks import named_tasks, open_source
 from sdlora.data.source import CorruptImageError, DataError, Listing, Source
 from sdlora.data.tasks import class_order, split_classes
 from sdlora.files import atomic_directory as _atomic_directory
 from sdlora.files import file_sha256
 
-SCHEMA_VERSION = 2  # 2: each split's entry holds the file's SHA-256
-MANIFEST = "manifest.json"
+SCHEMA_VERSION = 3  # 3: a task.json per task folder; 2: one manifest.json for all tasks
+PARQUET_VERSION = 2  # the split files' columns (unchanged since schema 2)
+TASK_FILE = "task.json"
 REPREPARE = "re-create the prepared splits (the pipeline: `dvc repro -f prepare`)"
 SPLITS = ("train", "test")
 
@@ -56,7 +64,7 @@ PARQUET_SCHEMA = pa.schema(
         pa.field("class_name", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
     ],
-    metadata={b"sdlora.schema_version": str(SCHEMA_VERSION).encode()},
+    metadata={b"sdlora.schema_version": str(PARQUET_VERSION).encode()},
 )
 # Images are already compressed (JPEG/PNG): compressing them again costs read time for nothing.
 COMPRESSION = {
@@ -73,57 +81,139 @@ def task_dir(task: int) -> str:
     return f"task_{task:02d}"
 
 
-def read_manifest(prepared: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared folder, checked for a schema version this code reads."""
-    path = Path(prepared) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(
-            f"{path} not found: is {prepared} the output of the prepare stage?"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: a JSON {type(manifest).__name__}, not a manifest; {REPREPARE}")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DataError(
-            f"{path}: schema_version {version!r}, this sdlora reads {SCHEMA_VERSION}; "
-            "run the prepare stage again"
-        )
-    _check_manifest(manifest, path)
-    return manifest
+def reprepare(task: int | None = None) -> str:
+    """The fix for a damaged or missing prepared task (``task``: the pipeline's stage to force)."""
+    stage = "prepare" if task is None else f"prepare@{task}"
+    return f"re-create the prepared splits (the pipeline: `dvc repro -f {stage}`)"
 
 
-MANIFEST_KEYS = ("dataset", "num_classes", "class_names", "tasks", "content_hash")
-TASK_KEYS = ("task", "classes", "class_names", "label_offset", "num_classes", *SPLITS)
+# What every task of one prepared folder shares (the dataset and the params it was cut with).
+SHARED_KEYS = ("dataset", "source_root", "layout", "params", "num_classes", "class_names")
+TASK_KEYS = (
+    "task",
+    "classes",
+    "class_names",
+    "label_offset",
+    "num_classes",
+    "content_hash",
+    *SPLITS,
+)
 SPLIT_KEYS = ("file", "rows", "sha256")
 
 
-def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
-    """Refuse a manifest without the keys the readers use (a hand-edited or foreign file)."""
+def _read_task_file(path: Path, task: int) -> dict[str, Any]:
+    """One task's ``task.json``, checked for the keys the readers use."""
+    fix = reprepare(task)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: task {task} is not prepared there; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: a JSON {type(doc).__name__}, not a task's description; {fix}")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(
+            f"{path}: schema_version {version!r}, this sdlora reads {SCHEMA_VERSION}; {fix}"
+        )
 
-    def require(doc: Any, keys: tuple[str, ...], where: str) -> None:
-        if not isinstance(doc, dict):
-            raise DataError(f"{path}: {where} is not an object; {REPREPARE}")
-        if missing := [k for k in keys if k not in doc]:
-            raise DataError(f"{path}: no {', '.join(map(repr, missing))} in {where}; {REPREPARE}")
+    def require(d: Any, keys: tuple[str, ...], where: str) -> None:
+        if not isinstance(d, dict):
+            raise DataError(f"{path}: {where} is not an object; {fix}")
+        if missing := [k for k in keys if k not in d]:
+            raise DataError(f"{path}: no {', '.join(map(repr, missing))} in {where}; {fix}")
 
-    require(manifest, MANIFEST_KEYS, "the manifest")
-    if not isinstance(manifest["tasks"], list) or not manifest["tasks"]:
-        raise DataError(f"{path}: 'tasks' is not a list of tasks; {REPREPARE}")
-    for t, entry in enumerate(manifest["tasks"]):
-        require(entry, TASK_KEYS, f"task {t}")
+    require(doc, (*SHARED_KEYS, "task", "skipped"), "the file")
+    require(doc["task"], TASK_KEYS, "its 'task'")
+    for split in SPLITS:
+        require(doc["task"][split], SPLIT_KEYS, f"its {split!r}")
+    if doc["task"]["task"] != task:
+        raise DataError(f"{path} describes task {doc['task']['task']!r}, not task {task}; {fix}")
+    return doc
+
+
+def _task_numbers(folder: Path) -> int:
+    """How many tasks ``folder`` holds: ``task_00``, ``task_01``, ... without a gap."""
+    found = sorted(
+        int(m.group(1))
+        for p in folder.iterdir()
+        if (m := re.fullmatch(r"task_(\d{2,})", p.name)) and p.is_dir()
+    )
+    if not found:
+        if (folder / "manifest.json").is_file():
+            raise DataError(
+                f"{folder} was prepared by an older sdlora (one manifest.json); {REPREPARE}"
+            )
+        raise DataError(f"{folder} holds no task_00 folder: is it the prepare stage's output?")
+    if found != list(range(len(found))):
+        missing = sorted(set(range(found[-1] + 1)) - set(found))
+        raise DataError(
+            f"{folder} lacks {task_dir(missing[0])} (has {found[-1] + 1} tasks' "
+            f"folders but not every one); {reprepare(missing[0])}"
+        )
+    return len(found)
+
+
+def read_manifest(prepared: str | Path, num_tasks: int | None = None) -> dict[str, Any]:
+    """Tasks ``0..num_tasks-1`` of a prepared folder (default: every ``task_XX`` there) as one
+    manifest: the shared description, the task entries (file paths relative to the folder),
+    totals, and the content hash of these tasks. Refuses tasks that do not belong together."""
+    folder = Path(prepared)
+    if not folder.is_dir():
+        raise DataError(f"{folder} not found: is it the output of the prepare stage?")
+    n = _task_numbers(folder) if num_tasks is None else num_tasks
+    docs = [_read_task_file(folder / task_dir(t) / TASK_FILE, t) for t in range(n)]
+    first = docs[0]
+    entries, seen, offset = [], set(), 0
+    for t, doc in enumerate(docs):
+        path = folder / task_dir(t) / TASK_FILE
+        differ = [k for k in SHARED_KEYS if doc[k] != first[k]]
+        if differ:
+            raise DataError(
+                f"{path} was prepared from other data or params than task 0 ({', '.join(differ)} "
+                f"differ); {reprepare(t)}"
+            )
+        entry = dict(doc["task"])
+        if entry["label_offset"] != offset:
+            raise DataError(
+                f"{path}: its labels start at {entry['label_offset']}, but tasks 0..{t - 1} hold "
+                f"{offset} classes: prepared for another task list; {reprepare(t)}"
+            )
+        if twice := seen & set(entry["class_names"]):
+            raise DataError(
+                f"{path}: classes {sorted(twice)} are also in an earlier task; {reprepare(t)}"
+            )
+        seen |= set(entry["class_names"])
+        offset += int(entry["num_classes"])
         for split in SPLITS:
-            require(entry[split], SPLIT_KEYS, f"task {t}'s {split!r}")
+            entry[split] = {**entry[split], "file": f"{task_dir(t)}/{entry[split]['file']}"}
+        entries.append(entry)
+    order = [c for e in entries for c in e["classes"]]
+    names = first["class_names"]
+    hashes = [e["content_hash"] for e in entries]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        **{k: first[k] for k in SHARED_KEYS},
+        "class_order": order,
+        "class_to_task": {names[c]: e["task"] for e in entries for c in sorted(e["classes"])},
+        "tasks": entries,
+        "totals": {s: sum(int(e[s]["rows"]) for e in entries) for s in SPLITS},
+        "skipped": {
+            "count": sum(len(d["skipped"]) for d in docs),
+            "items": [item for d in docs for item in d["skipped"]],
+        },
+        "columns": {f.name: str(f.type) for f in PARQUET_SCHEMA},
+        "task_hashes": hashes,
+        "content_hash": combine_hashes(hashes),
+    }
 
 
 @dataclass(frozen=True, eq=False)
 class Prepared:
     """A prepared folder with its manifest, read once (:func:`open_prepared`). Every reader of
-    the splits takes one, so a stage that opens the folder once reads its manifest once; it is
-    also a path (``os.fspath``) to the folder."""
+    the splits takes one, so a stage that opens the folder once reads its tasks' files once; it
+    is also a path (``os.fspath``) to the folder."""
 
     folder: Path
     manifest: dict[str, Any]
@@ -136,12 +226,16 @@ class Prepared:
 
     @property
     def tasks(self) -> list[dict[str, Any]]:
-        """The manifest's task entries, in order."""
+        """The task entries, in order."""
         return self.manifest["tasks"]
 
     @property
     def num_tasks(self) -> int:
         return len(self.tasks)
+
+    def task_file(self, task: int) -> Path:
+        """Task ``task``'s ``task.json`` (what messages about its entry name)."""
+        return self.folder / task_dir(task) / TASK_FILE
 
     def task_classes(self, task: int | list[int]) -> tuple[int, int]:
         """``(label_offset, num_classes)`` of ``task``; for a list of consecutive tasks (joint
@@ -175,31 +269,36 @@ class Prepared:
             entry = self.tasks[task][split]
             path = self.folder / entry["file"]
             if not path.is_file():
-                listed = self.folder / MANIFEST
-                raise DataError(f"{path} not found (listed in {listed}); {REPREPARE}")
+                listed = self.task_file(task)
+                raise DataError(f"{path} not found (listed in {listed}); {reprepare(task)}")
             if file_sha256(path) != entry["sha256"]:
                 raise DataError(
                     f"{path} is not the file the prepare stage wrote (its SHA-256 differs from "
-                    f"the one in {self.folder / MANIFEST}): damaged or replaced since; {REPREPARE}"
+                    f"the one in {self.task_file(task)}): damaged or replaced since; "
+                    f"{reprepare(task)}"
                 )
 
 
 PreparedLike = Prepared | str | Path  # a prepared folder, opened or by path
 
 
-def open_prepared(prepared: PreparedLike) -> Prepared:
-    """``prepared`` as it is, or the folder with its manifest read (:func:`read_manifest`)."""
+def open_prepared(prepared: PreparedLike, num_tasks: int | None = None) -> Prepared:
+    """``prepared`` as it is, or the folder with tasks ``0..num_tasks-1`` (default: all there)
+    read into one manifest (:func:`read_manifest`)."""
     if isinstance(prepared, Prepared):
+        if num_tasks is not None and prepared.num_tasks < num_tasks:
+            raise ValueError(
+                f"{prepared} was opened with {prepared.num_tasks} tasks, not {num_tasks}"
+            )
         return prepared
-    return Prepared(Path(prepared), read_manifest(prepared))
+    return Prepared(Path(prepared), read_manifest(prepared, num_tasks))
 
 
 @contextmanager
-def atomic_directory(out: str | Path) -> Iterator[Path]:
-    """:func:`sdlora.files.atomic_directory` guarded by the manifest; refusals are
-    DataErrors."""
+def atomic_directory(out: str | Path, marker: str) -> Iterator[Path]:
+    """:func:`sdlora.files.atomic_directory` guarded by ``marker``; refusals are DataErrors."""
     try:
-        with _atomic_directory(out, marker=MANIFEST) as tmp:
+        with _atomic_directory(out, marker=marker) as tmp:
             yield tmp
     except FileExistsError as err:
         raise DataError(str(err)) from None
@@ -327,6 +426,105 @@ def _write_split(
     return writer.rows, writer.row_groups, kept, skipped
 
 
+def task_plan(cfg: DataConfig, seed: int, source: Source) -> list[np.ndarray]:
+    """The classes of every task (indices into ``source.class_names``), in task order:
+    ``data.tasks`` by name, else SPEC §1's seeded order cut by init_cls and increment."""
+    if cfg.tasks is None:
+        _check_fit(source, cfg.init_cls, cfg.increment)
+        return split_classes(class_order(source.num_classes, seed), cfg.init_cls, cfg.increment)
+    return named_tasks(source.class_names, cfg.tasks, f"dataset {source.dataset!r}{_at(source)}")
+
+
+def _shared(cfg: DataConfig, seed: int, source: Source) -> dict[str, Any]:
+    """What every task's ``task.json`` holds alike: the dataset and the params it was cut with."""
+    return {
+        "dataset": source.dataset,
+        "source_root": source.root,
+        "layout": source.layout,
+        "params": {
+            "seed": seed,
+            "init_cls": cfg.init_cls,
+            "increment": cfg.increment,
+            "split_seed": cfg.split_seed,
+            "test_fraction": cfg.test_fraction,
+            "domains": list(cfg.domains) if source.dataset == "domainnet" else None,
+            "skip_corrupt": cfg.skip_corrupt,
+            "row_group_size": cfg.row_group_size,
+        },
+        "num_classes": source.num_classes,
+        "class_names": list(source.class_names),
+    }
+
+
+def _write_task(
+    folder: Path,
+    task: int,
+    tasks: list[np.ndarray],
+    source: Source,
+    cfg: DataConfig,
+    seed: int,
+    pool: ThreadPoolExecutor,
+    bar: Any,
+) -> dict[str, Any]:
+    """Write task ``task`` of ``tasks`` into ``folder`` (its splits and ``task.json``)."""
+    classes = tasks[task]
+    offset = sum(int(c.size) for c in tasks[:task])
+    label_of = np.full(source.num_classes, -1, dtype=np.int64)  # -1: not this task's class
+    label_of[classes] = offset + np.arange(classes.size)
+    hasher = hashlib.sha256()
+    head = {
+        "schema_version": SCHEMA_VERSION,
+        "task": task,
+        "classes": classes.tolist(),
+        "label_offset": offset,
+    }
+    hasher.update(json.dumps(head).encode())
+    entry: dict[str, Any] = {
+        "task": task,
+        "classes": classes.tolist(),
+        "class_names": [source.class_names[c] for c in classes],
+        "label_offset": offset,
+        "num_classes": int(classes.size),
+    }
+    skipped: list[dict[str, str]] = []
+    for split in SPLITS:
+        listing: Listing = getattr(source, split)
+        rows = np.flatnonzero(label_of[listing.class_ids] >= 0)
+        if split == "train":  # mix the task's classes in every row group
+            rows = np.random.default_rng([seed, task]).permutation(rows)
+        hasher.update(f"{split}\n".encode())
+        name = f"{split}.parquet"
+        n, groups, kept, skipped_s = _write_split(
+            folder / name, listing, rows, source, label_of, cfg, pool, hasher, bar
+        )
+        note = f" after skipping {len(skipped_s)} corrupt image(s)" if skipped_s else ""
+        _no_image(source, split, kept, classes, note)
+        skipped += [{"split": split, **item} for item in skipped_s]
+        entry[split] = {
+            "file": name,
+            "rows": n,
+            "row_groups": groups,
+            "sha256": file_sha256(folder / name),
+        }
+    entry["content_hash"] = "sha256:" + hasher.hexdigest()
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        **_shared(cfg, seed, source),
+        "task": entry,
+        "skipped": skipped,
+        "columns": {f.name: str(f.type) for f in PARQUET_SCHEMA},
+    }
+    (folder / TASK_FILE).write_text(
+        json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return doc
+
+
+def _rows_of(source: Source, classes: np.ndarray) -> int:
+    """Images of ``classes`` in both splits (the progress bar's total)."""
+    return sum(int(np.isin(getattr(source, s).class_ids, classes).sum()) for s in SPLITS)
+
+
 def prepare(
     cfg: DataConfig,
     seed: int,
@@ -335,99 +533,71 @@ def prepare(
     threads: int | None = None,
     source: Source | None = None,
 ) -> dict[str, Any]:
-    """Read the benchmark of ``cfg``, cut it into tasks (SPEC §1 with ``seed``), write ``out``.
+    """Read the benchmark of ``cfg``, cut it into tasks (:func:`task_plan` with ``seed``), write
+    every task's folder into ``out``; return the manifest (:func:`read_manifest`).
 
-    Returns the manifest (also written as ``out/manifest.json``). Raises :class:`DataError`
-    (a :class:`CorruptImageError` for an unreadable image unless ``cfg.skip_corrupt``) with
-    nothing left behind. ``threads`` read and check images in parallel (default 2 per core, <= 8).
-    ``source``: another dataset than ``cfg.dataset`` (pre-training's letters), split as ``cfg``
-    says.
+    Raises :class:`DataError` (a :class:`CorruptImageError` for an unreadable image unless
+    ``cfg.skip_corrupt``) with nothing left behind. ``threads`` read and check images in
+    parallel (default 2 per core, <= 8). ``source``: another dataset than ``cfg.dataset``
+    (pre-training's letters), split as ``cfg`` says.
     """
     source = source or open_source(cfg)
-    if cfg.tasks is None:  # SPEC §1: a seeded order cut by init_cls, increment
-        _check_fit(source, cfg.init_cls, cfg.increment)
-        order = class_order(source.num_classes, seed)
-        tasks = split_classes(order, cfg.init_cls, cfg.increment)
-    else:  # the user's tasks, in their order; classes left out are not prepared
-        tasks = named_tasks(
-            source.class_names, cfg.tasks, f"dataset {source.dataset!r}{_at(source)}"
-        )
-        order = np.concatenate(tasks)
-    _check_classes(source, order)
-    label_of = np.full(source.num_classes, -1, dtype=np.int64)  # -1: a class left out
-    label_of[order] = np.arange(order.size)
-    task_of = np.full(source.num_classes, -1, dtype=np.int64)
-    for t, classes in enumerate(tasks):
-        task_of[classes] = t
-
-    hasher = hashlib.sha256()
-    hasher.update(json.dumps({"schema_version": SCHEMA_VERSION, "order": order.tolist()}).encode())
-    skipped: list[dict[str, str]] = []
-    kept = {s: np.zeros(source.num_classes, dtype=np.int64) for s in SPLITS}
-    entries: list[dict[str, Any]] = []
-    total = len(source.train) + len(source.test)
+    tasks = task_plan(cfg, seed, source)
+    _check_classes(source, np.concatenate(tasks))
     threads = threads or min(8, 2 * (os.cpu_count() or 1))
-    desc = f"prepare {source.dataset}"
+    total = _rows_of(source, np.concatenate(tasks))
+    older = (Path(out) / "manifest.json").is_file()  # an older sdlora's output: replaced
     with (
-        atomic_directory(out) as tmp,
+        atomic_directory(out, "manifest.json" if older else f"{task_dir(0)}/{TASK_FILE}") as tmp,
         ThreadPoolExecutor(max_workers=threads) as pool,
         # disable=None: tqdm draws only on a terminal (a log gets no carriage-return lines)
-        tqdm(total=total, desc=desc, unit="img", disable=None if progress else True) as bar,
+        tqdm(
+            total=total,
+            desc=f"prepare {source.dataset}",
+            unit="img",
+            disable=None if progress else True,
+        ) as bar,
     ):
-        for t, classes in enumerate(tasks):
+        for t in range(len(tasks)):
             (tmp / task_dir(t)).mkdir()
-            entry: dict[str, Any] = {
-                "task": t,
-                "classes": classes.tolist(),
-                "class_names": [source.class_names[c] for c in classes],
-                "label_offset": int(label_of[classes[0]]),
-                "num_classes": int(classes.size),
-            }
-            for split in SPLITS:
-                listing: Listing = getattr(source, split)
-                rows = np.flatnonzero(task_of[listing.class_ids] == t)
-                if split == "train":  # mix the task's classes in every row group
-                    rows = np.random.default_rng([seed, t]).permutation(rows)
-                hasher.update(f"task {t} {split}\n".encode())
-                rel = f"{task_dir(t)}/{split}.parquet"
-                n, groups, kept_t, skipped_t = _write_split(
-                    tmp / rel, listing, rows, source, label_of, cfg, pool, hasher, bar
-                )
-                kept[split] += kept_t
-                skipped += [{"split": split, **item} for item in skipped_t]
-                entry[split] = {"file": rel, "rows": n, "row_groups": groups,
-                                "sha256": file_sha256(tmp / rel)}  # fmt: skip
-            entries.append(entry)
-        note = f" after skipping {len(skipped)} corrupt image(s)"
-        for split in SPLITS:
-            _no_image(source, split, kept[split], order, note)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "dataset": source.dataset,
-            "source_root": source.root,
-            "layout": source.layout,
-            "params": {
-                "seed": seed,
-                "init_cls": cfg.init_cls,
-                "increment": cfg.increment,
-                **({} if cfg.tasks is None else {"tasks": cfg.tasks}),  # unset: as before
-                "split_seed": cfg.split_seed,
-                "test_fraction": cfg.test_fraction,
-                "domains": list(cfg.domains) if source.dataset == "domainnet" else None,
-                "skip_corrupt": cfg.skip_corrupt,
-                "row_group_size": cfg.row_group_size,
-            },
-            "num_classes": source.num_classes,
-            "class_names": list(source.class_names),
-            "class_order": order.tolist(),
-            "class_to_task": {source.class_names[c]: int(task_of[c]) for c in sorted(order)},
-            "tasks": entries,
-            "totals": {s: int(kept[s].sum()) for s in SPLITS},
-            "skipped": {"count": len(skipped), "items": skipped},
-            "columns": {f.name: str(f.type) for f in PARQUET_SCHEMA},
-            "content_hash": "sha256:" + hasher.hexdigest(),
-        }
-        (tmp / MANIFEST).write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            _write_task(tmp / task_dir(t), t, tasks, source, cfg, seed, pool, bar)
+    return read_manifest(out)
+
+
+def prepare_task(
+    cfg: DataConfig,
+    seed: int,
+    task: int,
+    out: str | Path,
+    progress: bool = False,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Write task ``task`` alone into its folder ``out`` (``PREPARED/task_XX``): what the
+    pipeline's ``prepare@task`` runs, so adding a task leaves the earlier tasks' folders alone.
+    Returns the task's ``task.json``. Errors as :func:`prepare`."""
+    source = open_source(cfg)
+    tasks = task_plan(cfg, seed, source)
+    if not 0 <= task < len(tasks):
+        raise DataError(
+            f"task {task}: {describe_source(source)} makes tasks 0..{len(tasks) - 1} with these "
+            "params"
         )
-    return manifest
+    _check_classes(source, tasks[task])
+    threads = threads or min(8, 2 * (os.cpu_count() or 1))
+    with (
+        atomic_directory(out, TASK_FILE) as tmp,
+        ThreadPoolExecutor(max_workers=threads) as pool,
+        tqdm(
+            total=_rows_of(source, tasks[task]),
+            desc=f"prepare {source.dataset} task {task}",
+            unit="img",
+            disable=None if progress else True,
+        ) as bar,
+    ):
+        doc = _write_task(tmp, task, tasks, source, cfg, seed, pool, bar)
+    return doc
+
+
+def describe_source(source: Source) -> str:
+    """``dataset 'name'`` and, for an on-disk one, where it lies: for messages."""
+    return f"dataset {source.dataset!r}{_at(source)}"

@@ -236,13 +236,16 @@ class SequenceTracker:
         code_dir: str | Path | None = None,
         key: str | None = None,
         reopen: bool = True,
+        agree: Mapping[str, str] | None = None,
     ) -> str:
         """Create the run, or reopen ``run_id``; return the run id.
 
         ``key`` names the sequence (e.g. a hash of its config): without ``run_id``, the newest
         run of the experiment tagged with it is reopened (unless ``reopen`` is False: a new run
         is wanted), and a created run is tagged with it, so re-running a stage never makes a
-        second run for one sequence. ``self.created`` says which happened. ``run_name`` and
+        second run for one sequence. ``agree``: tags a reopened run must not contradict (a run
+        holding one with another value is not reopened: the data it saw differ); they are set
+        on the run. ``self.created`` says which happened. ``run_name`` and
         ``description`` (Markdown, the run page's description) are given to a new run only.
 
         ``params`` (flat; see :func:`flatten_params`) are logged once; on reopening, params
@@ -275,10 +278,10 @@ class SequenceTracker:
         if exp is not None and KIND_TAG not in exp.tags:  # made before it was tagged, or by hand
             mlflow.set_experiment_tag(KIND_TAG, EXPERIMENT_KIND)
         if run_id is None and key is not None and reopen:
-            run_id = self._find(exp_id, key)
+            run_id = self._find(exp_id, key, agree or {})
         logged = {} if run_id is None else mlflow.get_run(run_id).data.params
         self._check_params(logged, params or {})
-        run_tags = {k: str(v) for k, v in (tags or {}).items()}
+        run_tags = {k: str(v) for k, v in {**(tags or {}), **(agree or {})}.items()}
         if run_id is None and key is not None:
             run_tags[KEY_TAG] = key
         if run_id is None and description:
@@ -305,17 +308,22 @@ class SequenceTracker:
         return self.run_id
 
     @staticmethod
-    def _find(experiment_id: str, key: str) -> str | None:
+    def _find(experiment_id: str, key: str, agree: Mapping[str, str]) -> str | None:
+        """The newest run tagged ``key`` whose tags do not contradict ``agree``."""
         if not re.fullmatch(r"[A-Za-z0-9_.:-]+", key):
             raise ValueError(f"run key {key!r}: use letters, digits and _ . : - only")
         runs = mlflow.search_runs(
             [experiment_id],
             filter_string=f"tags.{KEY_TAG} = '{key}'",
-            max_results=1,
+            max_results=20,
             order_by=["attributes.start_time DESC"],
             output_format="list",
         )
-        return runs[0].info.run_id if runs else None
+        for run in runs:
+            held = run.data.tags
+            if all(held.get(k, str(v)) == str(v) for k, v in agree.items()):
+                return run.info.run_id
+        return None
 
     @staticmethod
     def _existing_run(uri: str, run_id: str):

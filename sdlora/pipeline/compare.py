@@ -19,7 +19,7 @@ from typing import Any
 
 from sdlora.config import CompareConfig, Config, RunInputs, check_pipeline_method, digest, identity
 from sdlora.core.records import task_metrics
-from sdlora.data.prepare import open_prepared, prepare
+from sdlora.data.prepare import TASK_FILE, open_prepared, prepare, task_dir
 from sdlora.files import write_json
 from sdlora.ops.tracking import SequenceTracker
 from sdlora.pipeline.layout import BACKBONE_DIR, COMPARE_DIR, COMPARE_RESULTS, read_inputs
@@ -31,7 +31,7 @@ from sdlora.report import compare
 def _prepared(out: Path, cfg: Config, seed: int) -> Path:
     """The seed's splits (prepared once per stage run, shared by every method)."""
     folder = out / "prepared" / f"seed{seed}"
-    if not (folder / "manifest.json").is_file():
+    if not (folder / task_dir(0) / TASK_FILE).is_file():
         prepare(cfg.data, seed=seed, out=folder)
     return folder
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +29,14 @@ from sdlora.config import (
     RunInputs,
     TaskEntry,
     known_num_classes,
+    parse_config,
     read_yaml,
 )
 from sdlora.core.records import RecordError, check_records
 from sdlora.errors import BadInput
 from sdlora.files import atomic_path, file_sha256
 
-PREPARED_DIR = "data/prepared"  # prepare: per-task Parquet splits + manifest.json
+PREPARED_DIR = "data/prepared"  # prepare@k: task_XX/ (Parquet splits + task.json)
 BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded weights)
 PIPELINE_DIR = "runs/pipeline"  # train@k: task_<k>/; evaluate: eval/; report: report/
 VALIDATED = f"{PIPELINE_DIR}/params_valid.json"  # validate: the same bytes while params are valid
@@ -54,8 +56,9 @@ TUNE_RESULTS = f"{RESULTS_DIR}/tune"  # tune: trials, Pareto front, best params 
 OVERRIDES = ("rank", "epochs", "lr")  # what a tasks entry may set for its task alone
 WRITE_COMMAND = TASKS_COMMAND
 TASKS_COMMENT = (
-    f"One train@<key> stage per task, generated from data.* by `{WRITE_COMMAND}`, which\n"
-    "keeps per-task overrides (rank, epochs, lr: a change re-runs from that task on)."
+    "One prepare@<key> and train@<key> stage per task, generated from data.* by\n"
+    f"`{WRITE_COMMAND}`, which keeps per-task overrides (rank, epochs, lr: a change\n"
+    "re-runs from that task on)."
 )  # written above `tasks:`
 FINAL_COMMENT = "what evaluate reads: the last task's output"  # beside `final_task:`
 _FINAL_COLUMN = 35  # where FINAL_COMMENT starts (the column of params.yaml's other comments)
@@ -85,10 +88,34 @@ def count_tasks(num_classes: int, init_cls: int, increment: int) -> int:
     return 1 + -(-(num_classes - init_cls) // increment)
 
 
+Span = tuple[int, list[str] | None]  # a task's first label and its classes by name (or None)
+
+
+def task_spans(cfg: Config, num_tasks: int) -> list[Span]:
+    """Where each task's labels start and its classes by name, as ``data.*`` cuts them: what
+    ``tasks.<k>.label_offset`` and ``tasks.<k>.classes`` hold (classes None: the seeded order's,
+    known once the data are read). ``prepare@k`` and ``train@k`` track them, so a task whose
+    classes change re-runs while its neighbours' stages stay."""
+    d = cfg.data
+    if d.tasks is None:
+        return [(0 if k == 0 else d.init_cls + (k - 1) * d.increment, None)
+                for k in range(num_tasks)]  # fmt: skip
+    if num_tasks != len(d.tasks):
+        raise ConfigError(
+            f"tasks: params.yaml lists {num_tasks} task(s) but data.tasks lists {len(d.tasks)}; "
+            f"run `{WRITE_COMMAND}` to regenerate the stage list"
+        )
+    offsets = accumulate(map(len, d.tasks), initial=0)
+    return [(offset, list(names)) for offset, names in zip(offsets, d.tasks, strict=False)]
+
+
 def plan_tasks(
-    num_tasks: int, overrides: Mapping[int, Mapping[str, Any]] | None = None
+    num_tasks: int,
+    overrides: Mapping[int, Mapping[str, Any]] | None = None,
+    spans: list[Span] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The ``tasks`` section for ``num_tasks`` tasks; ``overrides[k]`` is kept in entry k.
+    """The ``tasks`` section for ``num_tasks`` tasks; ``overrides[k]`` is kept in entry k,
+    ``spans[k]`` (:func:`task_spans`) gives its label offset and classes (default: none).
 
     Every entry lists every override (null when unset) so that ``dvc exp run -S
     tasks.3.rank=4`` finds the key.
@@ -97,7 +124,9 @@ def plan_tasks(
     for k in range(num_tasks):
         given = (overrides or {}).get(k, {})
         extra = {n: given.get(n) for n in OVERRIDES}  # null: the global setting
-        out[str(k)] = {"split": task_split(k), "prev": task_prev(k), **extra}
+        offset, classes = spans[k] if spans is not None else (None, None)
+        out[str(k)] = {"split": task_split(k), "prev": task_prev(k), **extra,
+                       "label_offset": offset, "classes": classes}  # fmt: skip
     return out
 
 
@@ -125,6 +154,18 @@ def require_plan(cfg: Config) -> dict[int, TaskEntry]:
                     f"tasks.{k}.{name} = {getattr(entry, name)!r} but the pipeline writes "
                     f"{want!r} there; run `{WRITE_COMMAND}`"
                 )
+    for k, (offset, classes) in enumerate(task_spans(cfg, len(cfg.tasks))):
+        entry, fix = cfg.tasks[k], f"run `{WRITE_COMMAND}` (it says which stages re-run)"
+        if entry.classes != classes:
+            data = (
+                "data.tasks is unset (null)" if classes is None else f"data.tasks[{k}] = {classes}"
+            )
+            raise ConfigError(f"tasks.{k}.classes = {entry.classes} but {data}; {fix}")
+        if entry.label_offset != offset:
+            raise ConfigError(
+                f"tasks.{k}.label_offset = {entry.label_offset} but data.* starts task {k}'s "
+                f"labels at {offset}; {fix}"
+            )
     want = task_output(len(cfg.tasks) - 1)
     if cfg.final_task != want:
         raise ConfigError(
@@ -186,6 +227,27 @@ def check_data_root(cfg: Config) -> None:
         )
 
 
+def open_tasks(cfg: Config, num_tasks: int, prepared: str | Path = PREPARED_DIR) -> Prepared:
+    """Tasks ``0..num_tasks-1`` of the prepared folder, refused unless each is the task the
+    ``tasks`` section describes (its label offset and, when named, its classes): a folder
+    prepared for another task list is never trained or evaluated on."""
+    from sdlora.data.prepare import open_prepared
+
+    opened = open_prepared(prepared, num_tasks)
+    for t, entry in enumerate(opened.tasks):
+        want = (cfg.tasks or {})[t]
+        have = (entry["label_offset"], entry["class_names"])
+        if want.label_offset != have[0] or want.classes not in (None, have[1]):
+            shown = f"classes {have[1]}" if want.classes is not None else "its classes"
+            raise StageError(
+                f"{opened.task_file(t)}: task {t} was prepared with labels from {have[0]} and "
+                f"{shown}, not as tasks.{t} says (labels from {want.label_offset}"
+                + (f", classes {want.classes}" if want.classes is not None else "")
+                + f"); run `dvc repro prepare@{t}`"
+            )
+    return opened
+
+
 def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunInputs:
     """The run's inputs by content: the prepared splits' hash (from the manifest of the stage's
     opened folder) and the weights' SHA-256 from the pretrain stage's record, after checking
@@ -202,7 +264,7 @@ def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunI
                 f"{path} is not the file the pretrain stage recorded (SHA-256 {actual[:12]}..., "
                 f"recorded {sha[:12]}...): damaged or replaced since; {fix}"
             )
-    return RunInputs(prepared.manifest["content_hash"], sha)
+    return RunInputs(tuple(prepared.manifest["task_hashes"]), sha)
 
 
 def read_record(folder: str | Path) -> dict[str, Any]:
@@ -221,7 +283,10 @@ def read_record(folder: str | Path) -> dict[str, Any]:
 
 
 def _scalar(value: Any) -> str:
-    """A task entry's value as YAML: null, a number or a plain path."""
+    """A task entry's value as YAML: null, a number, a plain path or a list of class names
+    (each quoted: "0" stays a name, not a number)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in value) + "]"
     return "null" if value is None else str(value)
 
 
@@ -237,6 +302,54 @@ def tasks_block(plan: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plan_changes(old: Mapping[str, Any], new: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What replacing the tasks section ``old`` (as read from the file) by ``new`` makes `dvc
+    repro` run, one line each: the first task whose classes, label offset or overrides change
+    re-runs with every task after it; added tasks run; removed tasks' stages go."""
+
+    def entry(plan: Mapping[str, Any], k: int) -> Mapping[str, Any]:
+        value = plan.get(str(k), plan.get(k))  # type: ignore[call-overload]
+        return value if isinstance(value, Mapping) else {}
+
+    n_old, n_new = len(old), len(new)
+    data = [
+        k
+        for k in range(min(n_old, n_new))
+        if any(entry(old, k).get(n) != entry(new, k).get(n) for n in ("label_offset", "classes"))
+    ]
+    train = [k for k in range(min(n_old, n_new))
+             if any(entry(old, k).get(n) != entry(new, k).get(n) for n in OVERRIDES)]  # fmt: skip
+
+    def stages(name: str, ks: list[int]) -> str:
+        if len(ks) > 2 and ks == list(range(ks[0], ks[-1] + 1)):
+            return f"{name}@{ks[0]} .. {name}@{ks[-1]}"
+        return ", ".join(f"{name}@{k}" for k in ks)
+
+    def kept_tasks(n: int) -> str:
+        return "task 0 stays as it is" if n == 1 else f"tasks 0 .. {n - 1} stay as they are"
+
+    lines = []
+    if data or train:
+        first = min(data + train)
+        what = "classes or label offset" if first in data else "overrides"
+        redo = ", ".join(filter(None, [stages("prepare", data),
+                                       stages("train", list(range(first, n_new)))]))  # fmt: skip
+        kept = f"; {kept_tasks(first)}" if first else ""
+        lines.append(f"task {first}'s {what} change: {redo} re-run{kept}")
+    if n_new > n_old:
+        added = f"{n_old}" if n_new == n_old + 1 else f"{n_old} .. {n_new - 1}"
+        lines.append(
+            f"task {added} added: its prepare@ and train@ stages run"
+            + ("" if data or train else f"; {kept_tasks(n_old)}")
+        )
+    if n_new < n_old:
+        gone = f"{n_new}" if n_old == n_new + 1 else f"{n_new} .. {n_old - 1}"
+        lines.append(f"task {gone} removed: its stages go (their folders stay on disk, unused)")
+    if lines:
+        lines.append("evaluate and report re-run; a new registered model version is gated")
+    return lines or ["no stage changes"]
+
+
 def _section_span(lines: list[str]) -> tuple[int, int] | None:
     """Where the tasks section lies in ``lines``: from its generated comment (or ``tasks:``)
     through its indented entries and a ``final_task:`` line right after them; None if absent."""
@@ -250,14 +363,18 @@ def _section_span(lines: list[str]) -> tuple[int, int] | None:
         end -= 1
     if end < len(lines) and lines[end].startswith("final_task:"):
         end += 1
-    comment = [f"# {line}" for line in TASKS_COMMENT.splitlines()]
-    if lines[max(start - len(comment), 0) : start] == comment:
-        start -= len(comment)
+    top = start  # the generated comment above, this version's or an earlier one's
+    while top > 0 and lines[top - 1].startswith("# "):
+        top -= 1
+        if lines[top].startswith("# One ") and "@<key> stage" in lines[top]:
+            start = top
+            break
     return start, end
 
 
 def write_tasks(params_path: str | Path, num_tasks: int) -> dict[str, dict[str, Any]]:
-    """Regenerate ``params_path``'s ``tasks`` and ``final_task`` for ``num_tasks`` tasks, keeping
+    """Regenerate ``params_path``'s ``tasks`` and ``final_task`` for ``num_tasks`` tasks, each
+    entry's classes and label offset from the file's ``data.*`` (:func:`task_spans`), keeping
     the per-task overrides (rank, epochs, lr). The section's lines are replaced where they are
     (appended when missing); every other line of the file stays as it is, comments inside the
     section do not. The file is replaced atomically. Returns the new section."""
@@ -266,9 +383,12 @@ def write_tasks(params_path: str | Path, num_tasks: int) -> dict[str, dict[str, 
     raw = read_yaml(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    old = raw.get("tasks") if isinstance(raw.get("tasks"), Mapping) else {}
+    old = raw.pop("tasks", None)
+    old = old if isinstance(old, Mapping) else {}
+    raw.pop("final_task", None)
     overrides = {int(k): v for k, v in old.items() if isinstance(v, Mapping)}
-    plan = plan_tasks(num_tasks, overrides)
+    spans = task_spans(parse_config(raw, str(path)), num_tasks)  # the section: not checked
+    plan = plan_tasks(num_tasks, overrides, spans)
     lines = text.splitlines()
     block = tasks_block(plan).splitlines()
     span = _section_span(lines)

@@ -23,17 +23,28 @@ from sdlora.core.records import task_metrics
 from sdlora.ops.dvc import baseline_params, experiment_name
 from sdlora.ops.tracking import SequenceTracker, flatten_params
 
+DATA_TAG = "sdlora.data_hash.{task}"  # on the run: each task's prepared data, by content
+
 
 def run_key(cfg: Config, inputs: RunInputs) -> str:
     """The sequence's MLflow key (tag ``sdlora_key``): its identity, so a re-run stage reopens
-    its run and a sequence that computes anything differently gets a run of its own."""
-    return identity_key(cfg, inputs)
+    its run and a sequence that computes anything differently gets a run of its own. The data
+    count by their params (each task's classes) here: ``train@0`` runs before a later task's
+    data is prepared. Their content is in the tags :func:`data_tags` names, which a reopened
+    run must agree with."""
+    return identity_key(cfg, inputs.without_data())
+
+
+def data_tags(inputs: RunInputs) -> dict[str, str]:
+    """Each prepared task's content hash as a run tag (:data:`DATA_TAG`)."""
+    return {DATA_TAG.format(task=t): h for t, h in enumerate(inputs.task_hashes)}
 
 
 def run_params(cfg: Config, inputs: RunInputs) -> dict[str, str]:
-    """The MLflow run's params: the sequence's identity (:func:`sdlora.config.identity`) as
-    flat keys, so runs that differ in what decides the numbers differ in a param."""
-    raw = identity(cfg, inputs)
+    """The MLflow run's params: the sequence's identity (:func:`sdlora.config.identity`, the
+    data by their params) as flat keys, so runs that differ in what decides the numbers differ
+    in a param."""
+    raw = identity(cfg, inputs.without_data())
     tasks = raw.pop("tasks")
     params = flatten_params(raw)
     for k, entry in tasks.items():
@@ -65,11 +76,13 @@ def find_baseline(cfg: Config, params_file: str | Path = "params.yaml") -> Basel
         before = parse_config(read_yaml(text, f"{commit}:{params_file}"), f"{commit}:{params_file}")
     except ConfigError:  # the commit's params predate this version: nothing to compare
         return Baseline(None, {}, exp)
-    inputs = RunInputs("", None)  # the data and weights: not params
+    inputs = RunInputs((), None)  # the data and weights: not params
     old, new = (flatten_params(identity(c, inputs)) for c in (before, cfg))
     unset = {None, "None"}  # absent on one side and null on the other: no change
+    derived = re.compile(r"tasks\.\d+\.(label_offset|classes)")  # data.*'s, said there
     changed = {k: (old.get(k, "-"), new.get(k, "-")) for k in sorted({*old, *new})
-               if old.get(k) != new.get(k) and not {old.get(k), new.get(k)} <= unset}  # fmt: skip
+               if old.get(k) != new.get(k) and not {old.get(k), new.get(k)} <= unset
+               and not derived.fullmatch(k)}  # fmt: skip
     return Baseline(commit, changed, exp)
 
 
@@ -157,6 +170,7 @@ def open_run(
         run_name=name or run_name(cfg, key, baseline),
         description=run_description(cfg, key, baseline),
         key=key,
+        agree=data_tags(inputs),
         params=run_params(cfg, inputs),
         tags={
             "sdlora.method": cfg.model.method,

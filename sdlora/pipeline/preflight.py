@@ -22,12 +22,11 @@ from sdlora.core.checkpoint import AdapterMismatchError, load_adapter, read_head
 from sdlora.core.model import ModelSettingError, SDLoRAViT
 from sdlora.core.train import build_model, check_settings
 from sdlora.data.prepare import (
-    MANIFEST,
     PARQUET_SCHEMA,
-    REPREPARE,
     Prepared,
     PreparedLike,
     open_prepared,
+    reprepare,
 )
 from sdlora.data.source import DataError
 from sdlora.pipeline.layout import StageError
@@ -73,50 +72,51 @@ def check_run_params(cfg: Config) -> None:
     check_settings(cfg, cfg.ray.num_workers)
 
 
-def stage_files(manifest: dict[str, Any], task: int) -> list[tuple[str, dict[str, Any]]]:
-    """``(file, manifest entry)`` of every split task ``task``'s stage reads: its train split
+def stage_files(prepared: Prepared, task: int) -> list[tuple[int, dict[str, Any]]]:
+    """``(task, split entry)`` of every split task ``task``'s stage reads: its train split
     (training, class means) and the test splits of tasks ``0..task`` (evaluation)."""
-    entries = manifest["tasks"]
-    wanted = [entries[task]["train"]] + [entries[t]["test"] for t in range(task + 1)]
-    return [(entry["file"], entry) for entry in wanted]
+    entries = prepared.tasks
+    wanted = [(task, entries[task]["train"])]
+    return wanted + [(t, entries[t]["test"]) for t in range(task + 1)]
 
 
 def check_splits(prepared: PreparedLike, task: int) -> None:
     """Every Parquet file the stage reads has a readable footer, the prepare stage's schema,
-    the manifest's row count and its SHA-256."""
+    its task.json's row count and its SHA-256."""
     prepared = open_prepared(prepared)
-    manifest = prepared.manifest
-    if not 0 <= task < len(manifest["tasks"]):
+    if not 0 <= task < prepared.num_tasks:
         raise DataError(
-            f"{Path(prepared) / MANIFEST} lists tasks 0..{len(manifest['tasks']) - 1}, not task "
-            f"{task}; {REPREPARE}"
+            f"{prepared} holds tasks 0..{prepared.num_tasks - 1}, not task {task}; "
+            f"{reprepare(task)}"
         )
-    for rel, entry in stage_files(manifest, task):
-        check_split(Path(prepared) / rel, entry.get("rows"), Path(prepared) / MANIFEST)
+    for t, entry in stage_files(prepared, task):
+        check_split(prepared.folder / entry["file"], entry.get("rows"), prepared.task_file(t), t)
     prepared.verify([(task, "train"), *((t, "test") for t in range(task + 1))])  # the bytes
 
 
-def check_split(path: Path, rows: int | None, manifest: Path) -> None:
-    """One prepared split: footer readable, schema as prepared, ``rows`` rows if given."""
+def check_split(path: Path, rows: int | None, listed: Path, task: int | None = None) -> None:
+    """One prepared split: footer readable, schema as prepared, ``rows`` rows if given
+    (``listed``: the file that lists it; ``task``: its task, for the fix)."""
+    fix = reprepare(task)
     try:
         meta = pq.ParquetFile(path)
     except FileNotFoundError:
-        raise DataError(f"{path} not found (listed in {manifest}); {REPREPARE}") from None
+        raise DataError(f"{path} not found (listed in {listed}); {fix}") from None
     except (OSError, pa.ArrowException) as err:
         raise DataError(
             f"{path} is not a readable Parquet file ({_reason(err, path)}): it was truncated or "
-            f"overwritten; {REPREPARE}"
+            f"overwritten; {fix}"
         ) from None
     diff = schema_diff(meta.schema_arrow, PARQUET_SCHEMA)
     if diff:
         raise DataError(
             f"{path} does not have the prepare stage's columns ({diff}): it was not written by "
-            f"this sdlora's prepare stage; {REPREPARE}"
+            f"this sdlora's prepare stage; {fix}"
         )
     if rows is not None and meta.metadata.num_rows != rows:
         raise DataError(
-            f"{path} holds {meta.metadata.num_rows} rows but {manifest} lists {rows}: the file "
-            f"was replaced after the prepare stage; {REPREPARE}"
+            f"{path} holds {meta.metadata.num_rows} rows but {listed} lists {rows}: the file "
+            f"was replaced after the prepare stage; {fix}"
         )
 
 

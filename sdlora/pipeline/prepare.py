@@ -1,31 +1,42 @@
-"""Stage ``prepare``: the benchmark into per-task Parquet splits, after checking the task plan."""
+"""Stage ``prepare@k``: task k of the benchmark into its Parquet splits, after checking the plan."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config
+from sdlora.config import Config, ConfigError
 from sdlora.pipeline.layout import (
-    PREPARED_DIR,
     check_data_root,
     check_known_num_tasks,
     count_tasks,
     known_num_tasks,
     require_plan,
+    task_split,
 )
 
 
-def prepare_stage(cfg: Config, *, out: str | Path = PREPARED_DIR) -> dict[str, Any]:
-    """Write ``out`` (``data/prepared``, see :mod:`sdlora.data.prepare`) after checking the plan."""
-    from sdlora.data.prepare import prepare
+def prepare_stage(cfg: Config, task: int, *, out: str | Path | None = None) -> dict[str, Any]:
+    """Write task ``task``'s folder ``out`` (default ``tasks.<task>.split``, ``data/prepared/
+    task_XX``; see :mod:`sdlora.data.prepare`) after checking the plan. Returns its task.json."""
+    from sdlora.data.prepare import prepare_task
 
-    require_plan(cfg)
+    plan = require_plan(cfg)
+    if task not in plan:
+        raise ConfigError(f"tasks: no entry {task} (params.yaml lists tasks 0..{len(plan) - 1})")
     check_data_root(cfg)  # a missing folder is named as such, not as a task-count mismatch
     check_known_num_tasks(cfg, "data.*")  # fail before reading anything when the count is known
-    manifest = prepare(cfg.data, seed=cfg.seed, out=out, progress=cfg.progress)
-    cfg.check_num_tasks(len(manifest["tasks"]), f"{out}/manifest.json")
-    return manifest
+    if cfg.data.tasks is None and known_num_tasks(cfg) is None:  # the folder decides the count
+        cfg.check_num_tasks(num_tasks_of(cfg), f"{describe(cfg)} (its class folders)")
+    out = task_split(task) if out is None else out
+    return prepare_task(cfg.data, cfg.seed, task, out, progress=cfg.progress)
+
+
+def describe(cfg: Config) -> str:
+    """``dataset 'name' at ROOT``, for messages."""
+    from sdlora.data.benchmarks import describe
+
+    return describe(cfg.data)
 
 
 def num_tasks_of(cfg: Config) -> int:

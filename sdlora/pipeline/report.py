@@ -21,7 +21,7 @@ from sdlora.core.checkpoint import load_adapter
 from sdlora.core.export import WEIGHTS, export_timm
 from sdlora.core.records import accuracy_matrix, task_metrics
 from sdlora.core.train import build_model, input_norm
-from sdlora.data.prepare import Prepared, open_prepared
+from sdlora.data.prepare import Prepared
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.ray_train import ADAPTER
 from sdlora.ops.tracking import git_commit, portable_uri, ui_path, ui_url
@@ -34,6 +34,7 @@ from sdlora.pipeline.layout import (
     METRICS_FILE,
     PREPARED_DIR,
     REPORT_DIR,
+    open_tasks,
     read_inputs,
     read_json,
     read_record,
@@ -159,7 +160,7 @@ def report_stage(
     model = build_model(cfg, torch.device("cpu"))
     load_adapter(model, final_task / ADAPTER)
     merged = model.merge().eval()
-    opened = open_prepared(prepared)  # the stage's one read of the manifest
+    opened = open_tasks(cfg, len(records), prepared)  # the tasks' files, read once
     first = opened.files(0, "test")[0]
     examples = pq.read_table(first, columns=["image"]).column("image").to_pylist()[:2]  # encoded
     last = len(records) - 1

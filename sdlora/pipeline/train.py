@@ -23,7 +23,6 @@ from sdlora.core.checkpoint import load_adapter
 from sdlora.core.loop import assess_task
 from sdlora.core.records import task_metrics
 from sdlora.core.train import resolve_device
-from sdlora.data.prepare import open_prepared
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.console import tail
 from sdlora.ops.ray_train import (
@@ -39,6 +38,7 @@ from sdlora.pipeline.layout import (
     PREPARED_DIR,
     RECORD,
     StageError,
+    open_tasks,
     read_inputs,
     read_record,
     require_plan,
@@ -119,8 +119,7 @@ def train_stage(
     plan = require_plan(cfg)
     if task not in plan:
         raise ConfigError(f"tasks: no entry {task} (params.yaml lists tasks 0..{len(plan) - 1})")
-    prepared = open_prepared(prepared)  # the stage's one read of the manifest
-    cfg.check_num_tasks(prepared.num_tasks, f"{prepared}/manifest.json")
+    prepared = open_tasks(cfg, task + 1, prepared)  # tasks 0..task, read once: all it uses
     records: list[dict[str, Any]] = []
     prev_adapter = None
     if task > 0:

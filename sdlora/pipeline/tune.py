@@ -81,7 +81,7 @@ def tune_stage(
             "cluster, one every node mounts at the same place)"
         )
     check_trials(params, settings)  # every value a trial could get, before reading inputs
-    prepared = check_prepared(prepared, cfg)  # opened once for the stage
+    prepared = check_prepared(prepared, cfg, len(cfg.tasks or {}) or None)  # opened once
     inputs = read_inputs(prepared, backbone)
     name = sweep_name(cfg, settings, inputs)
     check_backbone(cfg)

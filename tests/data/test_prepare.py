@@ -16,7 +16,13 @@ from PIL import Image
 import sdlora.data.source as source_module
 from sdlora.config import DataConfig
 from sdlora.data import class_order, load_digits
-from sdlora.data.prepare import PARQUET_SCHEMA, SCHEMA_VERSION, prepare, read_manifest
+from sdlora.data.prepare import (
+    PARQUET_SCHEMA,
+    SCHEMA_VERSION,
+    prepare,
+    prepare_task,
+    read_manifest,
+)
 from sdlora.data.source import CorruptImageError, DataError
 
 
@@ -101,9 +107,10 @@ def test_content_hash_stable_and_sensitive(
     first = prepare(cfg, seed=5, out=tmp_path / "a")
     second = prepare(cfg, seed=5, out=tmp_path / "b")
     assert first["content_hash"] == second["content_hash"]
-    assert (tmp_path / "a/manifest.json").read_bytes() == (
-        tmp_path / "b/manifest.json"
-    ).read_bytes()
+    for t in range(len(first["tasks"])):
+        assert (tmp_path / f"a/task_{t:02d}/task.json").read_bytes() == (
+            tmp_path / f"b/task_{t:02d}/task.json"
+        ).read_bytes()
     shutil.copytree(tmp_path / "src", tmp_path / "moved")  # where the data lives is not content
     moved = prepare(cfg.model_copy(update={"root": str(tmp_path / "moved")}), 5, tmp_path / "c")
     assert moved["content_hash"] == first["content_hash"]
@@ -234,7 +241,7 @@ def test_existing_output_is_replaced_whole(tmp_path: Path) -> None:
     prepare(cfg.model_copy(update={"init_cls": 10}), seed=1, out=out)
     manifest = read_manifest(out)
     assert manifest["params"]["seed"] == 1 and len(manifest["tasks"]) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "task_00"]
+    assert sorted(p.name for p in out.iterdir()) == ["task_00"]
     assert _leftovers(tmp_path) == []
 
 
@@ -267,32 +274,62 @@ def test_refuses_to_replace_unrelated_folder(tmp_path: Path) -> None:
 
 
 def test_read_manifest_checks_version(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="holds no task_00 folder"):
         read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text('{"schema_version": 0}')
-    with pytest.raises(DataError, match="schema_version 0"):
+    (tmp_path / "manifest.json").write_text('{"schema_version": 2}')
+    with pytest.raises(DataError, match="prepared by an older sdlora"):
+        read_manifest(tmp_path)
+    (tmp_path / "task_00").mkdir()
+    (tmp_path / "task_00" / "task.json").write_text('{"schema_version": 0}')
+    with pytest.raises(DataError, match=r"schema_version 0, .* `dvc repro -f prepare@0`"):
         read_manifest(tmp_path)
 
 
-def test_read_manifest_refuses_a_manifest_without_what_readers_use(tmp_path: Path) -> None:
-    """A hand-edited or foreign manifest stops with one DataError naming the missing key."""
+def test_read_manifest_refuses_a_task_file_without_what_readers_use(tmp_path: Path) -> None:
+    """A hand-edited or foreign task.json stops with one DataError naming the missing key."""
     import json
 
     out = tmp_path / "out"
-    manifest = prepare(DataConfig(dataset="digits", init_cls=5, increment=5), seed=0, out=out)
-    path = out / "manifest.json"
-    for doc, pattern in [
-        ([manifest], "a JSON list, not a manifest"),
-        ({k: v for k, v in manifest.items() if k != "tasks"}, "no 'tasks' in the manifest"),
-        ({**manifest, "tasks": []}, "'tasks' is not a list of tasks"),
-        ({**manifest, "tasks": [{**manifest["tasks"][0], "train": None}]},
-         "task 0's 'train' is not an object"),
-        ({**manifest, "tasks": [*manifest["tasks"][:1], {"task": 1}]},
-         "no 'classes', .* in task 1"),
+    prepare(DataConfig(dataset="digits", init_cls=5, increment=5), seed=0, out=out)
+    path = out / "task_01" / "task.json"
+    doc = json.loads(path.read_text())
+    for bad, pattern in [
+        ([doc], "a JSON list, not a task's description"),
+        ({k: v for k, v in doc.items() if k != "task"}, "no 'task' in the file"),
+        ({**doc, "task": {**doc["task"], "train": None}}, "its 'train' is not an object"),
+        ({**doc, "task": {"task": 1}}, "no 'classes', .* in its 'task'"),
+        ({**doc, "task": {**doc["task"], "task": 0}}, "describes task 0, not task 1"),
+        ({**doc, "task": {**doc["task"], "label_offset": 4}}, "labels start at 4, but tasks 0..0"),
+        ({**doc, "dataset": "glyphs"}, "other data or params than task 0 .dataset differ"),
     ]:  # fmt: skip
-        path.write_text(json.dumps(doc))
+        path.write_text(json.dumps(bad))
         with pytest.raises(DataError, match=pattern):
             read_manifest(out)
+    shutil.rmtree(out / "task_01")
+    assert len(read_manifest(out)["tasks"]) == 1  # what is there
+    with pytest.raises(DataError, match=r"task_01/task.json not found: task 1 is not prepared"):
+        read_manifest(out, num_tasks=2)
+
+
+def test_tasks_prepared_one_at_a_time_equal_the_whole(tmp_path: Path) -> None:
+    """prepare@k's folders are the whole prepare's, byte for byte; a later task added to
+    data.tasks leaves an earlier task's folder as it was."""
+    cfg = DataConfig(dataset="digits", tasks=[["3", "1"], ["9", "0", "5"]])
+    whole = prepare(cfg, seed=2, out=tmp_path / "whole")
+    for t in range(2):
+        prepare_task(cfg, 2, t, tmp_path / "one" / f"task_{t:02d}")
+    longer = cfg.model_copy(update={"tasks": [*cfg.tasks, ["7"]]})
+    prepare_task(longer, 2, 2, tmp_path / "one" / "task_02")
+    for t in range(2):
+        for name in ("train.parquet", "test.parquet", "task.json"):
+            a, b = (tmp_path / f / f"task_{t:02d}" / name for f in ("whole", "one"))
+            assert a.read_bytes() == b.read_bytes(), (t, name)
+    assert read_manifest(tmp_path / "one", 2)["content_hash"] == whole["content_hash"]
+    three = read_manifest(tmp_path / "one")
+    assert [e["label_offset"] for e in three["tasks"]] == [0, 2, 5]
+    assert three["task_hashes"][:2] == whole["task_hashes"]
+    with pytest.raises(DataError, match=r"task 2: dataset 'digits' makes tasks 0..1"):
+        prepare_task(cfg, 2, 2, tmp_path / "two")
 
 
 def test_damage_inside_a_split_is_refused_by_its_checksum(
@@ -339,7 +376,6 @@ def test_tasks_named_in_the_seeded_order_prepare_the_same_bytes(tmp_path: Path) 
             assert (tmp_path / "seeded" / path).read_bytes() == (
                 tmp_path / "listed" / path
             ).read_bytes()
-    assert second["params"]["tasks"] == named and "tasks" not in first["params"]
 
 
 def test_tasks_named_leave_out_the_classes_they_do_not_name(tmp_path: Path) -> None:

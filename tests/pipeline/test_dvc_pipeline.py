@@ -371,3 +371,89 @@ def test_the_tune_stage_and_its_best_trial_applied_with_dvc_exp_run(
     ]  # the best trial's MLflow run: one point per task, task 0's first
     (first,) = [m for m in client.get_metric_history(trial.info.run_id, "accuracy") if m.step == 0]
     assert task_metrics(record["tasks"], 0)["accuracy"] == first.value  # as train@0 logs it
+
+
+def _tree(root: Path, *folders: str) -> dict[str, bytes]:
+    """Every file under ``folders`` by path, with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes()
+            for f in folders for p in sorted((root / f).rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_appending_a_task_trains_only_it_and_gates_a_new_version(tmp_path: Path) -> None:
+    """The user story of a model that keeps learning, on digits: two tasks named in data.tasks
+    run; a third is appended (`sdlora tasks --write`) and `dvc repro` prepares and trains only
+    it (earlier splits, adapters and records byte-identical), then registers version 2, which
+    a failing gate leaves `candidate` and a passing one makes `champion`; the champion served
+    from the registry answers with class names, as the adapted model predicts."""
+    import mlflow.pyfunc
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    from sdlora.config import load_config
+    from sdlora.core.checkpoint import load_adapter
+    from sdlora.core.evaluate import outputs
+    from sdlora.core.train import build_model, task_stream
+    from sdlora.data.prepare import open_prepared
+
+    root = tmp_path / "project"
+    _copy_repo(root)
+    params = root / "params.yaml"
+    tiny = _merge(TINY, {"data": {"dataset": "digits", "tasks": [["0", "1"], ["2", "3"]]},
+                         "ray": {"num_workers": 1}})  # fmt: skip
+    params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), tiny)))
+    write_tasks(params, 2)
+    _run(root, "git", "init", "-q")
+    first = _ran(_dvc(root, "repro"))
+    assert first[0] == "validate" and first[-3:] == ["train@1", "evaluate", "report"]
+    assert sorted(first[1:-3]) == ["prepare@0", "prepare@1", "pretrain", "train@0"]
+    earlier = ("data/prepared/task_00", "data/prepared/task_01", task_output(0), task_output(1))
+    before = _tree(root, *earlier)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("sdlora-digits", "champion").version == "1"
+
+    raw = yaml.safe_load(params.read_text())  # a new class pair arrives: task 2
+    raw["data"]["tasks"].append(["4", "5"])
+    raw["mlflow"]["gate"]["max_forgetting_points"] = -100.0  # no version can pass this
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    said = _run(root, sys.executable, "-m", "sdlora", "tasks", "--write")
+    assert "task 2 added: its prepare@ and train@ stages run; tasks 0 .. 1 stay as they are" in said
+    status = _dvc(root, "status")
+    assert "prepare@0" not in status and "train@1:" not in status and "prepare@2" in status
+    output = _dvc(root, "repro")
+    assert _ran(output) == ["validate", "prepare@2", "train@2", "evaluate", "report"]
+    assert _tree(root, *earlier) == before  # untouched, byte for byte
+    versions = client.search_model_versions("name = 'sdlora-digits'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
+    assert client.get_model_version_by_alias("sdlora-digits", "champion").version == "1"
+    assert client.get_model_version_by_alias("sdlora-digits", "candidate").version == "2"
+    report = (root / REPORT_DIR / "report.md").read_text()
+    assert "`sdlora-digits` version 2: not promoted: `candidate`" in report
+    runs = client.search_runs([client.get_experiment_by_name("sdlora").experiment_id])
+    assert len(runs) == 2  # a run per sequence state: 2 tasks, then 3
+
+    raw["mlflow"]["gate"]["max_forgetting_points"] = 100.0  # any forgetting passes
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert _ran(_dvc(root, "repro")) == ["validate", "report"]  # the gate alone: re-decided
+    assert client.get_model_version_by_alias("sdlora-digits", "champion").version == "2"
+    assert len(client.search_model_versions("name = 'sdlora-digits'")) == 2  # not registered anew
+
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(client.tracking_uri)
+        served = mlflow.pyfunc.load_model("models:/sdlora-digits@champion")
+        cfg, prepared = load_config("params.yaml"), open_prepared(PREPARED_DIR)
+        model = build_model(cfg)  # the pipeline's own prediction: the adapted model
+        load_adapter(model, Path(task_output(2)) / "adapter.safetensors")
+        stream = task_stream(prepared, 2, "test", cfg, model.backbone)
+        logits, _ = outputs(model.eval(), stream, torch.device("cpu"), 64)
+        images = pq.read_table(prepared.files(2, "test")[0], columns=["image"]).column("image")
+        answer = served.predict(pd.DataFrame({"image": images.to_pylist()[:8]}))
+    finally:
+        os.chdir(cwd)
+    names = [n for t in prepared.tasks for n in t["class_names"]]
+    assert names == ["0", "1", "2", "3", "4", "5"]
+    assert list(answer["label"]) == [names[i] for i in logits[:8].argmax(dim=1).tolist()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdlora.config import load_config, parse_config, read_yaml
+from sdlora.config import ConfigError, load_config, parse_config, read_yaml
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     CURVE_FILE,
@@ -22,9 +22,12 @@ from sdlora.pipeline.layout import (
     VALIDATED,
     WEIGHTS_RECORD,
     count_tasks,
+    plan_changes,
     plan_tasks,
+    require_plan,
     task_output,
     task_prev,
+    task_spans,
     task_split,
     tasks_block,
     write_tasks,
@@ -53,7 +56,15 @@ def test_plan_chains_the_tasks_and_keeps_overrides() -> None:
     assert plan["0"]["prev"] == BACKBONE_DIR and plan["0"]["split"] == f"{PREPARED_DIR}/task_00"
     assert plan["2"]["prev"] == task_output(1) == "runs/pipeline/task_1"
     assert plan["1"] == {"split": task_split(1), "prev": task_prev(1), "rank": 4, "epochs": None,
-                         "lr": None}  # fmt: skip
+                         "lr": None, "label_offset": None, "classes": None}  # fmt: skip
+    spans = [(0, ["a", "b"]), (2, ["c"]), (3, ["0", "1"])]
+    named = plan_tasks(3, None, spans)
+    assert [(e["label_offset"], e["classes"]) for e in named.values()] == spans
+    assert (
+        '"2": {split: data/prepared/task_02, prev: runs/pipeline/task_1, rank: null, epochs: '
+        'null, lr: null, label_offset: 3, classes: ["0", "1"]}' in tasks_block(named)
+    )
+    assert parse_config(read_yaml(tasks_block(named))).tasks[2].classes == ["0", "1"]  # names
 
 
 def test_block_is_a_valid_config_section() -> None:
@@ -71,8 +82,8 @@ data:
   init_cls: 2
   increment: 2
 tasks:
-  '0': {split: data/prepared/task_00, prev: artifacts/backbone}
-  '1': {split: data/prepared/task_01, prev: runs/pipeline/task_0, rank: 3}
+  '0': {split: data/prepared/task_00, prev: artifacts/backbone, label_offset: 0}
+  '1': {split: data/prepared/task_01, prev: runs/pipeline/task_0, rank: 3, label_offset: 2}
 final_task: runs/pipeline/task_1
 mlflow: {experiment: x}   # after the block
 """
@@ -101,12 +112,13 @@ def test_rewriting_keeps_the_rest_of_the_file(tmp_path: Path) -> None:
     new = _rewrite(tmp_path, PARAMS, 4)
     assert _other_lines(new) == _other_lines(PARAMS)  # every other line and comment, in order
     assert new.index("tasks:") < new.index("final_task:") < new.index("mlflow:")  # in place
-    assert new.count("# One train@<key>") == 1 and new.count("tasks:") == 1
+    assert new.count("# One prepare@<key> and train@<key>") == 1 and new.count("tasks:") == 1
     assert '  "0": {split: data/prepared/task_00, prev: artifacts/backbone, rank: null, ' in new
     raw = yaml.safe_load(new)
     assert list(raw["tasks"]) == ["0", "1", "2", "3"]  # str keys, as DVC's foreach needs
     assert raw["tasks"]["1"] == {"split": task_split(1), "prev": task_prev(1), "rank": 3,
-                                 "epochs": None, "lr": None}  # fmt: skip
+                                 "epochs": None, "lr": None, "label_offset": 2,
+                                 "classes": None}  # fmt: skip
     cfg = parse_config(read_yaml(new))
     assert cfg.final_task == task_output(3) and cfg.rank_for_task(1) == 3
     assert _rewrite(tmp_path, new, 4) == new  # a second rewrite changes nothing
@@ -131,9 +143,11 @@ def test_a_file_dvc_rewrote_comes_back_with_its_override(tmp_path: Path) -> None
     by_dvc = dumps_yaml(edited)
     assert by_dvc != text  # DVC writes nulls as nothing, single quotes, folded lines
     new = _rewrite(tmp_path, by_dvc, len(edited["tasks"]))
-    block = tasks_block(plan_tasks(len(edited["tasks"]), {3: {"rank": 4}}))
-    assert new.endswith(block) and "task_2, rank: 4, epochs: null, lr: null}" in block
-    assert new[: -len(block)] == by_dvc[: by_dvc.index("# One train@<key>")]  # DVC's lines stay
+    cfg = load_config(REPO / "params.yaml")
+    spans = task_spans(cfg, len(edited["tasks"]))
+    block = tasks_block(plan_tasks(len(edited["tasks"]), {3: {"rank": 4}}, spans))
+    assert new.endswith(block) and "task_2, rank: 4, epochs: null, lr: null, " in block
+    assert new[: -len(block)] == by_dvc[: by_dvc.index("# One prepare@<key>")]  # DVC's lines
 
 
 def test_rewriting_keeps_overrides_and_what_follows_the_section(tmp_path: Path) -> None:
@@ -156,7 +170,7 @@ mlflow: {experiment: x}
     assert cfg.for_task(0).train.lr == 0.0005 and cfg.for_task(1).train.epochs == 3
     assert cfg.rank_for_task(2) == 7
     assert "slower start" not in new and "middle task" not in new  # the section is generated
-    assert new.startswith("seed: 1\n# One train@<key> stage per task")  # where it was
+    assert new.startswith("seed: 1\n# One prepare@<key> and train@<key> stage per task")
     assert new.endswith(f"final_task: {task_output(3)}   # what evaluate reads: the last task's "
                         "output\n\n# MLflow: where runs go\nmlflow: {experiment: x}\n")  # fmt: skip
     fewer = _rewrite(tmp_path, new, 1)
@@ -168,11 +182,14 @@ mlflow: {experiment: x}
 
 def test_missing_sections_are_appended_with_their_comment(tmp_path: Path) -> None:
     new = _rewrite(tmp_path, "seed: 2   # no tasks yet", 2)
-    assert new.startswith("seed: 2   # no tasks yet\n\n# One train@<key>")
-    assert new.endswith(tasks_block(plan_tasks(2)))
-    assert _rewrite(tmp_path, "", 2) == tasks_block(plan_tasks(2))  # an empty file
+    assert new.startswith("seed: 2   # no tasks yet\n\n# One prepare@<key> and train@<key>")
+    spans = task_spans(parse_config({}), 2)  # the defaults: digits, 2 classes a task
+    assert new.endswith(tasks_block(plan_tasks(2, None, spans)))
+    assert _rewrite(tmp_path, "", 2) == tasks_block(plan_tasks(2, None, spans))  # an empty file
     block = tasks_block(plan_tasks(1))
-    assert block.startswith("# One train@<key> stage per task") and "\ntasks:\n" in block
+    assert (
+        block.startswith("# One prepare@<key> and train@<key> stage per") and "\ntasks:\n" in block
+    )
     assert block.endswith(f"final_task: {task_output(0)}   # what evaluate reads: the last task's "
                           "output\n")  # fmt: skip
 
@@ -190,13 +207,63 @@ def test_write_tasks_follows_data_and_keeps_overrides(tmp_path: Path) -> None:
     assert sorted(load_config(path).tasks) == [0]
 
 
+def test_write_tasks_names_each_tasks_classes_and_refuses_a_stale_section(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS.replace("  increment: 2\n", "  tasks: [[3, 1], [9, 0, 5]]\n"))
+    plan = write_tasks(path, 2)
+    assert [(e["label_offset"], e["classes"]) for e in plan.values()] == [
+        (0, ["3", "1"]), (2, ["9", "0", "5"])]  # fmt: skip
+    written = path.read_text()
+    assert require_plan(load_config(path))[1].classes == ["9", "0", "5"]
+    path.write_text(written.replace("[9, 0, 5]]", "[9, 0, 5], [7]]"))  # data.tasks grew
+    stale = r"tasks: params\.yaml lists 2 task\(s\) but data\.tasks lists 3; run `python -m"
+    with pytest.raises(ConfigError, match=stale):
+        require_plan(load_config(path))
+    path.write_text(written.replace("[9, 0, 5]]", "[9, 5, 0]]"))  # the order within a task
+    said = (r"tasks.1.classes = \['9', '0', '5'\] but data.tasks\[1\] = \['9', '5', '0'\]; "
+            r"run `python -m sdlora tasks --write` \(it says which")  # fmt: skip
+    with pytest.raises(ConfigError, match=said):
+        require_plan(load_config(path))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ([["a"], ["b"]], [["a"], ["b"], ["c"]],
+         ["task 2 added: its prepare@ and train@ stages run; tasks 0 .. 1 stay as they are"]),
+        ([["a"], ["b"], ["c"]], [["a"], ["c"]],
+         ["task 1's classes or label offset change: prepare@1, train@1 re-run; task 0 stays "
+          "as it is", "task 2 removed: its stages go (their folders stay on disk, "
+          "unused)"]),
+        ([["a", "x"], ["b"], ["c"]], [["a"], ["b"], ["c"]],
+         ["task 0's classes or label offset change: prepare@0 .. prepare@2, train@0 .. train@2 "
+          "re-run"]),
+        ([["a"], ["b"]], [["a"], ["b"]], ["no stage changes"]),
+    ],
+)  # fmt: skip
+def test_plan_changes_says_what_re_runs(
+    old: list[list[str]], new: list[list[str]], said: list[str]
+) -> None:
+    def plan(tasks: list[list[str]]) -> dict:
+        cfg = parse_config({"data": {"tasks": tasks}})
+        return plan_tasks(len(tasks), None, task_spans(cfg, len(tasks)))
+
+    lines = plan_changes(plan(old), plan(new))
+    assert lines[: len(said)] == said
+    assert lines[len(said):] == ([] if said == ["no stage changes"] else
+                                 ["evaluate and report re-run; a new registered model version is "
+                                  "gated"])  # fmt: skip
+
+
 def test_dvc_yaml_uses_the_plan_paths() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
     s = stages["stages"]
     assert s["validate"]["outs"] == [VALIDATED, WEIGHTS_RECORD]
-    assert VALIDATED in s["prepare"]["deps"]
+    prepare = s["prepare"]
+    assert prepare["foreach"] == "${tasks}" and VALIDATED in prepare["do"]["deps"]
     assert WEIGHTS_RECORD in s["pretrain"]["deps"]
-    assert s["prepare"]["outs"] == [PREPARED_DIR]
+    assert prepare["do"]["outs"] == ["${item.split}"]
+    assert {"tasks.${key}.label_offset", "tasks.${key}.classes"} <= set(prepare["do"]["params"])
     assert s["pretrain"]["outs"] == [BACKBONE_DIR]
     train = s["train"]
     assert train["foreach"] == "${tasks}"
@@ -216,7 +283,11 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
         cmd[name] = dict(zip(args[2::2], args[3::2], strict=True))
     want = {"--params": "params.yaml", "--out": VALIDATED, "--weights": WEIGHTS_RECORD}
     assert cmd["validate"] == want
-    assert cmd["prepare"] == {"--params": "params.yaml", "--out": PREPARED_DIR}
+    assert cmd["prepare"] == {
+        "--params": "params.yaml",
+        "--task": "${key}",
+        "--out": "${item.split}",
+    }
     assert cmd["pretrain"] == {"--params": "params.yaml", "--out": BACKBONE_DIR}
     assert cmd["train"] == {
         "--params": "params.yaml", "--task": "${key}", "--prepared": PREPARED_DIR,
@@ -241,6 +312,21 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
 def test_committed_params_list_one_stage_per_task() -> None:
     cfg = load_config(REPO / "params.yaml")
     assert cfg.tasks is not None and len(cfg.tasks) == num_tasks_of(cfg)
+    require_plan(cfg)  # every entry's classes and label offset as data.* cuts them
+
+
+def test_per_task_stages_track_every_data_key_but_the_task_list() -> None:
+    """prepare@k and train@k list data.* key by key, leaving out data.tasks (each tracks its own
+    task's entry instead): a task appended to data.tasks re-runs no earlier stage, and a new
+    data key cannot be forgotten."""
+    from sdlora.config import DataConfig
+
+    wanted = {f"data.{name}" for name in DataConfig.model_fields if name != "tasks"}
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("prepare", "train"):
+        params = stages[name]["do"]["params"]
+        data = {p for p in params if isinstance(p, str) and p.startswith("data")}
+        assert data == wanted, (name, data ^ wanted)
 
 
 def test_read_inputs_refuses_weights_that_changed_since_they_were_recorded(
@@ -261,9 +347,12 @@ def test_read_inputs_refuses_weights_that_changed_since_they_were_recorded(
     backbone.mkdir()
     record = {"weights": str(weights), "sha256": file_sha256(weights)}
     (backbone / "backbone.json").write_text(json.dumps(record))
-    prepared = SimpleNamespace(manifest={"content_hash": "sha256:data"})
+    prepared = SimpleNamespace(manifest={"task_hashes": ["sha256:a", "sha256:b"]})
     inputs = read_inputs(prepared, backbone)
-    assert (inputs.data_hash, inputs.weights_sha256) == ("sha256:data", record["sha256"])
+    assert (inputs.task_hashes, inputs.weights_sha256) == (
+        ("sha256:a", "sha256:b"),
+        record["sha256"],
+    )
     raw = bytearray(weights.read_bytes())
     raw[300:304] = b"\0\0\0\0"  # same size: only the content tells
     weights.write_bytes(bytes(raw))
@@ -303,3 +392,14 @@ def test_records_without_what_readers_use_stop_with_the_file_and_the_key(tmp_pat
     (tmp_path / "backbone.json").write_text(json.dumps({"name": "vit", "sha256": None}))
     with pytest.raises(StageError, match=r"backbone\.json has no 'weights'"):
         read_backbone_record(tmp_path)
+
+
+def test_an_earlier_versions_comment_is_replaced_not_kept(tmp_path: Path) -> None:
+    old = (
+        "seed: 1\n# One train@<key> stage per task, generated from data.* by `python -m sdlora "
+        "tasks --write`, which\n# keeps per-task overrides (rank, epochs, lr: a change re-runs "
+        "from that task on).\ntasks:\n  '0': {split: a, prev: b}\n"
+    )
+    new = _rewrite(tmp_path, old, 1)
+    assert "# One train@<key>" not in new and new.count("# One prepare@<key>") == 1
+    assert new.startswith("seed: 1\n# One prepare@<key>")

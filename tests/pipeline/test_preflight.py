@@ -35,7 +35,7 @@ data: {{image_size: 16, augment: none, init_cls: 2, increment: 2}}
 backbone: {{name: vit_tiny_patch16_224, weights: {WEIGHTS}, kwargs: {TINY}}}
 model: {{rank: 2}}
 """
-REPREPARE = "re-create the prepared splits (the pipeline: `dvc repro -f prepare`)"
+REPREPARE = "re-create the prepared splits (the pipeline: `dvc repro -f prepare@{task}`)"
 RERUN_0 = "re-run the previous task's stage with `dvc repro -f train@0`"
 PRETRAIN = "re-create it with `dvc repro -f pretrain` or fix `backbone.weights` in params.yaml"
 
@@ -108,13 +108,13 @@ def test_truncated_split(project: Config, capsys: pytest.CaptureFixture[str], sp
     _fails(
         capsys,
         f"data/prepared/{split} is not a readable Parquet file (Parquet magic bytes not found",
-        f"it was truncated or overwritten; {REPREPARE}",
+        f"it was truncated or overwritten; {REPREPARE.format(task=int(split[5:7]))}",
     )
 
 
 def test_missing_split(project: Config, capsys: pytest.CaptureFixture[str]) -> None:
     Path("data/prepared/task_01/test.parquet").unlink()
-    _fails(capsys, "data/prepared/task_01/test.parquet not found", REPREPARE)
+    _fails(capsys, "data/prepared/task_01/test.parquet not found", REPREPARE.format(task=1))
 
 
 def test_split_with_another_schema(project: Config, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,14 +126,15 @@ def test_split_with_another_schema(project: Config, capsys: pytest.CaptureFixtur
         capsys,
         f"{path} does not have the prepare stage's columns (no column 'path'; column 'label' is "
         "string, not int64)",
-        REPREPARE,
+        REPREPARE.format(task=1),
     )
 
 
 def test_split_with_other_rows(project: Config, capsys: pytest.CaptureFixture[str]) -> None:
     path = "data/prepared/task_00/test.parquet"
     pq.write_table(pq.read_table(path).slice(0, 1), path)
-    _fails(capsys, f"{path} holds 1 rows but data/prepared/manifest.json lists 4", REPREPARE)
+    listed = "data/prepared/task_00/task.json"
+    _fails(capsys, f"{path} holds 1 rows but {listed} lists 4", REPREPARE.format(task=0))
 
 
 def test_truncated_previous_adapter(project: Config, capsys: pytest.CaptureFixture[str]) -> None:

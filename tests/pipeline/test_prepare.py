@@ -1,4 +1,4 @@
-"""Stage prepare: the splits, a stale task list refused, bad input exits 2, paths as given."""
+"""Stage prepare@k: the splits, a stale task list refused, bad input exits 2, paths as given."""
 
 from __future__ import annotations
 
@@ -13,29 +13,47 @@ import pytest
 
 from sdlora.cli import stage_main
 from sdlora.config import load_config
+from sdlora.data.prepare import read_manifest, task_dir
 from sdlora.pipeline.layout import PREPARED_DIR
 from sdlora.pipeline.prepare import prepare_stage
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _prepare_all(n: int, *extra: str) -> int:
+    """Every prepare@k stage, as DVC runs them; the first nonzero exit."""
+    for k in range(n):
+        if code := stage_main("prepare", ["--params", "params.yaml", "--task", str(k), *extra]):
+            return code
+    return 0
+
+
 def test_prepare_stage_writes_the_splits(write_params: Callable[..., Path]) -> None:
     write_params("seed: 3\ndata: {dataset: digits, init_cls: 4, increment: 3}\n", tasks=3)
-    assert stage_main("prepare", ["--params", "params.yaml"]) == 0
-    manifest = json.loads((Path(PREPARED_DIR) / "manifest.json").read_text())
+    assert _prepare_all(3) == 0
+    manifest = read_manifest(PREPARED_DIR)
     assert [t["num_classes"] for t in manifest["tasks"]] == [4, 3, 3]
     assert manifest["params"]["seed"] == 3
+    assert sorted(p.name for p in Path(PREPARED_DIR).iterdir()) == [task_dir(t) for t in range(3)]
 
 
 def test_prepare_refuses_a_stale_task_list(
     capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
 ) -> None:
     write_params("data: {dataset: digits, init_cls: 4, increment: 3}\n", tasks=5)
-    assert stage_main("prepare", ["--params", "params.yaml"]) == 2
+    assert _prepare_all(1) == 2
     err = capsys.readouterr().err
     assert "tasks: params.yaml lists 5 task(s) but data.* has 3" in err
     assert "run `python -m sdlora tasks --write`" in err
     assert not Path(PREPARED_DIR).exists()
+
+
+def test_prepare_refuses_a_task_the_section_lacks(
+    capsys: pytest.CaptureFixture[str], write_params: Callable[..., Path]
+) -> None:
+    write_params("data: {dataset: digits, tasks: [[1, 2], [3]]}\n", tasks=2)
+    assert stage_main("prepare", ["--params", "params.yaml", "--task", "2"]) == 2
+    assert "tasks: no entry 2 (params.yaml lists tasks 0..1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -54,7 +72,7 @@ def test_bad_input_exits_2(
     write_params: Callable[..., Path],
 ) -> None:
     write_params(text, tasks)
-    assert stage_main("prepare", ["--params", "params.yaml"]) == 2
+    assert _prepare_all(1) == 2
     assert message in capsys.readouterr().err
     assert not Path(PREPARED_DIR).exists()
 
@@ -64,11 +82,15 @@ def test_prepare_writes_where_it_is_told(write_params: Callable[..., Path]) -> N
     write_params("data: {dataset: digits, init_cls: 4, increment: 3}\n", tasks=3)
     done = subprocess.run(
         [sys.executable, str(REPO / "pipelines/prepare.py"), "--params", "params.yaml",
-         "--out", "elsewhere/prepared"],
+         "--task", "1", "--out", "elsewhere/task_01"],
         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (Path("elsewhere/prepared/manifest.json")).is_file()
+    assert (Path("elsewhere/task_01/task.json")).is_file()
     assert not Path(PREPARED_DIR).exists()
-    manifest = prepare_stage(load_config("params.yaml"), out="other")
-    assert json.loads(Path("other/manifest.json").read_text()) == manifest
+    doc = prepare_stage(load_config("params.yaml"), 1, out="other")
+    assert json.loads(Path("other/task.json").read_text()) == doc
+    assert (
+        Path("other/train.parquet").read_bytes()
+        == Path("elsewhere/task_01/train.parquet").read_bytes()
+    )
