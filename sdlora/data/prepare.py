@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from sdlora.config import DataConfig, combine_hashes
+from sdlora.config import Config, DataConfig, combine_hashes
 from sdlora.data.benchmarks import named_tasks, open_source
 from sdlora.data.source import CorruptImageError, DataError, Listing, Source
 from sdlora.data.tasks import class_order, split_classes
@@ -292,6 +292,25 @@ def open_prepared(prepared: PreparedLike, num_tasks: int | None = None) -> Prepa
             )
         return prepared
     return Prepared(Path(prepared), read_manifest(prepared, num_tasks))
+
+
+def open_tasks(cfg: Config, num_tasks: int, prepared: PreparedLike) -> Prepared:
+    """Tasks ``0..num_tasks-1`` of the prepared folder, refused unless each is the task the
+    ``tasks`` section describes (its label offset and, when named, its classes): a folder
+    prepared for another task list is never trained or evaluated on."""
+    opened = open_prepared(prepared, num_tasks)
+    for t, entry in enumerate(opened.tasks):
+        want = (cfg.tasks or {})[t]
+        have = (entry["label_offset"], entry["class_names"])
+        if want.label_offset != have[0] or want.classes not in (None, have[1]):
+            shown = f"classes {have[1]}" if want.classes is not None else "its classes"
+            raise DataError(
+                f"{opened.task_file(t)}: task {t} was prepared with labels from {have[0]} and "
+                f"{shown}, not as tasks.{t} says (labels from {want.label_offset}"
+                + (f", classes {want.classes}" if want.classes is not None else "")
+                + f"); run `dvc repro prepare@{t}`"
+            )
+    return opened
 
 
 @contextmanager

@@ -227,27 +227,6 @@ def check_data_root(cfg: Config) -> None:
         )
 
 
-def open_tasks(cfg: Config, num_tasks: int, prepared: str | Path = PREPARED_DIR) -> Prepared:
-    """Tasks ``0..num_tasks-1`` of the prepared folder, refused unless each is the task the
-    ``tasks`` section describes (its label offset and, when named, its classes): a folder
-    prepared for another task list is never trained or evaluated on."""
-    from sdlora.data.prepare import open_prepared
-
-    opened = open_prepared(prepared, num_tasks)
-    for t, entry in enumerate(opened.tasks):
-        want = (cfg.tasks or {})[t]
-        have = (entry["label_offset"], entry["class_names"])
-        if want.label_offset != have[0] or want.classes not in (None, have[1]):
-            shown = f"classes {have[1]}" if want.classes is not None else "its classes"
-            raise StageError(
-                f"{opened.task_file(t)}: task {t} was prepared with labels from {have[0]} and "
-                f"{shown}, not as tasks.{t} says (labels from {want.label_offset}"
-                + (f", classes {want.classes}" if want.classes is not None else "")
-                + f"); run `dvc repro prepare@{t}`"
-            )
-    return opened
-
-
 def read_inputs(prepared: Prepared, backbone: str | Path = BACKBONE_DIR) -> RunInputs:
     """The run's inputs by content: the prepared splits' hash (from the manifest of the stage's
     opened folder) and the weights' SHA-256 from the pretrain stage's record, after checking

@@ -16,12 +16,20 @@ from sdlora.pipeline.layout import (
 )
 
 
-def prepare_stage(cfg: Config, task: int, *, out: str | Path | None = None) -> dict[str, Any]:
+def prepare_stage(
+    cfg: Config, task: int | None = None, *, out: str | Path | None = None
+) -> dict[str, Any]:
     """Write task ``task``'s folder ``out`` (default ``tasks.<task>.split``, ``data/prepared/
-    task_XX``; see :mod:`sdlora.data.prepare`) after checking the plan. Returns its task.json."""
+    task_XX``; see :mod:`sdlora.data.prepare`) after checking the plan. Returns its task.json.
+    ``task`` None: every task of the plan in turn, into their default folders (what ``dvc
+    repro`` runs stage by stage); returns the last one's."""
     from sdlora.data.prepare import prepare_task
 
     plan = require_plan(cfg)
+    if task is None:
+        if out is not None:
+            raise ValueError("out names one task's folder: give the task too")
+        return [prepare_stage(cfg, k) for k in plan][-1]
     if task not in plan:
         raise ConfigError(f"tasks: no entry {task} (params.yaml lists tasks 0..{len(plan) - 1})")
     check_data_root(cfg)  # a missing folder is named as such, not as a task-count mismatch

@@ -21,7 +21,7 @@ from sdlora.core.checkpoint import load_adapter
 from sdlora.core.export import WEIGHTS, export_timm
 from sdlora.core.records import accuracy_matrix, task_metrics
 from sdlora.core.train import build_model, input_norm
-from sdlora.data.prepare import Prepared
+from sdlora.data.prepare import Prepared, open_tasks
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.ray_train import ADAPTER
 from sdlora.ops.tracking import git_commit, portable_uri, ui_path, ui_url
@@ -34,7 +34,6 @@ from sdlora.pipeline.layout import (
     METRICS_FILE,
     PREPARED_DIR,
     REPORT_DIR,
-    open_tasks,
     read_inputs,
     read_json,
     read_record,

@@ -23,6 +23,7 @@ from sdlora.core.checkpoint import load_adapter
 from sdlora.core.loop import assess_task
 from sdlora.core.records import task_metrics
 from sdlora.core.train import resolve_device
+from sdlora.data.prepare import open_tasks
 from sdlora.files import atomic_directory, write_json
 from sdlora.ops.console import tail
 from sdlora.ops.ray_train import (
@@ -38,7 +39,6 @@ from sdlora.pipeline.layout import (
     PREPARED_DIR,
     RECORD,
     StageError,
-    open_tasks,
     read_inputs,
     read_record,
     require_plan,

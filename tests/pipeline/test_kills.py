@@ -259,7 +259,7 @@ def _checkpoints(root: Path) -> set[Path]:
 
 def _temporaries(root: Path) -> list[str]:
     """What killed writers left beside the outputs (sdlora.files: `.<name>.<pid>.*.tmp`)."""
-    folders = [root / "data", root / PIPELINE_DIR, root / "artifacts", root / "results"]
+    folders = [root / PREPARED_DIR, root / PIPELINE_DIR, root / "artifacts", root / "results"]
     found = [p for f in folders for pattern in (".*.tmp", ".*.old") for p in f.glob(pattern)]
     return sorted(str(p.relative_to(root)) for p in found)
 
@@ -268,11 +268,11 @@ def test_1_a_repro_killed_in_prepare_leaves_nothing_running(project: Project) ->
     root = project.root
     run = Repro(project)
     where = _kill_after(run, "prepare", "prepare's temporary folder",
-                        lambda: any((root / "data").glob(".prepared.*")), 0.15)  # fmt: skip
+                        lambda: any((root / PREPARED_DIR).glob(".task_00.*")), 0.15)  # fmt: skip
     project.outputs["prepare"] = where
     _wait_until_all_gone(project, where)
-    assert not (root / PREPARED_DIR).exists(), f"{where}: prepare had finished"
-    assert _ran(run.output) == ["validate", "prepare"], run.output
+    assert not (root / PREPARED_DIR / "task_00").exists(), f"{where}: prepare had finished"
+    assert _ran(run.output) == ["validate", "prepare@0"], run.output
 
 
 def test_2_prepare_reruns_to_the_same_splits_and_a_task_is_killed_after_a_checkpoint(
@@ -285,9 +285,9 @@ def test_2_prepare_reruns_to_the_same_splits_and_a_task_is_killed_after_a_checkp
     where = _kill_after(run, "train", "train@0's first epoch checkpoint",
                         lambda: bool(_checkpoints(root)), 1.0)  # fmt: skip
     project.outputs["train"] = where
-    assert _ran(run.output) == ["validate", "prepare", "pretrain", "train@0"], run.output
+    assert _ran(run.output) == ["validate", "prepare@0", "pretrain", "train@0"], run.output
     assert _digests(root / PREPARED_DIR) == reference.prepared, project.outputs["prepare"]
-    assert not list((root / "data").glob(".prepared.*")), project.outputs["prepare"]
+    assert not list((root / PREPARED_DIR).glob(".task_00.*")), project.outputs["prepare"]
     assert not (root / task_output(0)).exists(), f"{where}: train@0 had finished"
 
 

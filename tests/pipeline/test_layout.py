@@ -403,3 +403,28 @@ def test_an_earlier_versions_comment_is_replaced_not_kept(tmp_path: Path) -> Non
     new = _rewrite(tmp_path, old, 1)
     assert "# One train@<key>" not in new and new.count("# One prepare@<key>") == 1
     assert new.startswith("seed: 1\n# One prepare@<key>")
+
+
+def test_a_task_prepared_for_another_task_list_is_refused(tmp_path: Path) -> None:
+    """open_tasks: each prepared task must be the one the tasks section names (a folder left
+    by an earlier task list, or prepared by hand, is never trained on)."""
+    from sdlora.data.prepare import open_tasks, prepare
+    from sdlora.data.source import DataError
+
+    def config(tasks: list[list[str]]) -> object:
+        cfg = parse_config({"data": {"dataset": "digits", "tasks": tasks}})
+        plan = plan_tasks(len(tasks), None, task_spans(cfg, len(tasks)))
+        return parse_config({"data": {"dataset": "digits", "tasks": tasks}, "tasks": plan,
+                             "final_task": task_output(len(tasks) - 1)})  # fmt: skip
+
+    prepare(config([["1", "2"], ["3"]]).data, seed=0, out=tmp_path / "p")
+    assert open_tasks(config([["1", "2"], ["3"]]), 2, tmp_path / "p").num_tasks == 2
+    assert open_tasks(config([["1", "2"], ["3"], ["4"]]), 2, tmp_path / "p").num_tasks == 2
+    said = (
+        r"task_01/task.json: task 1 was prepared with labels from 2 and classes \['3'\], not "
+        r"as tasks.1 says \(labels from 2, classes \['4'\]\); run `dvc repro prepare@1`"
+    )
+    with pytest.raises(DataError, match=said):
+        open_tasks(config([["1", "2"], ["4"]]), 2, tmp_path / "p")
+    with pytest.raises(DataError, match=r"task_00/task.json: .* classes \['1'\]\); run `dvc"):
+        open_tasks(config([["1"], ["3"]]), 2, tmp_path / "p")

@@ -17,9 +17,10 @@ def test_train_stage_needs_its_inputs(write_params: Callable[..., Path]) -> None
     cfg = load_config(write_params("data: {dataset: digits, init_cls: 2, increment: 2}\n", 5))
     with pytest.raises(ConfigError, match=r"tasks: no entry 7 \(params.yaml lists tasks 0..4\)"):
         train_stage(cfg, 7)
-    with pytest.raises(ValueError, match=r"manifest\.json"):
+    with pytest.raises(ValueError, match=r"data/prepared not found"):
         train_stage(cfg, 1)  # nothing prepared yet
-    with pytest.raises(ValueError, match=r"elsewhere/manifest\.json not found"):
+    Path("elsewhere/task_00").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"elsewhere/task_00/task\.json not found: task 0 is "):
         train_stage(cfg, 1, prepared="elsewhere")
 
 
