@@ -98,10 +98,11 @@ def test_a_named_task_with_a_class_the_data_lacks_is_refused_before_prepare(
     assert not Path("out").exists()
     write_params("data: {dataset: glyphs, tasks: [[Γ, Δ], [Θ, Σ]]}\n", tasks=2)
     assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 0
-    write_params("data: {dataset: glyphs, tasks: [[Γ, Δ], [Θ, Σ]]}\n", tasks=3)
+    path = Path("params.yaml")  # a task dropped from data.tasks, the section not rewritten
+    path.write_text(path.read_text().replace("[[Γ, Δ], [Θ, Σ]]", "[[Γ, Δ]]"))
     assert stage_main("validate", ["--params", "params.yaml", "--out", "out/ok.json"]) == 2
     err = capsys.readouterr().err
-    assert "tasks: params.yaml lists 3 task(s) but the data has 2 (data.tasks); run `python" in err
+    assert "tasks: params.yaml lists 2 task(s) but data.tasks lists 1; run `python -m sdlora" in err
 
 
 @pytest.mark.parametrize(
