@@ -269,10 +269,11 @@ def stage() -> None:
 @_params_option
 @_file("--out", "output file", "runs/pipeline/params_valid.json")
 @_file("--weights", "the weights record", "runs/pipeline/weights.json")
-def validate_stage(params: str, out: str, weights: str) -> None:
+@_file("--data", "the data settings every task shares", "runs/pipeline/data.json")
+def validate_stage(params: str, out: str, weights: str, data: str) -> None:
     from sdlora.pipeline.validate import validate_stage
 
-    validate_stage(load_config(params), params=params, out=out, weights=weights)
+    validate_stage(load_config(params), params=params, out=out, weights=weights, data=data)
 
 
 @stage.command("prepare", help="Task K of the configured benchmark into its Parquet splits.")

@@ -41,6 +41,7 @@ BACKBONE_DIR = "artifacts/backbone"  # pretrain: backbone.json (+ the embedded w
 PIPELINE_DIR = "runs/pipeline"  # train@k: task_<k>/; evaluate: eval/; report: report/
 VALIDATED = f"{PIPELINE_DIR}/params_valid.json"  # validate: the same bytes while params are valid
 WEIGHTS_RECORD = f"{PIPELINE_DIR}/weights.json"  # validate: an outside weights file's SHA-256
+DATA_RECORD = f"{PIPELINE_DIR}/data.json"  # validate: data.* but data.tasks (prepare@k, train@k)
 EVAL_DIR = f"{PIPELINE_DIR}/eval"
 REPORT_DIR = f"{PIPELINE_DIR}/report"
 # evaluate's files kept in git (DVC's `cache: false`): the baseline `dvc metrics diff`,

@@ -26,6 +26,7 @@ from sdlora.data.benchmarks import check_named_tasks
 from sdlora.files import file_sha256, write_json
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
+    DATA_RECORD,
     VALIDATED,
     WEIGHTS_RECORD,
     check_data_root,
@@ -51,15 +52,24 @@ def weights_record(cfg: Config, backbone: str | Path = BACKBONE_DIR) -> dict[str
     return {"weights": weights, "sha256": sha}
 
 
+def data_record(cfg: Config) -> dict[str, Any]:
+    """Every ``data.*`` setting but ``data.tasks``, defaults filled in: what every task's
+    ``prepare@k`` and ``train@k`` share. They depend on this file rather than on the params
+    (each tracks its own task's classes in ``tasks.<k>``), so a task appended to ``data.tasks``
+    re-runs none of them, and a params file need not spell out every data key."""
+    return cfg.data.model_dump(mode="json", exclude={"tasks"})
+
+
 def validate_stage(
     cfg: Config,
     *,
     params: str | Path = "params.yaml",
     out: str | Path = VALIDATED,
     weights: str | Path = WEIGHTS_RECORD,
+    data: str | Path = DATA_RECORD,
 ) -> dict[str, Any]:
-    """Write ``out`` for the already validated ``cfg`` (the same bytes whatever its values) and
-    ``weights`` (:func:`weights_record`)."""
+    """Write ``out`` for the already validated ``cfg`` (the same bytes whatever its values),
+    ``weights`` (:func:`weights_record`) and ``data`` (:func:`data_record`)."""
     check_pipeline_method(cfg)  # load_config validated the rest; the next needs torch, timm
     check_settings(cfg, cfg.ray.num_workers)  # the backbone on the meta device, blocks, batch
     require_plan(cfg)  # the task list matches the pipeline's layout
@@ -67,7 +77,8 @@ def validate_stage(
     check_named_tasks(cfg.data)  # data.tasks names classes the dataset has
     check_known_num_tasks(cfg, "the data")  # else prepare counts the classes, train@k checks
     payload = {"params": str(params), "valid": True}
-    for path, content in ((out, payload), (weights, weights_record(cfg))):
+    records = ((out, payload), (weights, weights_record(cfg)), (data, data_record(cfg)))
+    for path, content in records:
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # DVC creates no output's parent
         write_json(path, content)
     return payload

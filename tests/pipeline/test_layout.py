@@ -12,6 +12,7 @@ from sdlora.config import ConfigError, load_config, parse_config, read_yaml
 from sdlora.pipeline.layout import (
     BACKBONE_DIR,
     CURVE_FILE,
+    DATA_RECORD,
     EVAL_DIR,
     HEATMAP_FILE,
     MAGNITUDES_FILE,
@@ -258,7 +259,7 @@ def test_plan_changes_says_what_re_runs(
 def test_dvc_yaml_uses_the_plan_paths() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
     s = stages["stages"]
-    assert s["validate"]["outs"] == [VALIDATED, WEIGHTS_RECORD]
+    assert s["validate"]["outs"] == [VALIDATED, WEIGHTS_RECORD, DATA_RECORD]
     prepare = s["prepare"]
     assert prepare["foreach"] == "${tasks}" and VALIDATED in prepare["do"]["deps"]
     assert WEIGHTS_RECORD in s["pretrain"]["deps"]
@@ -281,7 +282,8 @@ def test_dvc_yaml_uses_the_plan_paths() -> None:
         args = stage.get("cmd", stage.get("do", {}).get("cmd", "")).split()
         assert args[:2] == ["python", f"pipelines/{name}.py"], args
         cmd[name] = dict(zip(args[2::2], args[3::2], strict=True))
-    want = {"--params": "params.yaml", "--out": VALIDATED, "--weights": WEIGHTS_RECORD}
+    want = {"--params": "params.yaml", "--out": VALIDATED, "--weights": WEIGHTS_RECORD,
+            "--data": DATA_RECORD}  # fmt: skip
     assert cmd["validate"] == want
     assert cmd["prepare"] == {
         "--params": "params.yaml",
@@ -315,18 +317,16 @@ def test_committed_params_list_one_stage_per_task() -> None:
     require_plan(cfg)  # every entry's classes and label offset as data.* cuts them
 
 
-def test_per_task_stages_track_every_data_key_but_the_task_list() -> None:
-    """prepare@k and train@k list data.* key by key, leaving out data.tasks (each tracks its own
-    task's entry instead): a task appended to data.tasks re-runs no earlier stage, and a new
-    data key cannot be forgotten."""
-    from sdlora.config import DataConfig
-
-    wanted = {f"data.{name}" for name in DataConfig.model_fields if name != "tasks"}
+def test_per_task_stages_depend_on_the_data_record_not_on_data_tasks() -> None:
+    """prepare@k and train@k depend on validate's record of every data key but data.tasks and
+    track only their own task's entry: a task appended to data.tasks re-runs no earlier stage."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert DATA_RECORD in stages["validate"]["outs"]
     for name in ("prepare", "train"):
-        params = stages[name]["do"]["params"]
-        data = {p for p in params if isinstance(p, str) and p.startswith("data")}
-        assert data == wanted, (name, data ^ wanted)
+        do = stages[name]["do"]
+        assert DATA_RECORD in do["deps"]
+        assert not [p for p in do["params"] if isinstance(p, str) and p.startswith("data")]
+        assert any(str(p).startswith("tasks.${key}") for p in do["params"])
 
 
 def test_read_inputs_refuses_weights_that_changed_since_they_were_recorded(

@@ -130,3 +130,25 @@ def test_what_params_alone_decide_is_refused_in_one_line_before_any_work(
     assert err.startswith("validate: error: ") and err.count("\n") == 1, err
     assert re.search(message, err), err
     assert not Path("out").exists()
+
+
+def test_the_data_record_holds_every_data_key_but_the_task_list(
+    write_params: Callable[..., Path],
+) -> None:
+    """What prepare@k and train@k depend on instead of the data params: every key with its
+    default filled in, and no data.tasks (a task appended to it changes nothing here)."""
+    import json
+
+    from sdlora.config import DataConfig
+    from sdlora.pipeline.layout import DATA_RECORD
+
+    write_params("data: {dataset: digits, tasks: [[1, 2], [3]]}\n", tasks=2)
+    assert stage_main("validate", ["--params", "params.yaml"]) == 0
+    record = Path(DATA_RECORD).read_bytes()
+    assert sorted(json.loads(record)) == sorted(set(DataConfig.model_fields) - {"tasks"})
+    write_params("data: {dataset: digits, tasks: [[1, 2], [3], [4]]}\n", tasks=3)
+    assert stage_main("validate", ["--params", "params.yaml"]) == 0
+    assert Path(DATA_RECORD).read_bytes() == record  # the same bytes: no earlier task re-runs
+    write_params("data: {dataset: digits, tasks: [[1, 2], [3]], split_seed: 4}\n", tasks=2)
+    assert stage_main("validate", ["--params", "params.yaml"]) == 0
+    assert json.loads(Path(DATA_RECORD).read_text())["split_seed"] == 4
