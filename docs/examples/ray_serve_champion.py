@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI")
     parser.add_argument("--replicas", default="1")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="if Serve starts here")
     args = parser.parse_args()
     serve.start(http_options={"host": args.host, "port": args.port})
     app = build({k: v for k, v in vars(args).items() if k not in ("host", "port")})

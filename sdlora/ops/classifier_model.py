@@ -9,8 +9,8 @@ Input: a DataFrame with a column ``image``, one encoded image per row (PNG, JPEG
 or mode; the scoring server decodes the base64 text a JSON request carries). The model applies
 the preprocessing the timm folder's ``config.json`` records (the pipeline's test transform:
 resize, centre crop, the backbone's mean and std). Output per row: ``label`` (the class name),
-``score`` (its softmax probability) and ``top_k``, the ``top_k`` best (param, default 5) as
-``{"label", "score"}`` objects, best first.
+``score`` (its softmax probability) and ``top_k``, the ``top_k`` best (param, default 5, or
+every class of a model that knows fewer) as ``{"label", "score"}`` objects, best first.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class ImageClassifier(PythonModel):
                 f"{list(model_input.columns)}",
                 INVALID_PARAMETER_VALUE,
             )
-        k = int((params or {}).get("top_k", TOP_K))
+        k = int((params or {}).get("top_k", min(TOP_K, len(self.labels))))
         if not 1 <= k <= len(self.labels):
             raise MlflowException(
                 f"top_k = {k}: use 1 .. {len(self.labels)} (the classes the model knows)",

@@ -515,9 +515,8 @@ class SequenceTracker:
         local = served.ImageClassifier()
         local.load_context(SimpleNamespace(artifacts=artifacts))
         example = pd.DataFrame({served.IMAGE_COLUMN: list(examples)})
-        signature = infer_signature(
-            example, local.predict(None, example), params={"top_k": served.TOP_K}
-        )
+        top_k = min(served.TOP_K, len(local.labels))  # the default: 5, or every class if fewer
+        signature = infer_signature(example, local.predict(None, example), params={"top_k": top_k})
         kwargs.setdefault("pip_requirements", model_pip_requirements())
         with _quiet_logging():
             return mlflow.pyfunc.log_model(

@@ -164,3 +164,25 @@ def test_mlflow_models_serve_answers_on_loopback_with_class_names(served) -> Non
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_model_of_fewer_classes_than_the_default_top_k_logs_and_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks of two digits: 4 classes, fewer than top_k's default 5, which then means every
+    class (the signature's default too, which `mlflow models serve` passes)."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    kwargs = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    net = timm.create_model("vit_tiny_patch16_224", num_classes=4, **kwargs).eval()
+    data = {"mean": MEAN, "std": STD, "crop_pct": 224 / 256, "interpolation": "bicubic"}
+    export_timm(net, tmp_path / "timm", data_config=data, label_names=LABELS[:4])
+    images = [_png(s, (16, 16), "RGB") for s in range(2)]
+    tracker = SequenceTracker()
+    tracker.open(None, "served", root=tmp_path, params={})
+    info = tracker.log_classifier(tmp_path / "timm", images)
+    tracker.close()
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    assert model.metadata.get_params_schema().params[0].default == 4
+    assert [len(t) for t in model.predict(pd.DataFrame({"image": images}))["top_k"]] == [4, 4]
