@@ -30,12 +30,12 @@ plots: $(STAMP)
 	$(PY) -m sdlora plots
 
 test: $(STAMP)
-	$(PY) -m ruff check sdlora tests benchmarks pipelines
+	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples
 	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
-	$(PY) -m ruff check sdlora tests benchmarks pipelines
-	$(PY) -m ruff format --check sdlora tests benchmarks pipelines
+	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples
+	$(PY) -m ruff format --check sdlora tests benchmarks pipelines docs/examples
 
 # results/ and dvc.lock stay: git keeps them (the committed default is the baseline to diff against)
 clean:

@@ -111,6 +111,14 @@ RULES = [
         "same JSON to a served model",
     ),
     Rule(("ray", "start"), "help", "starts a Ray cluster that runs until `ray stop`"),
+    Rule(("export",), "skip", "sets the environment of the commands after it in the shell"),
+    Rule(
+        ("python", "docs/examples/"),
+        "skip",
+        "a Ray Serve server (the `serve` extra, which `make test` does not install); tried by "
+        "hand, docs/serving.md says how",
+    ),
+    Rule(("serve", "run"), "skip", "Ray Serve's CLI on a cluster (the `serve` extra)"),
 ]
 
 

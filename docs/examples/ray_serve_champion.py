@@ -1,6 +1,7 @@
 """Serve the registered champion with Ray Serve: the same JSON as `mlflow models serve`.
 
-Needs `pip install 'ray[serve]==2.60.0'` beside the project (no sdlora import). One machine:
+Needs Ray Serve beside the project (`pip install -c constraints.txt -e '.[serve]'`; no sdlora
+import). One machine:
 
     MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db python docs/examples/ray_serve_champion.py \
         --model sdlora-glyphs --replicas 2          # http://127.0.0.1:8000/invocations

@@ -412,11 +412,11 @@ def test_appending_a_task_trains_only_it_and_gates_a_new_version(tmp_path: Path)
     earlier = ("data/prepared/task_00", "data/prepared/task_01", task_output(0), task_output(1))
     before = _tree(root, *earlier)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    assert client.get_model_version_by_alias("sdlora-digits", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("sdlora-digits", "champion").version) == "1"
 
     raw = yaml.safe_load(params.read_text())  # a new class pair arrives: task 2
     raw["data"]["tasks"].append(["4", "5"])
-    raw["mlflow"]["gate"]["max_forgetting_points"] = -100.0  # no version can pass this
+    raw["mlflow"]["gate"]["min_new_task_accuracy"] = 100.0  # fails unless task 2 is perfect
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     said = _run(root, sys.executable, "-m", "sdlora", "tasks", "--write")
     assert "task 2 added: its prepare@ and train@ stages run; tasks 0 .. 1 stay as they are" in said
@@ -426,19 +426,33 @@ def test_appending_a_task_trains_only_it_and_gates_a_new_version(tmp_path: Path)
     assert _ran(output) == ["validate", "prepare@2", "train@2", "evaluate", "report"]
     assert _tree(root, *earlier) == before  # untouched, byte for byte
     versions = client.search_model_versions("name = 'sdlora-digits'")
-    assert sorted(v.version for v in versions) == ["1", "2"]
-    assert client.get_model_version_by_alias("sdlora-digits", "champion").version == "1"
-    assert client.get_model_version_by_alias("sdlora-digits", "candidate").version == "2"
-    report = (root / REPORT_DIR / "report.md").read_text()
-    assert "`sdlora-digits` version 2: not promoted: `candidate`" in report
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
     runs = client.search_runs([client.get_experiment_by_name("sdlora").experiment_id])
     assert len(runs) == 2  # a run per sequence state: 2 tasks, then 3
+    tags = client.get_model_version("sdlora-digits", "2").tags
+    assert tags["sdlora.gate.baseline_version"] == "1" and tags["sdlora.num_tasks"] == "3"
+    new = float(tags["sdlora.gate.new_tasks_accuracy"])  # task 2's accuracy, as the gate saw it
+    assert new < 99.5, "tiny training reached 100% on task 2: no failing threshold above it"
+    assert str(client.get_model_version_by_alias("sdlora-digits", "candidate").version) == "2"
+    assert str(client.get_model_version_by_alias("sdlora-digits", "champion").version) == "1"
+    report = (root / REPORT_DIR / "report.md").read_text()
+    assert "`sdlora-digits` version 2: not promoted: `candidate`" in report
+    assert f"accuracy on the 1 new task(s) {new:.2f}% is below the 100% asked" in report
 
-    raw["mlflow"]["gate"]["max_forgetting_points"] = 100.0  # any forgetting passes
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert _ran(_dvc(root, "repro")) == ["validate", "report"]  # the gate alone: re-decided
-    assert client.get_model_version_by_alias("sdlora-digits", "champion").version == "2"
-    assert len(client.search_model_versions("name = 'sdlora-digits'")) == 2  # not registered anew
+    def gate(**values: float) -> str:
+        """`dvc repro` under these gate values: only report runs; version 2's alias."""
+        now = yaml.safe_load(params.read_text())  # as `tasks --write` left it
+        now["mlflow"]["gate"].update(values)
+        params.write_text(yaml.safe_dump(now, sort_keys=False))
+        assert _ran(_dvc(root, "repro")) == ["validate", "report"]  # re-decided, not retrained
+        assert len(client.search_model_versions("name = 'sdlora-digits'")) == 2  # no new one
+        return next(
+            a
+            for a in ("champion", "candidate")
+            if str(client.get_model_version_by_alias("sdlora-digits", a).version) == "2"
+        )
+
+    assert gate(max_forgetting_points=100.0, min_new_task_accuracy=max(new - 0.5, 0)) == "champion"
 
     cwd = Path.cwd()
     os.chdir(root)
