@@ -308,3 +308,19 @@ def test_evaluation_with_loader_workers_scores_each_task_on_its_own_images(
         assert counts[t] == y.numel()
         assert accs[t] == pytest.approx(100.0 * (logits.argmax(1) == y).double().mean().item())
     assert len(set(accs)) > 1  # a random head scores the tasks differently
+
+
+def test_the_seeded_order_named_in_data_tasks_gives_the_same_matrix(
+    weights: str, prepared: Path, tmp_path: Path
+) -> None:
+    """Issue 20's must-hold: listing the seeded class order by name in data.tasks (the path a
+    model that keeps learning takes) trains to exactly the seeded path's accuracy matrix."""
+    seeded = _raw(weights)
+    named = [t["class_names"] for t in open_prepared(prepared).tasks]
+    listed = {**seeded, "data": {**seeded["data"], "tasks": named}}
+    cfg = parse_config(listed)
+    out = tmp_path / "named"
+    prepare(cfg.data, seed=cfg.seed, out=out)
+    a = run_sequence(parse_config(seeded), prepared).matrix
+    b = run_sequence(cfg, out).matrix
+    assert np.array_equal(a, b, equal_nan=True)
