@@ -45,6 +45,7 @@ def run_params(cfg: Config, inputs: RunInputs) -> dict[str, str]:
     data by their params) as flat keys, so runs that differ in what decides the numbers differ
     in a param."""
     raw = identity(cfg, inputs.without_data())
+    del raw["inputs"]["data_hash"]  # None here: the content is in the data tags
     tasks = raw.pop("tasks")
     params = flatten_params(raw)
     for k, entry in tasks.items():
