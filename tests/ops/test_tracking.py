@@ -199,6 +199,25 @@ def test_open_by_key_reopens_the_sequence_run_and_never_duplicates(store: Path) 
         _open(store, "exp-key", key="a' OR '1'='1")
 
 
+def test_a_run_that_saw_other_data_is_not_reopened(store: Path) -> None:
+    """The sequence key counts the data by their params; the data tags a reopened run must
+    agree with: task 1's other bytes under the same key make a run of their own."""
+    first, run_id = _open(store, "exp-agree", key="seq-x", agree={"d.0": "h0"})
+    first.close()
+    more, same = _open(store, "exp-agree", key="seq-x", agree={"d.0": "h0", "d.1": "h1"})
+    assert same == run_id and not more.created  # task 1's tag is new: no contradiction
+    more.close()
+    other, other_id = _open(store, "exp-agree", key="seq-x", agree={"d.0": "h0", "d.1": "zz"})
+    assert other_id != run_id and other.created
+    other.close()
+    client = MlflowClient(resolve_tracking_uri(None, store))
+    assert client.get_run(run_id).data.tags["d.1"] == "h1"
+    assert client.get_run(other_id).data.tags["d.1"] == "zz"
+    again, newest = _open(store, "exp-agree", key="seq-x", agree={"d.0": "h0", "d.1": "zz"})
+    assert newest == other_id  # found again
+    again.close()
+
+
 def test_bad_run_id_is_a_clear_error(store: Path) -> None:
     tracker = SequenceTracker()
     with pytest.raises(TrackingError, match=r"cannot resume MLflow run 'deadbeef'.*no such run"):
