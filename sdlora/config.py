@@ -31,7 +31,7 @@ from pydantic import (
 
 from sdlora.errors import BadInput
 
-EMBEDDED_DATASETS = {"digits": 10, "glyphs": 40}  # class counts (tests check them)
+EMBEDDED_DATASETS = {"digits": 10, "glyphs": 40, "glyphs-r": 40}  # class counts (tests check them)
 # Read from disk by the prepare stage (sdlora.data.prepare); class counts known before reading.
 ON_DISK_DATASETS = {
     "cifar100": 100,
@@ -227,7 +227,14 @@ class DataConfig(_Section):
     """Which benchmark, and how its classes are cut into tasks (SPEC §1)."""
 
     dataset: Literal[
-        "digits", "glyphs", "cifar100", "imagenet-r", "imagenet-a", "domainnet", "imagefolder"
+        "digits",
+        "glyphs",
+        "glyphs-r",
+        "cifar100",
+        "imagenet-r",
+        "imagenet-a",
+        "domainnet",
+        "imagefolder",
     ] = "digits"
     root: str | None = Field(
         None, description="on-disk datasets: the folder the dataset was downloaded into"
@@ -254,6 +261,11 @@ class DataConfig(_Section):
     )
     train_per_class: int = Field(60, ge=1, description="glyphs: rendered training images")
     test_per_class: int = Field(20, ge=1, description="glyphs: rendered test images")
+    renditions: list[str] | None = Field(
+        None,
+        description="glyphs-r: the renditions samples are drawn in, cycled evenly per class "
+        "(sdlora.data.renditions); null: the benchmark's own set",
+    )
     skip_corrupt: bool = Field(
         False, description="prepare: skip unreadable images (counted in the manifest), not fail"
     )
@@ -308,6 +320,24 @@ class DataConfig(_Section):
                     raise ValueError(f"class {name!r} is {where}: a class belongs to one task")
                 first[name] = t
         return v
+
+    @field_validator("renditions")
+    @classmethod
+    def _renditions(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            from sdlora.data.renditions import check_renditions
+
+            check_renditions(v)
+        return v
+
+    @model_validator(mode="after")
+    def _renditions_apply(self) -> DataConfig:
+        if self.renditions is not None and self.dataset != "glyphs-r":
+            raise ValueError(
+                f"data.renditions applies to dataset 'glyphs-r' only (data.dataset is "
+                f"{self.dataset!r}); remove it or set data.dataset: glyphs-r"
+            )
+        return self
 
     def num_named_tasks(self) -> int | None:
         """How many tasks ``tasks`` names (None: init_cls and increment decide)."""

@@ -117,7 +117,8 @@ def test_embedded_class_counts_match_the_data() -> None:
     from sdlora.config import EMBEDDED_DATASETS
     from sdlora.data.glyphs import NONLATIN
 
-    assert {"digits": 10, "glyphs": len(NONLATIN)} == EMBEDDED_DATASETS
+    glyphs = len(NONLATIN)
+    assert {"digits": 10, "glyphs": glyphs, "glyphs-r": glyphs} == EMBEDDED_DATASETS
     with pytest.raises(ConfigError, match=r"data\.init_cls = 41 but dataset 'glyphs' has only 40"):
         parse_config({"data": {"dataset": "glyphs", "init_cls": 41}})
 

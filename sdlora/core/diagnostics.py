@@ -11,6 +11,7 @@ newest classes lowers only the ordinary, task-agnostic accuracy.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdlora.core.evaluate import outputs
+from sdlora.core.evaluate import evaluate, outputs
 from sdlora.core.train import World, loader_workers, task_stream
 from sdlora.data.prepare import PreparedLike, open_prepared
 
@@ -65,3 +66,36 @@ def task_known_accuracy(
         logits = model.forward_head(test_f.to(device))[:, lo : lo + n].cpu()
         head.append(100.0 * (logits.argmax(1) + lo == test_y).float().mean().item())
     return ncm, head
+
+
+PATH_STEPS = 11  # lam = 0, 0.1, ..., 1 (Finding 3's path)
+
+
+@torch.no_grad()
+def interpolation_path(
+    first: torch.nn.Module,
+    second: torch.nn.Module,
+    prepared: PreparedLike,
+    cfg: Config,
+    device: torch.device,
+    steps: int = PATH_STEPS,
+) -> dict[str, list[float]]:
+    """Finding 3's low-loss path: accuracy of tasks 0 and 1 along W(lam) = W0 + (1 - lam) dW_1
+    + lam dW_2 between two merged models, ``first`` after task 0 and ``second`` after task 1.
+
+    Both are plain timm ViTs (:meth:`SDLoRAViT.merge`) on the same frozen W0, so interpolating
+    their weights interpolates the deltas. Every point uses ``second``'s head (the classes of
+    both tasks) and predicts over all of them, as after task 1. Returns ``lam`` and the
+    accuracy (%) of ``task_0`` and ``task_1`` at each.
+    """
+    a, b = first.state_dict(), second.state_dict()
+    moving = [k for k in b if not k.startswith("head.") and not torch.equal(a[k], b[k])]
+    net = copy.deepcopy(second)
+    lams = [i / (steps - 1) for i in range(steps)]
+    task_0, task_1 = [], []
+    for lam in lams:
+        net.load_state_dict({k: torch.lerp(a[k], b[k], lam) for k in moving}, strict=False)
+        (acc_0, acc_1), _ = evaluate(net, prepared, [0, 1], cfg, device)
+        task_0.append(acc_0)
+        task_1.append(acc_1)
+    return {"lam": lams, "task_0": task_0, "task_1": task_1}

@@ -28,6 +28,24 @@ import numpy.typing as npt
 from sdlora.files import atomic_path
 
 AccuracyMatrix: TypeAlias = npt.NDArray[np.float64]
+
+FIGURE_DIGITS = 6  # significant digits of a figure written for people (tables, JSON, MLflow)
+
+
+def tidy(value: object) -> object:
+    """``value`` with every float rounded to :data:`FIGURE_DIGITS` significant digits (dicts,
+    lists and tuples walked), so 17.374999999999996 is written 17.375 and 72.41458333333334
+    72.4146; everything else as it is."""
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return float(f"{f:.{FIGURE_DIGITS}g}") if math.isfinite(f) else f
+    if isinstance(value, dict):
+        return {k: tidy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(tidy(v) for v in value)
+    return value
+
+
 """A validated ``T x T`` float64 array in percent; NaN above the diagonal."""
 
 ArrayLike: TypeAlias = npt.ArrayLike

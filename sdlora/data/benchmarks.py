@@ -10,18 +10,29 @@ import numpy as np
 from sdlora.config import DataConfig
 from sdlora.data.digits import DIGIT_NAMES, load_digits
 from sdlora.data.glyphs import NONLATIN, load_glyphs
+from sdlora.data.renditions import GLYPHS_R_RENDITIONS
 from sdlora.data.source import DataError, Source, imageset_source
 from sdlora.data.tasks import ImageSet
 
-EMBEDDED_ORIGIN = {"digits": "embedded: sklearn digits", "glyphs": "embedded: rendered glyphs"}
-EMBEDDED_NAMES = {"digits": DIGIT_NAMES, "glyphs": NONLATIN}  # what their loaders name the classes
+EMBEDDED_ORIGIN = {
+    "digits": "embedded: sklearn digits",
+    "glyphs": "embedded: rendered glyphs",
+    "glyphs-r": "embedded: rendered glyphs in renditions",
+}
+# what their loaders name the classes
+EMBEDDED_NAMES = {"digits": DIGIT_NAMES, "glyphs": NONLATIN, "glyphs-r": NONLATIN}
 
 
 def _embedded(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     """Train and test sets of an embedded benchmark (built in memory, nothing on disk)."""
     if cfg.dataset == "digits":
         return load_digits(test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    return load_glyphs(cfg.train_per_class, cfg.test_per_class, size=cfg.image_size)
+    if cfg.dataset == "glyphs":
+        return load_glyphs(cfg.train_per_class, cfg.test_per_class, size=cfg.image_size)
+    renditions = GLYPHS_R_RENDITIONS if cfg.renditions is None else cfg.renditions
+    return load_glyphs(
+        cfg.train_per_class, cfg.test_per_class, size=cfg.image_size, renditions=renditions
+    )
 
 
 def open_source(cfg: DataConfig) -> Source:

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib import ft2font
 from PIL import Image, ImageFilter
 
+from sdlora.data.renditions import check_renditions, draw
 from sdlora.data.tasks import ImageSet
 
 FONT_DIR: str = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
@@ -226,9 +227,18 @@ def render_glyphs(
     size: int,
     seed: int,
     jitter: Jitter | None = None,
+    renditions: Sequence[str] | None = None,
 ) -> ImageSet:
-    """Render n_per_class jittered samples per character, fonts cycled evenly, deterministic."""
+    """Render n_per_class jittered samples per character, fonts cycled evenly, deterministic.
+
+    ``renditions`` (names of :data:`sdlora.data.renditions.RENDITIONS`) draws each sample in one
+    of them, cycled evenly per class from a generator of its own, so the glyphs, fonts and jitter
+    are those of the same call without it; None draws bright ink on a dark ground.
+    """
     _check_request(chars, fonts, n_per_class, size)
+    if renditions is not None:
+        check_renditions(list(renditions))
+    rendition_rng = np.random.default_rng((seed, 1))
     available = [fonts_with(c, fonts) for c in chars]
     empty = [c for c, fs in zip(chars, available, strict=True) if not fs]
     if empty:
@@ -243,9 +253,17 @@ def render_glyphs(
         params = _affine_params(rng, jitter, n_per_class)
         noise_std = jitter.noise_std if jitter else 0.0
         noise = rng.normal(0.0, noise_std, (n_per_class, size, size)) if noise_std else None
+        kinds = None
+        if renditions is not None:
+            kinds = rendition_rng.permutation(np.arange(n_per_class) % len(renditions))
         for i in range(n_per_class):
             glyph = _base_glyph(char, char_fonts[font_idx[i]], canvas, bool(thick[i]))
-            placed = _place(glyph, canvas, params[i]).resize((size, size), Image.Resampling.BOX)
+            placed = _place(glyph, canvas, params[i])
+            if kinds is not None:
+                coverage = np.asarray(placed, dtype=np.float32) / 255.0
+                drawn = draw(renditions[kinds[i]], coverage, rendition_rng)
+                placed = Image.fromarray(np.clip(np.rint(drawn), 0, 255).astype(np.uint8))
+            placed = placed.resize((size, size), Image.Resampling.BOX)
             pixels = np.asarray(placed, dtype=np.float32)
             if noise is not None:
                 pixels = pixels + noise[i]
@@ -260,10 +278,21 @@ def load_pretrain_letters(n_per_class: int, size: int, seed: int) -> ImageSet:
 
 
 def load_glyphs(
-    n_train_per_class: int = 60, n_test_per_class: int = 20, size: int = 16, seed: int = 0
+    n_train_per_class: int = 60,
+    n_test_per_class: int = 20,
+    size: int = 16,
+    seed: int = 0,
+    renditions: Sequence[str] | None = None,
 ) -> tuple[ImageSet, ImageSet]:
-    """Greek/Cyrillic benchmark in held-out fonts; train and test use independent seeds."""
+    """Greek/Cyrillic benchmark in held-out fonts; train and test use independent seeds.
+
+    ``renditions`` draws the samples in those renditions (``glyphs-r``); None: as the backbone
+    saw its letters (``glyphs``)."""
     train_seed, test_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-    train = render_glyphs(NONLATIN, HELDOUT_FONTS, n_train_per_class, size, train_seed, Jitter())
-    test = render_glyphs(NONLATIN, HELDOUT_FONTS, n_test_per_class, size, test_seed, Jitter())
+    train = render_glyphs(
+        NONLATIN, HELDOUT_FONTS, n_train_per_class, size, train_seed, Jitter(), renditions
+    )
+    test = render_glyphs(
+        NONLATIN, HELDOUT_FONTS, n_test_per_class, size, test_seed, Jitter(), renditions
+    )
     return train, test

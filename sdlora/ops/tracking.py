@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
+from sdlora.core.metrics import tidy
 from sdlora.errors import BadInput
 
 DB_NAME = "mlflow.db"
@@ -394,7 +395,8 @@ class SequenceTracker:
     def log_task(self, task: int, metrics: Mapping[str, float]) -> list[str]:
         """Log one task's metrics at ``step=task``, once; return the keys left out.
 
-        NaN values are not logged. A key that already has a point at this step (a re-run
+        NaN values are not logged; the others to 6 significant digits
+        (:func:`sdlora.core.metrics.tidy`). A key that already has a point at this step (a re-run
         stage logging its task again) keeps that first point: MLflow appends every logged
         point to the history, so logging it again would draw a second point at the step.
         """
@@ -407,7 +409,7 @@ class SequenceTracker:
         logged = {
             k for k in metrics if k in present and step in {m.step for m in history(self.run_id, k)}
         }
-        new = {k: float(v) for k, v in metrics.items()
+        new = {k: tidy(float(v)) for k, v in metrics.items()
                if k not in logged and v is not None and np.isfinite(float(v))}  # fmt: skip
         mlflow.log_metrics(new, step=step)
         return sorted(logged)

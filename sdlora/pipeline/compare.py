@@ -133,7 +133,8 @@ def compare_stage(
     labels = compare.labels_of(variants)
     seeds = settings.seeds
     print(
-        f"compare: {len(variants)} runs ({len(labels)} methods x {len(seeds)} seeds) on "
+        f"compare: {len(variants)} runs ({len(labels)} methods x {len(seeds)} "
+        f"seed{'s' * (len(seeds) != 1)}) on "
         f"{cfg.data.dataset}; table and plots in {results}/",
         flush=True,
     )

@@ -26,6 +26,7 @@ import torch
 
 from sdlora.config import CompareConfig, Config, ConfigError, load_config
 from sdlora.core import metrics
+from sdlora.core.diagnostics import interpolation_path
 from sdlora.core.evaluate import evaluate
 from sdlora.core.loop import SequenceResult, run_sequence
 from sdlora.core.methods import method_class
@@ -115,15 +116,29 @@ def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
     method, training time, the NCM drift per task and the inference figures.
     """
     cfg = variant.cfg
-    last: dict[str, SDLoRAViT] = {}
+    device = resolve_device(cfg.device)
+    last: dict[str, Any] = {}
+    path: dict[str, list[float]] | None = None
+    path_seconds = 0.0
 
     def keep(task: int, model: SDLoRAViT, result: SequenceResult) -> None:
+        nonlocal path, path_seconds
         last["model"] = model
+        if result.joint or task > 1:
+            return
+        begin = time.perf_counter()
+        with torch_threads(cfg.train.threads):
+            if task == 0:
+                last["after_task_0"] = model.merge()
+            else:  # Finding 3: from the model after task 0 to the one after task 1
+                path = interpolation_path(last.pop("after_task_0"), model.merge(), prepared,
+                                          cfg, device)  # fmt: skip
+        path_seconds += time.perf_counter() - begin
 
     start = time.perf_counter()
     joint = method_class(cfg.model.method).trains_jointly
     result = run_sequence(cfg, prepared, ncm=not joint, on_task_end=keep)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - path_seconds
     with torch_threads(cfg.train.threads):
         inference = inference_cost(last["model"], prepared, cfg, len(result.counts))
     drift = old_task_drift(result.ncm_rows) if result.ncm_rows else []
@@ -135,6 +150,7 @@ def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
         "seconds": seconds,
         "ncm_drift": drift,
         "ncm_drop": drift[-1] if drift else None,
+        "low_loss_path": path,  # tasks 0 and 1 along the merged deltas' line (Finding 3)
         "inference": inference,
         **result_payload(result),
     }
@@ -236,7 +252,7 @@ def csv_table(rows: list[dict[str, Any]]) -> str:
                                                     for s in ("mean", "std")),
                 "kd_folded", "kd_tasks", "kd_tau"])  # fmt: skip
     for row in rows:
-        stats = [x for k in CSV_STATS for x in (row[k] or ("", ""))]
+        stats = [x for k in CSV_STATS for x in metrics.tidy(row[k] or ("", ""))]
         folds = row["kd_folded"] or ("", "")
         w.writerow([row["label"], row["method"], " ".join(map(str, row["seeds"])), *stats,
                     *folds, "" if row["kd_tau"] is None else row["kd_tau"]])  # fmt: skip
@@ -261,23 +277,26 @@ def kd_residuals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_outputs(
     runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: str | Path, title: str
 ) -> dict[str, Path]:
-    """``table.md``, ``table.csv``, ``metrics.json``, ``kd_residuals.csv``, the curve, the KD
-    residual and the NCM drift plots, under ``out``; returns them by name."""
+    """``table.md``, ``table.csv``, ``metrics.json``, ``kd_residuals.csv``,
+    ``low_loss_path.csv``, the curve, the KD residual, NCM drift, low-loss path and SD-LoRA
+    magnitude plots, under ``out``; returns them by name."""
     out = Path(out)
     paths = {
         "table": out / "table.md", "csv": out / "table.csv", "metrics": out / "metrics.json",
         "kd": out / "kd_residuals.csv", "curve": out / "accuracy_curve.png",
         "kd_plot": out / "kd_residual.png", "drift_plot": out / "ncm_drift.png",
+        "path": out / "low_loss_path.csv", "path_plot": out / "low_loss_path.png",
+        "magnitudes_plot": out / "magnitudes.png",
     }  # fmt: skip
     write_text(paths["table"], f"# {title}\n\n" + markdown_table(rows))
     write_text(paths["csv"], csv_table(rows))
-    write_json(paths["metrics"], {
+    write_json(paths["metrics"], metrics.tidy({
         r["label"]: {k: (None if r[k] is None else r[k][0]) for k in
                      ("final_accuracy", "average_anytime_accuracy", "forgetting",
                       "backward_transfer", "stored_params")}
         for r in rows
-    })  # fmt: skip
-    kd = kd_residuals(runs)
+    }))  # fmt: skip
+    kd = metrics.tidy(kd_residuals(runs))
     buf = io.StringIO()
     fields = ["method", "seed", "task", "rho", "residual", "tau", "folded",
               "accuracy_before_fold", "accuracy_after_fold"]  # fmt: skip
@@ -295,7 +314,61 @@ def write_outputs(
         if not r["joint"] and r["ncm_drop"] is not None
     }
     plots.drift_plot(drift, paths["drift_plot"])
+    write_text(paths["path"], path_csv(runs))
+    plots.low_loss_path_plot(path_means(runs, PATH_METHODS), paths["path_plot"],
+                             len({r["seed"] for r in runs}))  # fmt: skip
+    label, history = magnitude_means(runs)
+    plots.magnitude_trajectories(
+        history or [np.zeros((0, 1))], paths["magnitudes_plot"],
+        title=f"{label}: task magnitudes across the sequence (mean over seeds)" if label else None,
+    )  # fmt: skip
     return paths
+
+
+PATH_METHODS = ("sdlora", "seq_lora")  # Finding 3's figure: SD-LoRA against vanilla LoRA
+
+
+def path_csv(runs: list[dict[str, Any]]) -> str:
+    """Every run's low-loss path as CSV rows (label, seed, lam, task_0, task_1)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["label", "method", "seed", "lam", "task_0", "task_1"])
+    for r in runs:
+        p = r.get("low_loss_path") or {"lam": [], "task_0": [], "task_1": []}
+        for lam, a0, a1 in zip(p["lam"], p["task_0"], p["task_1"], strict=True):
+            w.writerow([r["label"], r["method"], r["seed"], f"{lam:.1f}", f"{a0:.2f}", f"{a1:.2f}"])
+    return buf.getvalue()
+
+
+def path_means(runs: list[dict[str, Any]], methods: Iterable[str]) -> dict[str, dict[str, list]]:
+    """Per method of ``methods``, its first label's low-loss path, mean over that label's seeds."""
+    out: dict[str, dict[str, list]] = {}
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method and r.get("low_loss_path")]
+        if not mine:
+            continue
+        label = mine[0]["label"]
+        paths = [r["low_loss_path"] for r in mine if r["label"] == label]
+        out[label] = {
+            "lam": paths[0]["lam"],
+            **{k: np.mean([p[k] for p in paths], axis=0).tolist() for k in ("task_0", "task_1")},
+        }
+    return out
+
+
+def magnitude_means(runs: list[dict[str, Any]]) -> tuple[str | None, list[np.ndarray]]:
+    """The first SD-LoRA label's magnitudes after each task (mean over its seeds): Finding 2."""
+    mine = [r for r in runs if r["method"] == "sdlora" and not r["joint"]]
+    if not mine:
+        return None, []
+    label = mine[0]["label"]
+    seeds = [r for r in mine if r["label"] == label]
+    steps = len(seeds[0]["tasks"])
+    history = [
+        np.mean([np.asarray(r["tasks"][i]["magnitudes"], dtype=float) for r in seeds], axis=0)
+        for i in range(steps)
+    ]
+    return label, history
 
 
 def run_comparison(

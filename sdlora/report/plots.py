@@ -79,11 +79,18 @@ def accuracy_curve(
     return _save(curve_figure(anytime_accuracies, title), path)
 
 
+def _legend_outside(fig: Figure, **kwargs: object) -> None:
+    """The figure's legend to the right of the axes, where it covers no line or point."""
+    fig.legend(loc="outside right upper", fontsize=8, **kwargs)
+
+
 def curve_figure(
     anytime_accuracies: Mapping[str, Sequence[float]] | Sequence[float],
     title: str | None = None,
+    references: Mapping[str, float] | None = None,
 ) -> Figure:
-    """One line of A_i (percent) per method for a dict, or a single line for a list."""
+    """One line of A_i (percent) per method for a dict, or a single line for a list; each of
+    ``references`` (trained on everything at once) a dashed horizontal line."""
     series: Mapping[str, Sequence[float]] = (
         anytime_accuracies
         if isinstance(anytime_accuracies, Mapping)
@@ -91,13 +98,17 @@ def curve_figure(
     )
     if not series or any(len(v) == 0 for v in series.values()):
         raise ValueError("accuracy_curve needs at least one non-empty series")
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    references = references or {}
+    named = any(series.keys()) or bool(references)
+    fig = Figure(figsize=(8.0 if named else 6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     longest = 0
     for name, values in series.items():
         y = np.asarray(values, dtype=float)
         longest = max(longest, len(y))
         ax.plot(np.arange(len(y)), y, marker="o", markersize=4, label=name or None)
+    for i, (name, value) in enumerate(references.items()):
+        ax.axhline(value, ls="--", c=f"C{(len(series) + i) % 10}", label=f"{name} (all at once)")
     ax.set_xticks(np.arange(longest))
     ax.set_xlim(-0.3, longest - 0.7)
     ax.set_ylim(0, 100)
@@ -105,8 +116,8 @@ def curve_figure(
     ax.set_xlabel("after task i")
     ax.set_ylabel("accuracy on all seen classes (%)")
     ax.set_title(title or "Anytime accuracy")
-    if any(series.keys()):
-        ax.legend(loc="lower left")
+    if named:
+        _legend_outside(fig)
     return fig
 
 
@@ -159,7 +170,7 @@ def magnitude_figure(history: Sequence[np.ndarray], title: str | None = None) ->
         ax.text(0.5, 0.5, "no magnitudes: this method adds no LoRA component",
                 ha="center", va="center", transform=ax.transAxes)  # fmt: skip
     elif num_tasks <= 20:
-        fig.legend(title="task k", fontsize=8, ncols=1 + num_tasks // 11, loc="outside right upper")
+        _legend_outside(fig, title="task k", ncols=1 + num_tasks // 11)
     return fig
 
 
@@ -171,19 +182,14 @@ def comparison_curve(
 ) -> Path:
     """Accuracy on all seen classes after each task, one line per method (mean over seeds),
     and each reference trained on everything at once (joint) as a dashed horizontal line."""
-    fig = curve_figure(curves, title or "Accuracy on all seen classes")
-    ax = fig.axes[0]
-    for i, (name, value) in enumerate(references.items()):
-        ax.axhline(value, ls="--", c=f"C{(len(curves) + i) % 10}", label=f"{name} (all at once)")
-    if references:
-        ax.legend(loc="lower left", fontsize=8)
+    fig = curve_figure(curves, title or "Accuracy on all seen classes", references)
     return _save(fig, path)
 
 
 def kd_residual_plot(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
     """SD-LoRA-KD's relative residual rho per task (one line per method and seed) against its
     threshold tau: below the line the new direction was folded into the old ones."""
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     series: dict[tuple[str, int], list[tuple[int, float]]] = {}
     taus: dict[str, float] = {}
@@ -213,14 +219,14 @@ def kd_residual_plot(rows: Sequence[Mapping[str, object]], path: str | Path) -> 
         ax.text(0.5, 0.5, "no SD-LoRA-KD run in this comparison", ha="center", va="center",
                 transform=ax.transAxes)  # fmt: skip
     else:
-        ax.legend(fontsize=7, loc="lower left")
+        _legend_outside(fig)
     return _save(fig, path)
 
 
 def drift_plot(drift: Mapping[str, Sequence[float]], path: str | Path) -> Path:
     """Feature drift per method: after task i, how far the task-known nearest-class-mean
     accuracy of the earlier tasks fell since each was learned (mean over them; no head)."""
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for name, values in drift.items():
         y = np.asarray(values, dtype=float)
@@ -232,7 +238,7 @@ def drift_plot(drift: Mapping[str, Sequence[float]], path: str | Path) -> Path:
     ax.set_ylabel("drop of task-known NCM accuracy on old tasks (points)")
     ax.set_title("Feature drift: old tasks' NCM accuracy, head excluded")
     if drift:
-        ax.legend(fontsize=8)
+        _legend_outside(fig)
     return _save(fig, path)
 
 
@@ -247,7 +253,7 @@ def pareto_plot(
     """Every trial of a sweep at (stored parameters, ``objective``): the finished ones filled,
     those ASHA stopped hollow at their last report (fewer tasks, so not comparable), the
     front (indices into ``rows``) joined by a line and labelled; the storage budget dashed."""
-    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+    fig = Figure(figsize=(9.0, 4.6), layout="constrained")
     ax = fig.add_subplot()
     done = [r for r in rows if r["status"] == "finished"]
     stopped = [r for r in rows if r["status"] == "stopped"]
@@ -276,7 +282,36 @@ def pareto_plot(
     ax.set_ylabel(f"{what} on all seen classes (%)")
     ax.set_title(title)
     if rows:
-        ax.legend(fontsize=8, loc="best")
+        _legend_outside(fig)
     else:
         ax.text(0.5, 0.5, "no trial reported", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def low_loss_path_plot(
+    paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, seeds: int
+) -> Path:
+    """Finding 3: accuracy of tasks 0 and 1 along W(lam) = W0 + (1 - lam) dW_1 + lam dW_2
+    between the merged models after task 0 and after task 1, one colour per method (mean over
+    ``seeds`` seeds): task 0 solid, task 1 dashed."""
+    fig = Figure(figsize=(8.0, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, p) in enumerate(paths.items()):
+        c = f"C{i % 10}"
+        ax.plot(p["lam"], p["task_0"], marker="o", markersize=3, c=c, label=f"{name}: task 0")
+        ax.plot(p["lam"], p["task_1"], marker="s", markersize=3, c=c, ls="--",
+                label=f"{name}: task 1")  # fmt: skip
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("λ  (0: the merged model after task 0, 1: after task 1)")
+    ax.set_ylabel("accuracy (%)")
+    note = (f"head after task 1, prediction over the classes of tasks 0 and 1; "
+            f"mean over {seeds} seed{'s' * (seeds != 1)}")  # fmt: skip
+    ax.set_title(f"Low-loss path: W0 + (1-λ)·ΔW_0 + λ·ΔW_1\n{note}", fontsize=10)
+    if paths:
+        _legend_outside(fig)
+    else:
+        ax.text(0.5, 0.5, "no LoRA method in this comparison", ha="center", va="center",
+                transform=ax.transAxes)  # fmt: skip
     return _save(fig, path)

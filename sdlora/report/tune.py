@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sdlora.config import ConfigError, read_params
+from sdlora.core.metrics import tidy
 from sdlora.errors import Failed
 from sdlora.files import write_json, write_text
 from sdlora.report.plots import pareto_plot
@@ -122,7 +123,7 @@ def _csv(rows: Sequence[Mapping[str, Any]], columns: list[str], keys: list[str])
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: _value(v) if k in keys else v for k, v in r.items()})
+        writer.writerow({k: _value(v) if k in keys else tidy(v) for k, v in r.items()})
     return out.getvalue()
 
 
@@ -174,14 +175,16 @@ def write_outputs(
     write_text(paths["best"], "".join(f"# {ln}\n" for ln in header) + body)
     write_json(
         paths["metrics"],
-        {
-            "best_trial": best["trial"],
-            "best_final_accuracy": best["accuracy"],
-            "best_average_anytime_accuracy": best["average_anytime_accuracy"],
-            "best_forgetting": best["forgetting"],
-            "best_stored_params": best["stored_params"],
-            "pareto_trials": len(front),
-            **summary,
-        },
+        tidy(
+            {
+                "best_trial": best["trial"],
+                "best_final_accuracy": best["accuracy"],
+                "best_average_anytime_accuracy": best["average_anytime_accuracy"],
+                "best_forgetting": best["forgetting"],
+                "best_stored_params": best["stored_params"],
+                "pareto_trials": len(front),
+                **summary,
+            }
+        ),
     )
     return best, paths

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sdlora.cli import main
+from sdlora.core import metrics
 from sdlora.core.metrics import (
     anytime_accuracy,
     average_anytime_accuracy,
@@ -609,3 +610,14 @@ def test_cli_counts_too_large_exit_2(
 def test_a_matrix_value_too_large_for_a_float_is_a_value_error() -> None:
     with pytest.raises(ValueError, match=r"must be a numeric 2-D array: int too large"):
         validate_matrix([[10**400]])
+
+
+def test_tidy_rounds_figures_for_people_and_leaves_the_rest() -> None:
+    """17.374999999999996 reads 17.375 in tables, JSON and MLflow; ints, text and NaN stay."""
+    got = metrics.tidy(
+        {"a": 17.374999999999996, "b": [72.41458333333334, np.float64(0.0010591613924779357)],
+         "n": 238185, "s": "x", "nan": float("nan"), "t": (1.0000001, True)}
+    )  # fmt: skip
+    assert got["a"] == 17.375 and got["b"] == [72.4146, 0.00105916]
+    assert got["n"] == 238185 and got["s"] == "x" and math.isnan(got["nan"])
+    assert got["t"] == (1.0, True) and type(got["b"][1]) is float

@@ -78,9 +78,27 @@ def test_compare_runs_every_method_over_seeds_into_one_table(
         ("1", "1", "True"),
     ]
     assert all(r["accuracy_before_fold"] and r["accuracy_after_fold"] for r in kd)
-    for name in ("accuracy_curve.png", "kd_residual.png", "ncm_drift.png"):
+    names = ("accuracy_curve.png", "kd_residual.png", "ncm_drift.png", "low_loss_path.png",
+             "magnitudes.png")  # fmt: skip
+    for name in names:
         assert (results / name).read_bytes().startswith(b"\x89PNG")
     assert len(list(Path(COMPARE_DIR, "runs").glob("*.json"))) == 8
+    # Finding 3's path: 11 points per (label, seed) of a sequence; its end is the model after
+    # task 1 (merged, so up to one test image of floating-point ties), its start task 0's deltas
+    with open(results / "low_loss_path.csv") as f:
+        path = list(csv.DictReader(f))
+    assert {(r["label"], r["seed"]) for r in path} == {
+        (m, s) for m in ("sdlora", "sdlora_kd", "prototype") for s in ("0", "1")}  # fmt: skip
+    assert [r["lam"] for r in path[:11]] == [f"{i / 10:.1f}" for i in range(11)]
+    run = json.loads(Path(COMPARE_DIR, "runs", "sdlora-s0.json").read_text())
+    end = [run["low_loss_path"]["task_0"][-1], run["low_loss_path"]["task_1"][-1]]
+    counts = run["test_counts"]
+    for got, want, n in zip(end, run["tasks"][1]["accuracy"], counts, strict=True):
+        assert abs(got - want) <= 100.0 / n + 1e-9
+    proto = json.loads(Path(COMPARE_DIR, "runs", "prototype-s0.json").read_text())
+    assert len(set(proto["low_loss_path"]["task_0"])) == 1  # no delta moves: a flat line
+    joint_run = json.loads(Path(COMPARE_DIR, "runs", "joint-s0.json").read_text())
+    assert joint_run["low_loss_path"] is None
 
     client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")  # absolute:
     # MLflow caches a store per URI, so a relative one would reach another test's database

@@ -94,7 +94,63 @@ def test_accuracy_curve_list_and_dict(tmp_path: Path) -> None:
     ax = plots.curve_figure(series).axes[0]
     assert [line.get_label() for line in ax.lines] == ["sdlora", "seq_lora"]
     assert ax.lines[1].get_ydata().tolist() == [95.0, 60.0, 40.0]
-    assert ax.get_legend() is not None
+    assert _legend_entries(ax.figure) == ["sdlora", "seq_lora"]
+
+
+def _legend_entries(fig) -> list[str]:
+    """The figure's legend texts, checked to lie clear of every axes (covering no line)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert len(legends) == 1, legends
+    box = legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), "the legend covers the axes"
+    return [t.get_text() for t in legends[0].get_texts()]
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every figure the plots module saves, kept for inspection."""
+    kept: list = []
+    save = plots._save
+
+    def keep(fig, path):
+        kept.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return kept
+
+
+def test_no_legend_covers_a_plot(tmp_path: Path, figures: list) -> None:
+    """Every plot with a legend puts it beside the axes, however the lines run."""
+    curves = {"sdlora": [95.0, 20.0, 5.0], "seq_lora": [5.0, 60.0, 95.0]}
+    plots.comparison_curve(curves, {"joint": 50.0}, tmp_path / "c.png")
+    plots.drift_plot({"sdlora": [0.0, 5.0], "seq_lora": [3.0, 1.0]}, tmp_path / "d.png")
+    kd = [{"method": "sdlora_kd", "seed": s, "task": t, "rho": 0.01 + 0.3 * t, "tau": 0.1}
+          for s in (0, 1) for t in (1, 2, 3)]  # fmt: skip
+    plots.kd_residual_plot(kd, tmp_path / "k.png")
+    path = {"lam": [0.0, 0.5, 1.0], "task_0": [90.0, 50.0, 10.0], "task_1": [5.0, 50.0, 95.0]}
+    plots.low_loss_path_plot({"sdlora": path, "seq_lora": path}, tmp_path / "p.png", 3)
+    trials = [{"trial": f"t_{i}", "status": "finished", "stored_params": 100.0 * i,
+               "accuracy": 10.0 * i} for i in range(1, 5)]  # fmt: skip
+    plots.pareto_plot(trials, [0, 3], tmp_path / "f.png", "sweep")
+    plots.magnitude_trajectories([np.ones((1, 2)), np.ones((2, 2))], tmp_path / "m.png")
+    entries = [_legend_entries(fig) for fig in figures]
+    assert entries[0] == ["sdlora", "seq_lora", "joint (all at once)"]
+    assert entries[3] == [f"{m}: task {t}" for m in ("sdlora", "seq_lora") for t in (0, 1)]
+    assert len(entries) == 6
+
+
+def test_low_loss_path_plot_says_what_it_plots(tmp_path: Path, figures: list) -> None:
+    path = {"lam": [i / 10 for i in range(11)], "task_0": [80.0] * 11, "task_1": [50.0] * 11}
+    _check_png(plots.low_loss_path_plot({"sdlora": path}, tmp_path / "p.png", 3))
+    ax = figures[0].axes[0]
+    assert ax.lines[0].get_xdata().tolist() == path["lam"]
+    assert "head after task 1" in ax.get_title() and "mean over 3 seeds" in ax.get_title()
 
 
 def test_magnitude_plot_of_a_method_without_magnitudes(tmp_path: Path) -> None:
