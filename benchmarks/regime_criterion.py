@@ -41,6 +41,15 @@ CANDIDATES: dict[str, str] = {
     "glyphs-r: outline+inverse+texture+stripes+clutter+stencil": (
         R + "[outline,inverse,texture,stripes,clutter,stencil]"
     ),
+    "glyphs-r: plain+clutter": R + "[plain,clutter]",
+    "glyphs-r: plain+stencil": R + "[plain,stencil]",
+    "glyphs-r: plain+outline+stencil+clutter": R + "[plain,outline,stencil,clutter]",
+    "glyphs-r: plain+clutter, 120 train images/class": (
+        R + "[plain,clutter] data.train_per_class=120"
+    ),
+    "glyphs-r: plain+stencil, 120 train images/class (the default)": (
+        R + "[plain,stencil] data.train_per_class=120"
+    ),
 }
 
 

@@ -391,6 +391,16 @@ class PretrainConfig(_Section):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     seed: Seed = 0
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads of pre-training (one process, no Ray workers beside "
+        "it); null: train.threads. The backbone's floats depend on the count",
+    )
+
+    def thread_count(self, train_threads: int) -> int:
+        """The threads pre-training runs with: its own count, else the tasks' ``train_threads``."""
+        return train_threads if self.threads is None else self.threads
 
 
 class ModelConfig(_Section):

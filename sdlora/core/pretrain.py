@@ -10,7 +10,8 @@ It uses the runtime every task uses: the letters are written as a prepared split
 stage's own function, streamed with the same preprocessing, and trained epoch by epoch with
 :func:`sdlora.core.train.run_epoch` (here on every weight, with AdamW, a one-cycle schedule and
 label smoothing), validated with :func:`sdlora.core.evaluate.evaluate`, all under
-``train.threads`` torch threads (:func:`sdlora.core.train.torch_threads`), as a task trains.
+``pretrain.threads`` torch threads (default: ``train.threads``, as a task trains;
+:func:`sdlora.core.train.torch_threads`).
 Within an epoch it shows training's bar on a terminal, and elsewhere (a log) a line each tenth
 of the epoch.
 """
@@ -96,9 +97,10 @@ class _TenthLines:
 def pretrain_backbone(cfg: Config, output: str | Path, progress: bool = True) -> PretrainReport:
     """Train ``cfg.backbone`` (name + kwargs) on rendered Latin letters; save it headless.
 
-    It runs with ``cfg.train.threads`` torch threads. ``progress`` (``cfg.progress``): a bar
-    within each epoch on a terminal, a line each tenth of it elsewhere, a line per epoch
-    (loss, images/s, validation accuracy) on both; False shows nothing.
+    It runs with ``pretrain.threads`` torch threads (null: ``train.threads``). ``progress``
+    (``cfg.progress``): a bar within each epoch on a terminal, a line each tenth of it
+    elsewhere, a line per epoch (loss, images/s, validation accuracy) on both; False shows
+    nothing.
     """
     p = cfg.pretrain
     output = Path(output)
@@ -113,7 +115,7 @@ def pretrain_backbone(cfg: Config, output: str | Path, progress: bool = True) ->
     if progress:  # training's bar on a terminal; elsewhere a line each tenth of an epoch
         shown = console if console.live else _TenthLines(console.stream)
     with (
-        torch_threads(cfg.train.threads),  # as a task trains: the same thread count
+        torch_threads(p.thread_count(cfg.train.threads)),
         tempfile.TemporaryDirectory(prefix="sdlora-letters-") as tmp,
     ):
         torch.manual_seed(p.seed)
