@@ -455,3 +455,12 @@ def test_named_tasks_take_digits_numbers_as_their_names_and_set_the_task_count()
     )
     eleven = {"data": {"dataset": "digits", "tasks": [[str(d) for d in range(10)], ["x"]]}}
     assert _problem(eleven).endswith("data.tasks names 11 classes but dataset 'digits' has only 10")
+
+
+def test_pretrain_threads_default_to_the_tasks_count() -> None:
+    """Pre-training runs alone, so params.yaml may give it more threads than a task's worker."""
+    p = parse_config({"train": {"threads": 3}}).pretrain
+    assert p.threads is None and p.thread_count(3) == 3
+    assert parse_config({"pretrain": {"threads": 2}}).pretrain.thread_count(1) == 2
+    with pytest.raises(ConfigError, match="pretrain.threads"):
+        parse_config({"pretrain": {"threads": 0}})
