@@ -41,6 +41,19 @@ ON_DISK_DATASETS = {
     "imagefolder": None,
 }
 DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
+# glyphs-r's renditions by name (drawn by sdlora.data.renditions, which checks they agree)
+RENDITION_NAMES = ("plain", "outline", "inverse", "texture", "stripes", "clutter", "stencil")
+
+
+def check_renditions(names: Sequence[str]) -> None:
+    """Refuse an empty list, a repeated name or one that is not a rendition."""
+    if not names:
+        raise ValueError("renditions must name at least one rendition")
+    unknown = [n for n in names if n not in RENDITION_NAMES]
+    if unknown:
+        raise ValueError(f"unknown renditions {unknown}; known: {list(RENDITION_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"renditions must not repeat a name, got {list(names)}")
 
 
 def known_num_classes(dataset: str) -> int | None:
@@ -325,8 +338,6 @@ class DataConfig(_Section):
     @classmethod
     def _renditions(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
-            from sdlora.data.renditions import check_renditions
-
             check_renditions(v)
         return v
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from sdlora.config import RENDITION_NAMES, check_renditions
+
 
 def _plain(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Bright ink on a dark ground: how the backbone saw every letter."""
@@ -96,21 +98,14 @@ RENDITIONS: dict[str, Rendition] = {
     "stencil": _stencil,
 }
 
+if tuple(RENDITIONS) != RENDITION_NAMES:  # the names params.yaml may give (sdlora.config)
+    raise ImportError(f"sdlora.config.RENDITION_NAMES {RENDITION_NAMES} != {tuple(RENDITIONS)}")
+__all__ = ["GLYPHS_R_RENDITIONS", "RENDITIONS", "check_renditions", "draw"]
+
 # glyphs-r's renditions (data.renditions: null): half the samples as the backbone saw letters,
 # half in stencil cuts, chosen by the criterion of README "The embedded default" (measured by
 # benchmarks/regime_criterion.py, every candidate listed there)
 GLYPHS_R_RENDITIONS: tuple[str, ...] = ("plain", "stencil")
-
-
-def check_renditions(names: tuple[str, ...] | list[str]) -> None:
-    """Refuse an empty list, a repeated name or one that is not a rendition."""
-    if not names:
-        raise ValueError("renditions must name at least one rendition")
-    unknown = [n for n in names if n not in RENDITIONS]
-    if unknown:
-        raise ValueError(f"unknown renditions {unknown}; known: {list(RENDITIONS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"renditions must not repeat a name, got {list(names)}")
 
 
 def draw(name: str, coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -94,7 +94,8 @@ def evaluate_stage(
         )
     rows = "".join(f"{i},{a:.4f}\n" for i, a in enumerate(summary["anytime_accuracy"]))
     write_text(curve_file, "task,accuracy\n" + rows)
-    write_text(metrics_file, json.dumps(metrics.tidy(final), indent=2) + "\n")
+    final = metrics.tidy(final)  # as people read them (dvc metrics show, MLflow)
+    write_text(metrics_file, json.dumps(final, indent=2) + "\n")
     _write_image(lambda f: plots.accuracy_heatmap(R, f), Path(heatmap_file))
     magnitude_rows = [np.asarray(r["magnitudes"]) for r in records]
     _write_image(lambda f: plots.magnitude_trajectories(magnitude_rows, f), Path(magnitudes_file))

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from sdlora.config import ConfigError, RayConfig, RunInputs, TuneSettings
+from sdlora.core.metrics import tidy
 from sdlora.ops.ray_tune import (
     check_trials,
     concurrency,
@@ -119,7 +120,7 @@ def test_a_sweep_reports_every_task_to_tune_and_mlflow_in_either_trial_mode(
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("sdlora.tune") == "sweep"]
     assert parent.info.run_id == sweep.parent_run_id and parent.info.status == "FINISHED"
-    assert parent.data.metrics["best_accuracy"] == best.metrics["accuracy"]
+    assert parent.data.metrics["best_accuracy"] == tidy(best.metrics["accuracy"])  # as logged
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 and {c.data.params["train.lr"] for c in children} == {"0.01", "0.005"}
     for c in children:
