@@ -187,7 +187,8 @@ def test_repro_runs_every_stage_in_order(project: tuple[Path, str]) -> None:
     final = json.loads((root / METRICS_FILE).read_text())
     assert shown[""]["data"][METRICS_FILE]["data"] == final
     plots = json.loads(_dvc(root, "plots", "show", "--json"))["data"]
-    compare = {f"{COMPARE_RESULTS}/{n}.png" for n in ("accuracy_curve", "kd_residual", "ncm_drift")}
+    names = ("accuracy_curve", "kd_residual", "ncm_drift", "low_loss_path", "magnitudes")
+    compare = {f"{COMPARE_RESULTS}/{n}.png" for n in names}
     tune = {f"{TUNE_RESULTS}/pareto.csv", f"{TUNE_RESULTS}/pareto.png"}
     assert set(plots) == {CURVE_FILE, HEATMAP_FILE, MAGNITUDES_FILE} | compare | tune  # + the
     # committed comparison's and sweep's (`dvc plots show` reads every dvc.yaml of the project)
