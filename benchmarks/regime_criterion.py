@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from sdlora.config import CompareConfig, load_config, read_params
+from sdlora.config import CompareConfig, load_config, read_params, with_overrides
 from sdlora.pipeline.compare import compare_stage
 
 MIN_GAP = 15.0  # points the prototype classifier must end below joint training
@@ -72,13 +72,7 @@ def parse_changes(text: str) -> dict[str, Any]:
 
 def params_with(changes: dict[str, Any], base: Path, out: Path) -> Path:
     """A copy of ``base`` with the dotted ``changes`` applied, validated, written to ``out``."""
-    raw = read_params(base)
-    for key, value in changes.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    raw = with_overrides(read_params(base), changes)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     load_config(out)  # a candidate that does not make a valid params file stops here

@@ -981,14 +981,18 @@ def load_tune(path: str | Path = "tune/params.yaml") -> TuneSettings:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read ``params.yaml`` (plus dotted-key overrides such as ``{"train.lr": 0.1}``)."""
-    raw = read_params(path)
-    for key, value in (overrides or {}).items():
+    return parse_config(with_overrides(read_params(path), overrides or {}), str(path))
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a params file's mapping) with dotted-key ``overrides`` set in place; returns it."""
+    for key, value in overrides.items():
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return parse_config(raw, str(path))
+    return raw
 
 
 # ---- the experiment's identity ---------------------------------------------------------------

@@ -27,9 +27,9 @@ def _embedded(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     """Train and test sets of an embedded benchmark (built in memory, nothing on disk)."""
     if cfg.dataset == "digits":
         return load_digits(test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    if cfg.dataset == "glyphs":
-        return load_glyphs(cfg.train_per_class, cfg.test_per_class, size=cfg.image_size)
-    renditions = GLYPHS_R_RENDITIONS if cfg.renditions is None else cfg.renditions
+    renditions = None  # glyphs: as the backbone saw its letters
+    if cfg.dataset == "glyphs-r":
+        renditions = GLYPHS_R_RENDITIONS if cfg.renditions is None else cfg.renditions
     return load_glyphs(
         cfg.train_per_class, cfg.test_per_class, size=cfg.image_size, renditions=renditions
     )

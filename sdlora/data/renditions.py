@@ -54,13 +54,18 @@ def _texture(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (ground * (1.0 - cov) + ink * cov) * 255.0
 
 
-def _stripes(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Bright ink over a ground of grey stripes at a random angle and period."""
-    side = cov.shape[0]
+def _wave(side: int, rng: np.random.Generator, period: tuple[float, float]) -> np.ndarray:
+    """A (side, side) sine across the canvas at a random angle and a period (canvas pixels)
+    drawn from ``period``, values in [-1, 1]."""
     y, x = np.mgrid[0:side, 0:side].astype(np.float32)
     angle = rng.uniform(0.0, np.pi)
-    period = rng.uniform(6.0, 12.0)  # canvas pixels: 1.5-3 output pixels at 4x supersampling
-    wave = np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2.0 * np.pi / period)
+    length = rng.uniform(*period)
+    return np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2.0 * np.pi / length)
+
+
+def _stripes(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bright ink over a ground of grey stripes at a random angle and period."""
+    wave = _wave(cov.shape[0], rng, (6.0, 12.0))  # 1.5-3 output pixels at 4x supersampling
     ground = 0.25 + 0.35 * (wave > 0)
     return (ground * (1.0 - cov) + cov) * 255.0
 
@@ -78,12 +83,7 @@ def _clutter(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _stencil(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Strokes broken by parallel gaps, as a stencil cuts them."""
-    side = cov.shape[0]
-    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
-    angle = rng.uniform(0.0, np.pi)
-    period = rng.uniform(8.0, 14.0)
-    wave = np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2.0 * np.pi / period)
-    return cov * (wave > -0.6) * 255.0
+    return cov * (_wave(cov.shape[0], rng, (8.0, 14.0)) > -0.6) * 255.0
 
 
 Rendition = Callable[[np.ndarray, np.random.Generator], np.ndarray]
