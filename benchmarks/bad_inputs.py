@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shutil
 import signal
 import struct
@@ -43,10 +42,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import yaml
+
+from sdlora.data.standin import dump_py2
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -485,22 +486,6 @@ def metrics_cases(tmp: Path) -> list[Case]:
 # ---- data: pipelines/prepare.py on crafted and missing CIFAR-100 folders ---------------------
 
 
-class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
-    """Protocol 2 as Python 2 wrote it (bytes as str), so the files name no global but numpy's,
-    as the official CIFAR-100 pickles (tests/data/conftest.py does the same)."""
-
-    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
-
-    def _save_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_str
-
-
 class _Shell:
     """Unpickles by running a shell command, as a crafted file would."""
 
@@ -509,11 +494,6 @@ class _Shell:
 
     def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
         return os.system, (self.command,)
-
-
-def _dump(obj: Any, path: Path) -> None:
-    with path.open("wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
 
 
 def make_cifar(root: Path, marker: Path | None = None, crafted: str = "meta") -> None:
@@ -540,7 +520,7 @@ def make_cifar(root: Path, marker: Path | None = None, crafted: str = "meta") ->
         key = b"fine_label_names" if crafted == "meta" else b"fine_labels"
         files[crafted][key] = _Shell(f"touch {marker}")
     for name, payload in files.items():
-        _dump(payload, base / name)
+        dump_py2(payload, base / name)
 
 
 def data_cases(tmp: Path) -> list[Case]:

@@ -246,6 +246,59 @@ def exp_run(file: str, dvc_args: tuple[str, ...]) -> None:
         raise SystemExit(code)
 
 
+@sdlora.command(
+    short_help="run a published protocol (a preset) and compare it with the published figures",
+    help="Run PRESET (BENCHMARK/FLAVOUR, see --list: presets/*.yaml over presets/protocol.yaml) "
+    "over its seeds and variants through the pipeline's functions, each task on Ray Train (one "
+    "worker per GPU; a cluster by ray.address in --params), and write the reproduced-vs-"
+    "published table to results/reproduce/ and MLflow. From --params only ray, mlflow and "
+    "progress are used. Without a GPU the full protocol is refused; --smoke runs the same code "
+    "path on CPU on generated data in the dataset's layout (2 tasks, a tiny random ViT).",
+)
+@click.argument("preset", required=False, metavar="PRESET")
+@click.option("--list", "list_presets", is_flag=True, help="list the presets, one per line")
+@click.option("--show", is_flag=True, help="print the preset's params of each variant and exit")
+@click.option("--smoke", is_flag=True, help="the same code path at toy size, on CPU, no data")
+@click.option("--gpus", type=click.IntRange(min=1), default=None,
+              help="Ray Train workers, one GPU each (default: every GPU Ray sees)")  # fmt: skip
+@click.option("--root", default=None, metavar="DIR", help="the dataset's folder (default: the "
+              "preset's data.root)")  # fmt: skip
+@_params_option
+@click.option("--out", default=None, metavar="DIR",
+              help="work folder (default: runs/reproduce/BENCHMARK-FLAVOUR[-smoke])")  # fmt: skip
+def reproduce(
+    preset: str | None,
+    list_presets: bool,
+    show: bool,
+    smoke: bool,
+    gpus: int | None,
+    root: str | None,
+    params: str,
+    out: str | None,
+) -> None:
+    from sdlora.reproduce.presets import all_presets, load_preset
+
+    if list_presets:
+        for p in all_presets():
+            runs = f"{len(p.variants)} variant(s) x {len(p.seeds)} seed(s)"
+            click.echo(f"{p.name:<22} {p.title:<36} {runs:<24} ~{p.gpu_hours():.1f} GPU h "
+                       "(estimate)")  # fmt: skip
+        return
+    if preset is None:
+        raise click.UsageError("name a preset (reproduce --list shows them)")
+    if show:
+        import yaml
+
+        chosen = load_preset(preset)
+        for label in chosen.variants:
+            click.echo(f"# {chosen.name}, variant {label} (seed: one of {list(chosen.seeds)})")
+            click.echo(yaml.safe_dump(chosen.raw(label, chosen.seeds[0]), sort_keys=False))
+        return
+    from sdlora.reproduce.run import reproduce as run_preset
+
+    run_preset(preset, params=params, smoke=smoke, gpus=gpus, root=root, out=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``sdlora`` / ``python -m sdlora``: run the command; bad input exits 2 with one line."""
     name = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), "")

@@ -38,6 +38,7 @@ ON_DISK_DATASETS = {
     "imagenet-r": None,
     "imagenet-a": None,
     "domainnet": None,
+    "cub200": 200,
     "imagefolder": None,
 }
 DOMAINNET_DOMAINS = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
@@ -247,6 +248,7 @@ class DataConfig(_Section):
         "imagenet-r",
         "imagenet-a",
         "domainnet",
+        "cub200",
         "imagefolder",
     ] = "digits"
     root: str | None = Field(

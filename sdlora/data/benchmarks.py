@@ -50,6 +50,10 @@ def open_source(cfg: DataConfig) -> Source:
         from sdlora.data.domainnet import read_domainnet
 
         return read_domainnet(cfg.root, cfg.domains)
+    if cfg.dataset == "cub200":
+        from sdlora.data.cub import read_cub200
+
+        return read_cub200(cfg.root)
     if cfg.dataset in ("imagenet-r", "imagenet-a", "imagefolder"):
         from sdlora.data.imagefolder import read_imagefolder
 

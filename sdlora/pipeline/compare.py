@@ -28,8 +28,9 @@ from sdlora.pipeline.preflight import check_backbone
 from sdlora.report import compare
 
 
-def _prepared(out: Path, cfg: Config, seed: int) -> Path:
-    """The seed's splits (prepared once per stage run, shared by every method)."""
+def prepared_for_seed(out: Path, cfg: Config, seed: int) -> Path:
+    """The seed's splits under ``out/prepared/seed<k>`` (prepared once by the prepare stage's
+    function, shared by every method of the seed)."""
     folder = out / "prepared" / f"seed{seed}"
     if not (folder / task_dir(0) / TASK_FILE).is_file():
         prepare(cfg.data, seed=seed, out=folder)
@@ -47,16 +48,24 @@ def _joint_metrics(run: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def track_run(variant: compare.Variant, run: dict[str, Any], prepared: Path, backbone: str) -> str:
-    """The (method, seed) run in MLflow: per-task metrics, final metrics, its JSON; run id."""
+def track_run(
+    variant: compare.Variant,
+    run: dict[str, Any],
+    prepared: Path,
+    backbone: str | Path,
+    stage: str = "compare",
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """The (method, seed) run in MLflow: per-task metrics, final metrics, its JSON; run id.
+    ``stage`` and ``tags`` (default: ``sdlora.compare`` = the label) say who ran it."""
     records = run["tasks"]
     joint = run["joint"]
     cfg = variant.cfg
     tracker = open_run(
-        cfg, records, 0 if joint else len(records), stage="compare",
+        cfg, records, 0 if joint else len(records), stage=stage,
         inputs=read_inputs(open_prepared(prepared), backbone),
-        name=f"{variant.label}-{cfg.data.dataset}-{len(cfg.tasks or {})}tasks-s{variant.seed}",
-        tags={"sdlora.compare": variant.label, "sdlora.seed": variant.seed},
+        name=f"{variant.label}-{cfg.data.dataset}-{len(cfg.tasks or records)}tasks-s{variant.seed}",
+        tags={**(tags or {"sdlora.compare": variant.label}), "sdlora.seed": variant.seed},
     )  # fmt: skip
     try:
         if joint:
@@ -156,7 +165,7 @@ def compare_stage(
             flush=True,
         )
 
-    runs = compare.run_comparison(variants, lambda seed: _prepared(out, cfg, seed), on_run)
+    runs = compare.run_comparison(variants, lambda seed: prepared_for_seed(out, cfg, seed), on_run)
     rows = compare.summarize_runs(runs, labels)
     title = f"{cfg.data.dataset}, {len(cfg.tasks or {})} tasks, seeds {', '.join(map(str, seeds))}"
     paths = compare.write_outputs(runs, rows, results, title)

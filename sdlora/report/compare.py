@@ -28,7 +28,7 @@ from sdlora.config import CompareConfig, Config, ConfigError, load_config
 from sdlora.core import metrics
 from sdlora.core.diagnostics import interpolation_path
 from sdlora.core.evaluate import evaluate
-from sdlora.core.loop import SequenceResult, run_sequence
+from sdlora.core.loop import Learner, SequenceResult, run_sequence
 from sdlora.core.methods import method_class
 from sdlora.core.model import SDLoRAViT
 from sdlora.core.train import resolve_device, torch_threads
@@ -109,11 +109,16 @@ def inference_cost(
     }
 
 
-def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
+def run_variant(
+    variant: Variant, prepared: str | Path, learn: Learner | None = None, diagnostics: bool = True
+) -> dict[str, Any]:
     """Train and evaluate one (label, seed) through ``run_sequence``; measure its merged model.
 
-    Returns the run's payload (:func:`sdlora.report.sequence.result_payload`) with the label, seed,
-    method, training time, the NCM drift per task and the inference figures.
+    ``learn``: how each task trains (default in this process; the reproduction kit passes Ray
+    Train's :func:`sdlora.ops.ray_train.ray_learner`). ``diagnostics``: also record the NCM
+    drift and the low-loss path (extra evaluation passes). Returns the run's payload
+    (:func:`sdlora.report.sequence.result_payload`) with the label, seed, method, training
+    time, the NCM drift per task and the inference figures.
     """
     cfg = variant.cfg
     device = resolve_device(cfg.device)
@@ -124,7 +129,7 @@ def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
     def keep(task: int, model: SDLoRAViT, result: SequenceResult) -> None:
         nonlocal path, path_seconds
         last["model"] = model
-        if result.joint or task > 1:
+        if result.joint or task > 1 or not diagnostics:
             return
         begin = time.perf_counter()
         with torch_threads(cfg.train.threads):
@@ -137,7 +142,8 @@ def run_variant(variant: Variant, prepared: str | Path) -> dict[str, Any]:
 
     start = time.perf_counter()
     joint = method_class(cfg.model.method).trains_jointly
-    result = run_sequence(cfg, prepared, ncm=not joint, on_task_end=keep)
+    result = run_sequence(cfg, prepared, learn=learn, ncm=diagnostics and not joint,
+                          on_task_end=keep)  # fmt: skip
     seconds = time.perf_counter() - start - path_seconds
     with torch_threads(cfg.train.threads):
         inference = inference_cost(last["model"], prepared, cfg, len(result.counts))
@@ -375,12 +381,17 @@ def run_comparison(
     variants: list[Variant],
     prepared_for: Callable[[int], Path],
     on_run: Callable[[int, Variant, dict[str, Any]], None] | None = None,
+    learner_for: Callable[[Variant, Path], Learner] | None = None,
+    diagnostics: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every variant in order (seed by seed, so each seed's splits are prepared once);
-    ``on_run(i, variant, run)`` after each (the stage prints and tracks it there)."""
+    ``on_run(i, variant, run)`` after each (the stage prints and tracks it there).
+    ``learner_for(variant, prepared)``: how its tasks train (default: in this process)."""
     runs = []
     for i, v in enumerate(variants):
-        run = run_variant(v, prepared_for(v.seed))
+        prepared = prepared_for(v.seed)
+        learn = None if learner_for is None else learner_for(v, prepared)
+        run = run_variant(v, prepared, learn, diagnostics)
         runs.append(run)
         if on_run is not None:
             on_run(i, v, run)
