@@ -247,6 +247,27 @@ def exp_run(file: str, dvc_args: tuple[str, ...]) -> None:
 
 
 @sdlora.command(
+    short_help="print a prepared split's identity: file-list hash, class order, counts per task",
+    help="Print the identity of a prepared folder (default data/prepared, the prepare stage's "
+    "output): per task its classes in label order, its train and test counts and the SHA-256 of "
+    "its sorted file list (split, path relative to the dataset's root, class name), and one "
+    "hash over the tasks. Two users with equal hashes trained on the same files in the same "
+    "tasks; where the dataset lies and the row order do not count. The split files are "
+    "checked against their recorded SHA-256 first.",
+)
+@click.argument("prepared", default="data/prepared", metavar="[PREPARED]")
+@click.option("--json", "as_json", is_flag=True, help="print it as JSON")
+def identity(prepared: str, as_json: bool) -> None:
+    from sdlora.data.identity import format_identity, split_identity
+
+    ident = split_identity(prepared)
+    if as_json:
+        _show(ident)
+    else:
+        click.echo(format_identity(ident, prepared), nl=False)
+
+
+@sdlora.command(
     short_help="run a published protocol (a preset) and compare it with the published figures",
     help="Run PRESET (BENCHMARK/FLAVOUR, see --list: presets/*.yaml over presets/protocol.yaml) "
     "over its seeds and variants through the pipeline's functions, each task on Ray Train (one "
@@ -263,11 +284,19 @@ def exp_run(file: str, dvc_args: tuple[str, ...]) -> None:
               help="Ray Train workers, one GPU each (default: every GPU Ray sees)")  # fmt: skip
 @click.option("--root", default=None, metavar="DIR", help="the dataset's folder (default: the "
               "preset's data.root)")  # fmt: skip
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="LABEL",
+    help="run only this variant (repeatable; default: every variant of the preset)",
+)
 @_params_option
 @click.option("--out", default=None, metavar="DIR",
               help="work folder (default: runs/reproduce/BENCHMARK-FLAVOUR[-smoke])")  # fmt: skip
 def reproduce(
     preset: str | None,
+    variants: tuple[str, ...],
     list_presets: bool,
     show: bool,
     smoke: bool,
@@ -296,7 +325,8 @@ def reproduce(
         return
     from sdlora.reproduce.run import reproduce as run_preset
 
-    run_preset(preset, params=params, smoke=smoke, gpus=gpus, root=root, out=out)
+    run_preset(preset, params=params, smoke=smoke, gpus=gpus, root=root, out=out,
+               variants=variants)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

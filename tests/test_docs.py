@@ -79,6 +79,19 @@ RULES = [
     Rule(("dvc", "dag"), "run"),
     Rule(("python", "-m", "sdlora", "plots"), "run"),
     Rule(("python", "-m", "sdlora", "tasks"), "run"),
+    Rule(("python", "-m", "sdlora", "reproduce", "--list"), "run"),
+    Rule(
+        ("python", "-m", "sdlora", "reproduce"),
+        "help",
+        "a preset on GPUs (hours) or its smoke run (a minute); tests/reproduce/ run both the "
+        "smoke runs and the refusal without a GPU",
+    ),
+    Rule(
+        ("python", "-m", "sdlora", "identity"),
+        "help",
+        "reads the prepare stage's output, which a clone lacks; tests/data/test_identity.py runs "
+        "it",
+    ),
     Rule(
         ("python", "-m", "sdlora", "run"),
         "help",

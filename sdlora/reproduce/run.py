@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import Config, digest, identity_key, load_config, parse_config, with_overrides
+from sdlora.config import (
+    Config,
+    ConfigError,
+    digest,
+    identity_key,
+    load_config,
+    parse_config,
+    with_overrides,
+)
 from sdlora.errors import Failed
 from sdlora.files import write_json, write_text
 from sdlora.reproduce.presets import Preset, load_preset
@@ -67,12 +75,26 @@ def gpu_changes(preset: Preset, runtime: Config, gpus: int | None) -> dict[str, 
 
 
 def plan(
-    preset: Preset, runtime: Config, work: Path, *, smoke: bool, gpus: int | None, root: str | None
+    preset: Preset,
+    runtime: Config,
+    work: Path,
+    *,
+    smoke: bool,
+    gpus: int | None,
+    root: str | None,
+    only: tuple[str, ...] = (),
 ) -> list[Any]:
-    """Every (variant, seed) of the run as a validated :class:`~sdlora.report.compare.Variant`."""
+    """Every (variant, seed) of the run as a validated :class:`~sdlora.report.compare.Variant`;
+    ``only``: these variants (default: all the preset's)."""
     from sdlora.report.compare import Variant
     from sdlora.reproduce import smoke as toy
 
+    unknown = [v for v in only if v not in preset.variants]
+    if unknown:
+        raise ConfigError(
+            f"--variant {unknown[0]}: {preset.name} has the variants {list(preset.variants)}"
+        )
+    labels = [v for v in preset.variants if not only or v in only]
     base = runtime_changes(runtime)
     seeds = preset.seeds[:1] if smoke else preset.seeds
     if smoke:
@@ -83,7 +105,8 @@ def plan(
     variants = []
     for seed in seeds:
         changes = {**base, **(toy.smoke_changes(preset, data, seed) if smoke else data)}
-        for label, own in preset.variants.items():
+        for label in labels:
+            own = preset.variants[label]
             own = toy.trim_schedule(own) if smoke else own
             raw = with_overrides(preset.raw(label, seed), {**changes, **own})
             cfg = parse_config(raw, f"preset {preset.name}, variant {label}, seed {seed}")
@@ -101,13 +124,15 @@ def reproduce(
     out: str | Path | None = None,
     results: str | Path | None = None,
     track: bool = True,
+    variants: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run preset ``name`` (``benchmark/flavour``); write and return the table against SPEC §6.
 
     ``smoke``: the same path at toy size on CPU (:mod:`sdlora.reproduce.smoke`). ``gpus``:
     Ray Train workers (default: every GPU Ray sees). ``root``: the dataset's folder (default:
     the preset's ``data.root``). ``out``: the work folder; ``results``: where the table goes
-    (default ``results/reproduce``; a smoke run's stays in ``out``).
+    (default ``results/reproduce``; a smoke run's stays in ``out``). ``variants``: run only
+    these (default: every variant of the preset).
     """
     from sdlora.core.train import check_settings
     from sdlora.data.prepare import open_prepared
@@ -122,16 +147,16 @@ def reproduce(
     runtime = load_config(params)
     tag = f"{preset.benchmark}-{preset.flavour}" + ("-smoke" if smoke else "")
     work = Path(out) if out is not None else WORK / tag
-    variants = plan(preset, runtime, work, smoke=smoke, gpus=gpus, root=root)
-    first = variants[0].cfg
+    planned = plan(preset, runtime, work, smoke=smoke, gpus=gpus, root=root, only=variants)
+    first = planned[0].cfg
     check_settings(first)
     check_backbone(first)  # timm's weights load (or a smoke's random ViT builds) before any work
     backbone = work / "backbone"
     pretrain_stage(first, out=backbone)  # the pipeline's record of the backbone
-    seeds = list(dict.fromkeys(v.seed for v in variants))
-    labels = compare.labels_of(variants)
+    seeds = list(dict.fromkeys(v.seed for v in planned))
+    labels = compare.labels_of(planned)
     print(
-        f"reproduce {preset.name}{' (smoke)' if smoke else ''}: {len(variants)} runs "
+        f"reproduce {preset.name}{' (smoke)' if smoke else ''}: {len(planned)} runs "
         f"({len(labels)} variants x {len(seeds)} seed{'s' * (len(seeds) != 1)}) of "
         f"{preset.title}; work in {work}/",
         flush=True,
@@ -139,7 +164,7 @@ def reproduce(
     start = time.perf_counter()
 
     def prepared(seed: int) -> Path:
-        cfg = next(v.cfg for v in variants if v.seed == seed)
+        cfg = next(v.cfg for v in planned if v.seed == seed)
         return prepared_for_seed(work, cfg, seed)
 
     def learner(variant: Any, folder: Path) -> Any:
@@ -156,13 +181,13 @@ def reproduce(
                                                "sdlora.variant": variant.label})  # fmt: skip
         s = run["summary"]
         print(
-            f"reproduce [{i + 1}/{len(variants)}] {variant.label} seed {variant.seed}: final "
+            f"reproduce [{i + 1}/{len(planned)}] {variant.label} seed {variant.seed}: final "
             f"{s['final_accuracy']:.2f}, AAA {s['average_anytime_accuracy']:.2f} "
             f"({run['seconds']:.0f} s)",
             flush=True,
         )
 
-    runs = compare.run_comparison(variants, prepared, on_run, learner, diagnostics=False)
+    runs = compare.run_comparison(planned, prepared, on_run, learner, diagnostics=False)
     rows = rows_against_published(compare.summarize_runs(runs, labels), preset)
     folder = Path(results) if results is not None else (work if smoke else RESULTS)
     table = markdown(preset, rows, smoke=smoke)
@@ -172,10 +197,10 @@ def reproduce(
     write_json(paths["json"], payload)
     if track:
         inputs = {s: read_inputs(open_prepared(prepared(s)), backbone) for s in seeds}
-        key = digest([[v.label, identity_key(v.cfg, inputs[v.seed])] for v in variants])
+        key = digest([[v.label, identity_key(v.cfg, inputs[v.seed])] for v in planned])
         track_table(first, preset, rows, paths, key, smoke)
     print(table, end="")
-    print(f"reproduce: {len(variants)} runs in {(time.perf_counter() - start) / 60:.1f} min; "
+    print(f"reproduce: {len(planned)} runs in {(time.perf_counter() - start) / 60:.1f} min; "
           f"table in {paths['table']}")  # fmt: skip
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
 

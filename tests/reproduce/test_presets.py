@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sdlora.cli import sdlora
+from sdlora.cli import main, sdlora
 from sdlora.config import ConfigError
 from sdlora.errors import Failed
 from sdlora.reproduce.presets import PRESETS_DIR, all_presets, benchmarks, load_preset
@@ -184,6 +184,14 @@ def test_list_prints_one_line_per_preset_with_its_gpu_hours() -> None:
         assert f"~{p.gpu_hours():.1f} GPU h (estimate)" in line
     shown = CliRunner().invoke(sdlora, ["reproduce", "imagenet-r-10/code", "--show"])
     assert shown.exit_code == 0 and "optimizer: sgd" in shown.output
+
+
+def test_an_unknown_variant_is_refused_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["reproduce", "imagenet-r-10/code", "--variant", "sdlora_kd"]) == 2
+    assert capsys.readouterr().err == (
+        "sdlora reproduce: error: --variant sdlora_kd: imagenet-r-10/code has the variants "
+        "['sdlora']\n"
+    )
 
 
 def test_no_gpu_refuses_the_full_protocol_with_its_cost() -> None:
