@@ -184,7 +184,7 @@ def test_the_ddp_width_is_identity_and_the_cpus_are_not() -> None:
     cfg = parse_config(RAW)
     wider = parse_config(_set(RAW, "ray.num_workers", 2))
     assert task_run(wider, 0, INPUTS) != task_run(cfg, 0, INPUTS)  # a new folder: trains anew
-    more_cpus = parse_config(_set(RAW, "ray.cpus_per_worker", 2))
+    more_cpus = parse_config(_set(RAW, "ray.cpus_per_worker", RAW["ray"]["cpus_per_worker"] + 1))
     assert task_run(more_cpus, 0, INPUTS) == task_run(cfg, 0, INPUTS)
 
 

@@ -44,7 +44,7 @@ TINY = {
         "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2},
     },
     "pretrain": {"per_class": 5, "epochs": 1},
-    "train": {"epochs": 2, "batch_size": 16},
+    "train": {"epochs": 2, "batch_size": 16, "threads": 1},  # a thread per worker's core
     "ray": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0},
 }
 
