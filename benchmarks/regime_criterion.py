@@ -50,6 +50,9 @@ CANDIDATES: dict[str, str] = {
     "glyphs-r: plain+stencil, 120 train images/class (the default)": (
         R + "[plain,stencil] data.train_per_class=120"
     ),
+    "glyphs-r: plain+stencil, 160 train images/class": (
+        R + "[plain,stencil] data.train_per_class=160"
+    ),
 }
 
 
