@@ -100,13 +100,23 @@ def summary_key(variants: list[compare.Variant], inputs: dict[int, RunInputs]) -
     return digest([[v.label, identity(v.cfg, inputs[v.seed])] for v in variants])
 
 
-def track_summary(cfg: Config, paths: dict[str, Path], rows: list[dict[str, Any]], key: str) -> str:
-    """One MLflow run holding the comparison's table and plots, and each method's means."""
+def track_summary(
+    cfg: Config,
+    paths: dict[str, Path],
+    rows: list[dict[str, Any]],
+    key: str,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """One MLflow run holding the comparison's table and plots, and each method's means (and
+    the published figures a row carries, as the reproduction kit's do). ``run_name`` and
+    ``tags`` default to the compare stage's."""
     tracker = SequenceTracker()
     tracker.open(
         cfg.mlflow.tracking_uri, cfg.mlflow.experiment,
-        run_name=f"compare-{cfg.data.dataset}-{len(cfg.tasks or {})}tasks-{key[:8]}", key=key,
-        tags={"sdlora.compare": "summary", command_tag("compare"): "pipelines/compare.py"},
+        run_name=run_name or f"compare-{cfg.data.dataset}-{len(cfg.tasks or {})}tasks-{key[:8]}",
+        key=key,
+        tags=tags or {"sdlora.compare": "summary", command_tag("compare"): "pipelines/compare.py"},
     )  # fmt: skip
     with tracker:
         for row in rows:
@@ -115,6 +125,8 @@ def track_summary(cfg: Config, paths: dict[str, Path], rows: list[dict[str, Any]
                 for k in ("final_accuracy", "average_anytime_accuracy", "forgetting")
                 if row[k] is not None
             }
+            for k, v in (row.get("published") or {}).items():
+                means[f"{row['label']}.published.{k}"] = v
             tracker.log_task(0, means)
         tracker.log_artifacts(sorted(paths.values()))
         return str(tracker.run_id)

@@ -20,7 +20,6 @@ from typing import Any
 from sdlora.config import (
     Config,
     ConfigError,
-    digest,
     identity_key,
     load_config,
     parse_config,
@@ -137,8 +136,9 @@ def reproduce(
     from sdlora.core.train import check_settings
     from sdlora.data.prepare import open_prepared
     from sdlora.ops.ray_train import ray_learner
-    from sdlora.pipeline.compare import prepared_for_seed, track_run
+    from sdlora.pipeline.compare import prepared_for_seed, summary_key, track_run, track_summary
     from sdlora.pipeline.layout import read_inputs
+    from sdlora.pipeline.mlflow_run import command_tag
     from sdlora.pipeline.preflight import check_backbone
     from sdlora.pipeline.pretrain import pretrain_stage
     from sdlora.report import compare
@@ -197,43 +197,13 @@ def reproduce(
     write_json(paths["json"], payload)
     if track:
         inputs = {s: read_inputs(open_prepared(prepared(s)), backbone) for s in seeds}
-        key = digest([[v.label, identity_key(v.cfg, inputs[v.seed])] for v in planned])
-        track_table(first, preset, rows, paths, key, smoke)
+        key = summary_key(planned, inputs)
+        track_summary(
+            first, paths, rows, key, run_name=f"reproduce-{tag}-{key[:8]}",
+            tags={"sdlora.reproduce": preset.name, "sdlora.smoke": smoke,
+                  command_tag("reproduce"): "python -m sdlora reproduce"},
+        )  # fmt: skip
     print(table, end="")
     print(f"reproduce: {len(planned)} runs in {(time.perf_counter() - start) / 60:.1f} min; "
           f"table in {paths['table']}")  # fmt: skip
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}}
-
-
-def track_table(
-    cfg: Config,
-    preset: Preset,
-    rows: list[dict[str, Any]],
-    paths: dict[str, Path],
-    key: str,
-    smoke: bool,
-) -> str:
-    """One MLflow run holding the table, each variant's means and the published figures."""
-    from sdlora.ops.tracking import SequenceTracker
-    from sdlora.pipeline.mlflow_run import command_tag
-
-    tracker = SequenceTracker()
-    tracker.open(
-        cfg.mlflow.tracking_uri, cfg.mlflow.experiment,
-        run_name=f"reproduce-{preset.benchmark}-{preset.flavour}{'-smoke' * smoke}-{key[:8]}",
-        key=key,
-        tags={"sdlora.reproduce": preset.name, "sdlora.smoke": smoke,
-              command_tag("reproduce"): "python -m sdlora reproduce"},
-    )  # fmt: skip
-    with tracker:
-        for row in rows:
-            values = {
-                f"{row['label']}.{k}": row[k][0]
-                for k in ("final_accuracy", "average_anytime_accuracy")
-                if row[k] is not None
-            }
-            for k, v in (row.get("published") or {}).items():
-                values[f"{row['label']}.published.{k}"] = v
-            tracker.log_task(0, values)
-        tracker.log_artifacts(sorted(paths.values()))
-        return str(tracker.run_id)
