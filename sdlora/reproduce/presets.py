@@ -96,10 +96,15 @@ def _mapping(node: Any, where: str) -> dict[str, Any]:
     return node
 
 
-def _check_keys(node: dict[str, Any], allowed: set[str], where: str) -> None:
+def _check_keys(
+    node: dict[str, Any], allowed: set[str], where: str, required: tuple[str, ...] = ()
+) -> None:
     unknown = sorted(set(node) - allowed)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {sorted(allowed)})")
+    missing = [k for k in required if k not in node]
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]!r}")
 
 
 def _sections(node: dict[str, Any]) -> dict[str, Any]:
@@ -125,13 +130,14 @@ def load_preset(name: str, folder: str | Path = PRESETS_DIR) -> Preset:
         raise ConfigError(f"preset {name!r} not found; {hint}{', '.join(options or known)}")
     protocol_file = folder / PROTOCOL
     protocol = _mapping(read_params(protocol_file), str(protocol_file))
-    _check_keys(protocol, {"common", "flavours"}, str(protocol_file))
+    _check_keys(protocol, {"common", "flavours"}, str(protocol_file), ("common", "flavours"))
     proto = _mapping(protocol["flavours"].get(flavour), f"{protocol_file}: flavours.{flavour}")
-    _check_keys(proto, {*SECTIONS, "seeds", "variants"}, f"{protocol_file}: flavours.{flavour}")
+    _check_keys(proto, {*SECTIONS, "seeds", "variants"}, f"{protocol_file}: flavours.{flavour}",
+                ("seeds", "variants"))  # fmt: skip
 
     file = folder / f"{benchmark}.yaml"
     spec = _mapping(read_params(file), str(file))
-    _check_keys(spec, _BENCHMARK_KEYS, str(file))
+    _check_keys(spec, _BENCHMARK_KEYS, str(file), ("title", "data", "images", "flavours"))
     own = _mapping(spec["flavours"].get(flavour), f"{file}: flavours.{flavour}")
     _check_keys(own, _FLAVOUR_KEYS, f"{file}: flavours.{flavour}")
 

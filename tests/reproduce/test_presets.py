@@ -169,6 +169,13 @@ def test_a_bad_preset_file_is_refused_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cub200-10.yaml: flavours.code.publshed: unknown key"):
         load_preset("cub200-10/code", folder)
     shutil.copy(PRESETS_DIR / "cub200-10.yaml", file)
+    file.write_text(file.read_text().replace("title:", "titel:"))
+    with pytest.raises(ConfigError, match=r"cub200-10.yaml.titel: unknown key"):
+        load_preset("cub200-10/code", folder)
+    file.write_text("\n".join(ln for ln in file.read_text().splitlines() if "titel" not in ln))
+    with pytest.raises(ConfigError, match=r"cub200-10.yaml: missing key 'title'"):
+        load_preset("cub200-10/code", folder)
+    shutil.copy(PRESETS_DIR / "cub200-10.yaml", file)
     file.write_text(file.read_text().replace("init_cls: 20", "init_cls: 0"))
     with pytest.raises(ConfigError, match=r"data.init_cls"):
         load_preset("cub200-10/paper", folder)
