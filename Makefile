@@ -29,9 +29,12 @@ pretrain: $(STAMP)
 plots: $(STAMP)
 	$(PY) -m sdlora plots
 
+# Two pytest processes: much of a Ray or `dvc repro` test is waiting (workers starting, stages
+# spawning), so two overlap well on 2 cores. `--dist loadfile` keeps each file in one process:
+# a file's module fixtures (one `dvc repro` project, one Ray session) and its tests' order hold.
 test: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples
