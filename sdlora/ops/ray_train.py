@@ -494,13 +494,18 @@ def train_task_distributed(
 
 
 def ray_learner(
-    cfg: Config, work: str | Path, identity_of: Callable[[int], str], ray: RayConfig
+    cfg: Config,
+    work: str | Path,
+    identity_of: Callable[[int], str],
+    ray: RayConfig,
+    log_path: str | Path | None = None,
 ) -> Learner:
     """A learner for :func:`sdlora.core.loop.run_sequence` that trains each task as a
     ``train@k`` stage does: a TorchTrainer of ``ray.num_workers`` workers from the previous
     task's adapter, the result loaded into the loop's model. Runs live under ``work``
     (``task_<t>/`` outputs, ``ray/`` Ray Train's folders, named ``task<t>``), checkpoints
-    carry ``identity_of(t)``: a re-run restores the finished tasks and resumes a cut one."""
+    carry ``identity_of(t)``: a re-run restores the finished tasks and resumes a cut one.
+    ``log_path``: where Ray's output goes (appended; None: the console)."""
     work = Path(work)
 
     def learn(model: SDLoRAViT, prepared: Prepared, task: int) -> list[dict[str, float]]:
@@ -510,7 +515,7 @@ def ray_learner(
             cfg, task, prev, prepared, out, num_workers=ray.num_workers, use_gpu=ray.use_gpu,
             cpus_per_worker=ray.cpus_per_worker, max_failures=ray.max_failures,
             storage_path=work / "ray", name=f"task{task}", identity=identity_of(task),
-            poll_interval_s=ray.poll_interval_s,
+            poll_interval_s=ray.poll_interval_s, log_path=log_path,
         )  # fmt: skip
         load_adapter(model, result.adapter)
         return result.epochs

@@ -158,7 +158,7 @@ def reproduce(
     print(
         f"reproduce {preset.name}{' (smoke)' if smoke else ''}: {len(planned)} runs "
         f"({len(labels)} variants x {len(seeds)} seed{'s' * (len(seeds) != 1)}) of "
-        f"{preset.title}; work in {work}/",
+        f"{preset.title}; work in {work}/ (Ray's output: {work}/logs/<run>.log)",
         flush=True,
     )
     start = time.perf_counter()
@@ -171,7 +171,7 @@ def reproduce(
         inputs = read_inputs(open_prepared(folder), backbone)
         return ray_learner(variant.cfg, work / "runs" / variant.name,
                            lambda t: identity_key(variant.cfg, inputs, upto=t),
-                           variant.cfg.ray)  # fmt: skip
+                           variant.cfg.ray, work / "logs" / f"{variant.name}.log")  # fmt: skip
 
     def on_run(i: int, variant: Any, run: dict[str, Any]) -> None:
         write_json(work / "runs" / f"{variant.name}.json", run)
