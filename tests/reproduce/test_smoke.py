@@ -13,6 +13,8 @@ from sdlora.cli import main
 from sdlora.reproduce.presets import all_presets, load_preset
 from sdlora.reproduce.smoke import SMOKE_TASKS
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _smokes() -> list[tuple[str, tuple[str, ...]]]:
     """Every preset once, as CI must run them; a preset of several variants (the paper's) runs
@@ -29,33 +31,31 @@ def _smokes() -> list[tuple[str, tuple[str, ...]]]:
 
 
 SMOKES = _smokes()
-CODE = [s for s in SMOKES if s[0].endswith("/code")]
-PAPER = [s for s in SMOKES if not s[0].endswith("/code")]
 
 
-def ids(smokes: list[tuple[str, tuple[str, ...]]]) -> list[str]:
-    """Test ids: the preset and the variant it runs."""
-    return [f"{n}:{','.join(o) or 'all'}" for n, o in smokes]
+@pytest.fixture(scope="module")
+def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """params.yaml as shipped but tracking into a fresh SQLite store, without progress bars."""
+    folder = tmp_path_factory.mktemp("smoke")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["progress"] = False
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{folder / 'mlflow.db'}"
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return path
 
 
-@pytest.mark.parametrize(("name", "only"), CODE, ids=ids(CODE))
+@pytest.mark.parametrize(
+    ("name", "only"), SMOKES, ids=[f"{n}:{','.join(o) or 'all'}" for n, o in SMOKES]
+)
 def test_smoke_run_exits_0_with_its_table_and_runs(
     name: str,
     only: tuple[str, ...],
-    smoke_params: Path,
+    params: Path,
     ray_session: None,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    """The public code's flavour (test_smoke_paper.py: the paper's, in a second file so that
-    the suite's two processes share the smoke runs)."""
-    check_smoke(name, only, smoke_params, tmp_path, capsys)
-
-
-def check_smoke(
-    name: str, only: tuple[str, ...], params: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """``reproduce NAME --smoke`` exits 0 and leaves its table, runs and MLflow runs."""
     out = tmp_path / "work"
     chosen = [a for v in only for a in ("--variant", v)]
     argv = ["reproduce", name, "--smoke", "--params", str(params), "--out", str(out), *chosen]
