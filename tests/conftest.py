@@ -42,6 +42,9 @@ def images() -> torch.Tensor:
 def ray_session():
     """Ray in this process for one test module (2 CPUs: workers of 0.5 CPU fit twice)."""
     ray = pytest.importorskip("ray")
+    from sdlora.ops.ray_session import use_in_process_env
+
+    use_in_process_env()  # as ensure_ray does for Ray in this process
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -59,6 +59,8 @@ from sdlora.errors import Failed
 ENV_VAR = "RAY_ADDRESS"
 PROBE_TIMEOUT_S = 5.0  # how long a TCP connect to an explicit address may take
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# Ray Train settings for a Ray instance in this process (one node, never drained)
+IN_PROCESS_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class ClusterUnreachable(Failed, ConnectionError):
@@ -171,6 +173,12 @@ def _loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
+def use_in_process_env() -> None:
+    """Set :data:`IN_PROCESS_ENV` in this process's environment where it is not set already."""
+    for key, value in IN_PROCESS_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def ensure_ray(address: str | None) -> None:
     """Attach to the cluster ``address`` (params ``ray.address``) or RAY_ADDRESS names, or start
     Ray in this process; nothing when Ray is already initialised here.
@@ -197,6 +205,8 @@ def ensure_ray(address: str | None) -> None:
                 f"{err.strerror or err}. {_advice(target)}"
             ) from err
     in_process = target.address == "local"
+    if in_process:
+        use_in_process_env()
     try:
         with _loopback_node() if in_process else contextlib.nullcontext():
             ray.init(

@@ -29,11 +29,18 @@ from pathlib import Path
 
 import pytest
 
-from sdlora.ops.ray_session import ENV_VAR, ensure_ray, resolve_address
+from sdlora.ops.ray_session import (
+    ENV_VAR,
+    IN_PROCESS_ENV,
+    ensure_ray,
+    resolve_address,
+    use_in_process_env,
+)
 
 from .sockets import listening, loopback
 
 RAY = Path(sys.executable).with_name("ray")  # the venv's ray CLI
+WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 # ---- the precedence, without Ray -----------------------------------------------------------------
@@ -279,15 +286,28 @@ def test_auto_alone_finds_the_last_ray_start(driver: tuple[Cluster, Cluster]) ->
 
 
 @pytest.mark.slow
-def test_neither_set_starts_ray_in_process(driver: tuple[Cluster, Cluster]) -> None:
+def test_neither_set_starts_ray_in_process(
+    driver: tuple[Cluster, Cluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ray
 
+    monkeypatch.delenv(WATCHER, raising=False)
     a, b = driver
     ray.init(include_dashboard=False)  # plain ray.init() attaches to the last `ray start`...
     assert _attached(a, b) == "cluster_b"
     ensure_ray(None)  # ...ensure_ray(None) does not: a fresh Ray in this process
     assert ray._private.worker.global_worker.node.head  # this process started the head node
     assert _attached(a, b) == "fresh"
+    assert os.environ[WATCHER] == "0"  # one node of this process's own: nothing to preempt
+
+
+def test_the_in_process_settings_yield_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WATCHER, "1")  # a user who wants Ray Train's watcher keeps it
+    use_in_process_env()
+    assert os.environ[WATCHER] == "1"
+    monkeypatch.delenv(WATCHER)
+    use_in_process_env()
+    assert os.environ[WATCHER] == IN_PROCESS_ENV[WATCHER] == "0"
 
 
 @pytest.mark.slow

@@ -97,12 +97,17 @@ def _assert_same(file: Path, state: dict[str, torch.Tensor]) -> None:
 
 @pytest.mark.slow
 def test_two_workers_equal_the_loop_at_world_size_one(ray_session, tmp_path: Path) -> None:
+    """DDP over two workers learns what the loop learns alone; with progress on, the console
+    gets one line per epoch (not a terminal) from rank 0's progress file, removed afterwards."""
+    import io
+
     # 13 rows, global batch 4: batches of 4, 4, 4, 1; rank 0's part of the last one is empty
     cfg, prepared = _cfg(epochs=2, batch=4, momentum=0.9), _prepared(tmp_path, 13)
     gcs = ray_session.get_runtime_context().gcs_address
+    console = io.StringIO()
     result = train_task_distributed(
         cfg, 0, None, prepared, tmp_path / "out", identity="t", num_workers=2,
-        cpus_per_worker=0.5, storage_path=tmp_path / "ray",
+        cpus_per_worker=0.5, storage_path=tmp_path / "ray", progress=True, console=console,
     )  # fmt: skip
     # a running Ray is used as it is: no second one started, and it is left running
     assert ray_session.is_initialized()
@@ -115,6 +120,11 @@ def test_two_workers_equal_the_loop_at_world_size_one(ray_session, tmp_path: Pat
     ref.end_task()
     _assert_same(result.checkpoint / ADAPTER, adapter_state(ref))
     assert result.adapter.read_bytes() == (result.checkpoint / ADAPTER).read_bytes()
+    lines = console.getvalue().splitlines()  # the driver draws rank 0's epochs
+    assert [ln.split(":")[0] for ln in lines] == ["task 0 epoch 1/2", "task 0 epoch 2/2"]
+    shown = [float(ln.split("loss ")[1].split(",")[0]) for ln in lines]
+    assert shown == pytest.approx(losses, abs=1e-4)
+    assert not (tmp_path / "out" / PROGRESS).exists()
 
 
 @pytest.mark.slow
@@ -142,7 +152,6 @@ def test_rerun_of_a_finished_run_restores_it(
     # is gone now would fail the set-up, so the run proves no model was built
     gone = cfg.backbone.model_copy(update={"weights": str(tmp_path / "gone.safetensors")})
     cfg = cfg.model_copy(update={"backbone": gone})
-    again = train_task_distributed(cfg, 0, None, prepared, tmp_path / "b", **kw)
     # the stage's note reads Ray's record of the run, not the newest folder a kill may leave
     stray = tmp_path / "ray" / "t0" / "checkpoint_9999-01-01_00-00-00.000000"
     stray.mkdir()
@@ -150,8 +159,8 @@ def test_rerun_of_a_finished_run_restores_it(
     assert "holds this task's finished run" in str(_ray_run_note(tmp_path / "ray" / "t0", 2))
     monkeypatch.chdir(tmp_path)  # the stage asks with a relative path (ray.storage_path: runs/ray)
     assert "holds this task's finished run" in str(_ray_run_note(Path("ray/t0"), 2))
-    third = train_task_distributed(cfg, 0, None, prepared, tmp_path / "c", **kw)
-    assert third.restored and not stray.exists()  # what Ray never registered is removed
+    again = train_task_distributed(cfg, 0, None, prepared, tmp_path / "b", **kw)
+    assert not stray.exists()  # what Ray never registered is removed
     assert first.metrics["start_epoch"] == 0
     assert again.metrics["epoch"] == 1  # the last report is still the finished run's
     assert (first.restored, first.start_epoch) == (False, 0)
@@ -237,31 +246,6 @@ def test_input_faults_are_the_inputs_errors_not_the_workers() -> None:
     assert is_input_fault(OSError(errno.EROFS, "Read-only file system"))
     assert not is_input_fault(OSError(errno.ECONNRESET, "Connection reset by peer"))
     assert not is_input_fault(RuntimeError("NCCL error"))
-
-
-@pytest.mark.slow
-def test_the_driver_draws_rank_0s_epochs(ray_session, tmp_path: Path) -> None:
-    """With progress on, the console gets one line per epoch (not a terminal) from rank 0's
-    progress file, which is removed afterwards."""
-    import io
-
-    cfg, prepared = _cfg(epochs=2), _prepared(tmp_path, 10)
-    console = io.StringIO()
-    kw = dict(
-        num_workers=2,
-        cpus_per_worker=0.5,
-        storage_path=tmp_path / "ray",
-        name="shown",
-        identity="t",
-    )
-    result = train_task_distributed(
-        cfg, 0, None, prepared, tmp_path / "out", progress=True, console=console, **kw
-    )
-    lines = console.getvalue().splitlines()
-    assert [ln.split(":")[0] for ln in lines] == ["task 0 epoch 1/2", "task 0 epoch 2/2"]
-    losses = [float(ln.split("loss ")[1].split(",")[0]) for ln in lines]
-    assert losses == pytest.approx([e["train_loss"] for e in result.epochs], abs=1e-4)
-    assert not (tmp_path / "out" / PROGRESS).exists()
 
 
 def test_workers_that_cannot_all_start_are_named_with_the_keys() -> None:

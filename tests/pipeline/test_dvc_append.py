@@ -27,8 +27,8 @@ def _tree(root: Path, *folders: str) -> dict[str, bytes]:
 
 
 def test_appending_a_task_trains_only_it_and_gates_a_new_version(tmp_path: Path) -> None:
-    """The user story of a model that keeps learning, on digits: two tasks named in data.tasks
-    run; a third is appended (`sdlora tasks --write`) and `dvc repro` prepares and trains only
+    """The user story of a model that keeps learning, on digits: one task named in data.tasks
+    runs; a second is appended (`sdlora tasks --write`) and `dvc repro` prepares and trains only
     it (earlier splits, adapters and records byte-identical), then registers version 2, which
     a failing gate leaves `candidate` and a passing one makes `champion`; the champion served
     from the registry answers with class names, as the adapted model predicts."""
@@ -46,39 +46,39 @@ def test_appending_a_task_trains_only_it_and_gates_a_new_version(tmp_path: Path)
     root = tmp_path / "project"
     _copy_repo(root)
     params = root / "params.yaml"
-    tiny = _merge(TINY, {"data": {"dataset": "digits", "tasks": [["0", "1"], ["2", "3"]]},
+    tiny = _merge(TINY, {"data": {"dataset": "digits", "tasks": [["0", "1"]]},
                          "ray": {"num_workers": 1}})  # fmt: skip
     tiny["backbone"] = {**tiny["backbone"], "weights": None}  # random init: no pre-training
     params.write_text(yaml.safe_dump(_merge(yaml.safe_load(params.read_text()), tiny)))
-    write_tasks(params, 2)
+    write_tasks(params, 1)
     _run(root, "git", "init", "-q")
     first = _ran(_dvc(root, "repro"))
-    assert first[0] == "validate" and first[-3:] == ["train@1", "evaluate", "report"]
-    assert sorted(first[1:-3]) == ["prepare@0", "prepare@1", "pretrain", "train@0"]
-    earlier = ("data/prepared/task_00", "data/prepared/task_01", task_output(0), task_output(1))
+    assert first[0] == "validate" and first[-3:] == ["train@0", "evaluate", "report"]
+    assert sorted(first[1:-3]) == ["prepare@0", "pretrain"]
+    earlier = ("data/prepared/task_00", task_output(0))
     before = _tree(root, *earlier)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("sdlora-digits", "champion").version) == "1"
 
-    raw = yaml.safe_load(params.read_text())  # a new class pair arrives: task 2
-    raw["data"]["tasks"].append(["4", "5"])
-    raw["mlflow"]["gate"]["min_new_task_accuracy"] = 100.0  # fails unless task 2 is perfect
+    raw = yaml.safe_load(params.read_text())  # a new class pair arrives: task 1
+    raw["data"]["tasks"].append(["2", "3"])
+    raw["mlflow"]["gate"]["min_new_task_accuracy"] = 100.0  # fails unless task 1 is perfect
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     said = _run(root, sys.executable, "-m", "sdlora", "tasks", "--write")
-    assert "task 2 added: its prepare@ and train@ stages run; tasks 0 .. 1 stay as they are" in said
+    assert "task 1 added: its prepare@ and train@ stages run; task 0 stays as it is" in said
     status = _dvc(root, "status")
-    assert "prepare@0" not in status and "train@1:" not in status and "prepare@2" in status
+    assert "prepare@0" not in status and "train@0:" not in status and "prepare@1" in status
     output = _dvc(root, "repro")
-    assert _ran(output) == ["validate", "prepare@2", "train@2", "evaluate", "report"]
+    assert _ran(output) == ["validate", "prepare@1", "train@1", "evaluate", "report"]
     assert _tree(root, *earlier) == before  # untouched, byte for byte
     versions = client.search_model_versions("name = 'sdlora-digits'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
     runs = client.search_runs([client.get_experiment_by_name("sdlora").experiment_id])
-    assert len(runs) == 2  # a run per sequence state: 2 tasks, then 3
+    assert len(runs) == 2  # a run per sequence state: 1 task, then 2
     tags = client.get_model_version("sdlora-digits", "2").tags
-    assert tags["sdlora.gate.baseline_version"] == "1" and tags["sdlora.num_tasks"] == "3"
-    new = float(tags["sdlora.gate.new_tasks_accuracy"])  # task 2's accuracy, as the gate saw it
-    assert new < 99.5, "tiny training reached 100% on task 2: no failing threshold above it"
+    assert tags["sdlora.gate.baseline_version"] == "1" and tags["sdlora.num_tasks"] == "2"
+    new = float(tags["sdlora.gate.new_tasks_accuracy"])  # task 1's accuracy, as the gate saw it
+    assert new < 99.5, "tiny training reached 100% on task 1: no failing threshold above it"
     assert str(client.get_model_version_by_alias("sdlora-digits", "candidate").version) == "2"
     assert str(client.get_model_version_by_alias("sdlora-digits", "champion").version) == "1"
     report = (root / REPORT_DIR / "report.md").read_text()
@@ -109,13 +109,13 @@ def test_appending_a_task_trains_only_it_and_gates_a_new_version(tmp_path: Path)
         served = mlflow.pyfunc.load_model("models:/sdlora-digits@champion")
         cfg, prepared = load_config("params.yaml"), open_prepared(PREPARED_DIR)
         model = build_model(cfg)  # the pipeline's own prediction: the adapted model
-        load_adapter(model, Path(task_output(2)) / "adapter.safetensors")
-        stream = task_stream(prepared, 2, "test", cfg, model.backbone)
+        load_adapter(model, Path(task_output(1)) / "adapter.safetensors")
+        stream = task_stream(prepared, 1, "test", cfg, model.backbone)
         logits, _ = outputs(model.eval(), stream, torch.device("cpu"), 64)
-        images = pq.read_table(prepared.files(2, "test")[0], columns=["image"]).column("image")
+        images = pq.read_table(prepared.files(1, "test")[0], columns=["image"]).column("image")
         answer = served.predict(pd.DataFrame({"image": images.to_pylist()[:8]}))
     finally:
         os.chdir(cwd)
     names = [n for t in prepared.tasks for n in t["class_names"]]
-    assert names == ["0", "1", "2", "3", "4", "5"]
+    assert names == ["0", "1", "2", "3"]
     assert list(answer["label"]) == [names[i] for i in logits[:8].argmax(dim=1).tolist()]
