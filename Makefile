@@ -32,9 +32,10 @@ plots: $(STAMP)
 # Two pytest processes: much of a Ray or `dvc repro` test is waiting (workers starting, stages
 # spawning), so two overlap well on 2 cores. `--dist loadfile` keeps each file in one process:
 # a file's module fixtures (one `dvc repro` project, one Ray session) and its tests' order hold.
+# --no-loadscope-reorder: files go out longest first (tests/conftest.py, LONGEST_FIRST).
 test: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples

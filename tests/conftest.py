@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import timm
@@ -17,6 +18,36 @@ from torch import nn
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+# The files that take longest (pytest --durations, 2026-12-07), longest first. `make test` hands
+# whole files to its two processes in collection order (`--dist loadfile --no-loadscope-reorder`),
+# so these go first and the short files fill in at the end: the processes finish together rather
+# than one running a long end-to-end test alone. xdist's own order (most tests first) put the
+# one-test appending story last.
+LONGEST_FIRST = (
+    "tests/reproduce/test_smoke.py",
+    "tests/pipeline/test_dvc_pipeline.py",
+    "tests/ops/test_ray_train.py",
+    "tests/pipeline/test_kills.py",
+    "tests/pipeline/test_dvc_append.py",
+    "tests/core/test_train.py",
+    "tests/pipeline/test_tune.py",
+    "tests/test_docs.py",
+    "tests/ops/test_ray_tune.py",
+    "tests/ops/test_ray_session.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run :data:`LONGEST_FIRST`'s files first, in that order; within a file, and for every
+    other file, the collection's order holds (the sort is stable). A name that is no file
+    stops the run: a renamed file would silently lose its place."""
+    root = Path(__file__).resolve().parents[1]
+    gone = [name for name in LONGEST_FIRST if not (root / name).is_file()]
+    if gone:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST: no such file {gone}")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 def _tiny_backbone(seed: int = 1) -> nn.Module:
