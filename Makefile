@@ -29,8 +29,8 @@ pretrain: $(STAMP)
 plots: $(STAMP)
 	$(PY) -m sdlora plots
 
-# Two pytest processes: much of a Ray or `dvc repro` test is waiting (workers starting, stages
-# spawning), so two overlap well on 2 cores. `--dist loadfile` keeps each file in one process:
+# Two pytest processes: one alone leaves a core idle while a test waits for Ray workers or DVC
+# stages to start; two keep both cores busy. `--dist loadfile` keeps each file in one process:
 # a file's module fixtures (one `dvc repro` project, one Ray session) and its tests' order hold.
 # --no-loadscope-reorder: files go out longest first (tests/conftest.py, LONGEST_FIRST).
 test: $(STAMP)
