@@ -73,12 +73,14 @@ def images() -> torch.Tensor:
 def ray_session():
     """Ray in this process for one test module (2 CPUs: workers of 0.5 CPU fit twice)."""
     ray = pytest.importorskip("ray")
-    from sdlora.ops.ray_session import use_in_process_env
+    from sdlora.ops.ray_session import IN_PROCESS_ENV
 
-    use_in_process_env()  # as ensure_ray does for Ray in this process
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:  # as ensure_ray sets them; restored after the module
+        for key, value in IN_PROCESS_ENV.items():
+            env.setenv(key, os.environ.get(key, value))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()
 
 
 def _tiny_sweep_params(weights: str | None) -> dict:
