@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test lint pretrain plots clean
+.PHONY: setup run test smoke lint pretrain plots clean
 
 setup: $(STAMP)
 
@@ -33,9 +33,15 @@ plots: $(STAMP)
 # stages to start; two keep both cores busy. `--dist loadfile` keeps each file in one process:
 # a file's module fixtures (one `dvc repro` project, one Ray session) and its tests' order hold.
 # --no-loadscope-reorder: files go out longest first (tests/conftest.py, LONGEST_FIRST).
+# -m "not smoke": two presets' `reproduce --smoke` run here, every preset's in `make smoke`.
 test: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 -m "not smoke"
+
+# `reproduce --smoke` of every preset (tests/reproduce/test_smoke.py): CI runs it after `make test`.
+# --dist load: the smokes share out between the two processes, each with its own Ray.
+smoke: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist load tests/reproduce/test_smoke.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check sdlora tests benchmarks pipelines docs/examples

@@ -19,22 +19,22 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
-# The files that take longest (pytest --durations, 2026-12-07), longest first. `make test` hands
-# whole files to its two processes in collection order (`--dist loadfile --no-loadscope-reorder`),
-# so these go first and the short files fill in at the end: the processes finish together rather
-# than one running a long end-to-end test alone. xdist's own order (most tests first) put the
-# one-test appending story last.
+# The files that take longest (pytest --durations=0 -m "not smoke", 2026-12-07), longest first.
+# `make test` hands whole files to its two processes in collection order (`--dist loadfile
+# --no-loadscope-reorder`), so these go first and the short files fill in at the end: the
+# processes finish together rather than one running a long end-to-end test alone. xdist's own
+# order (most tests first) put the one-test appending story last.
 LONGEST_FIRST = (
-    "tests/reproduce/test_smoke.py",
-    "tests/pipeline/test_dvc_pipeline.py",
-    "tests/ops/test_ray_train.py",
-    "tests/pipeline/test_kills.py",
-    "tests/pipeline/test_dvc_append.py",
-    "tests/core/test_train.py",
-    "tests/pipeline/test_tune.py",
-    "tests/test_docs.py",
-    "tests/ops/test_ray_tune.py",
-    "tests/ops/test_ray_session.py",
+    "tests/pipeline/test_dvc_pipeline.py",  # 411 s
+    "tests/pipeline/test_dvc_append.py",  # 153 s
+    "tests/pipeline/test_kills.py",  # 151 s
+    "tests/ops/test_ray_train.py",  # 125 s
+    "tests/pipeline/test_tune.py",  # 114 s
+    "tests/test_docs.py",  # 94 s
+    "tests/reproduce/test_smoke.py",  # 82 s: two presets' smokes (make smoke runs all 14)
+    "tests/ops/test_ray_session.py",  # 75 s
+    "tests/ops/test_ray_tune.py",  # 73 s
+    "tests/core/test_train.py",  # 70 s
 )
 
 
