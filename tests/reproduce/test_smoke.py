@@ -1,9 +1,10 @@
 """``reproduce --smoke`` for every preset: the full run's code path on generated data, on CPU.
 
-Each smoke is two Ray Train tasks, about 40 CPU-seconds whatever it trains: the fourteen would
-take a quarter of the suite's time. The suite (``make test``) runs :data:`IN_SUITE`, one preset of
-each flavour, so that every developer's run goes through ``reproduce --smoke`` end to end; the
-others carry the ``smoke`` mark, and CI runs every preset's (``make smoke``, after ``make test``).
+Each smoke is two Ray Train tasks, about 40 CPU-seconds whatever it trains: the fourteen took a
+fifth of the suite's time (README, Development). The suite (``make test``) runs :data:`IN_SUITE`,
+one preset of each flavour, so that every developer's run goes through ``reproduce --smoke`` end
+to end; the others carry the ``smoke`` mark, and CI runs every preset's (``make smoke``, after
+``make test``).
 """
 
 from __future__ import annotations
